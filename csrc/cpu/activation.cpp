@@ -1,0 +1,27 @@
+// Element-wise activations. ReLU's backward reads the forward output y (y > 0 exactly where
+// x > 0), so a layer need not keep its input.
+#include "cpu/ops.h"
+
+namespace fastcnn {
+
+namespace {
+constexpr int64_t kParallelMin = 1 << 16;  // below this, a second thread costs more than it saves
+}
+
+// ---- relu: forward, backward ------------------------------------------------------------------
+
+void relu_forward(int64_t n, const float* x, float* y) {
+#ifdef FASTCNN_OPENMP
+#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > kParallelMin)
+#endif
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+
+void relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
+#ifdef FASTCNN_OPENMP
+#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > kParallelMin)
+#endif
+  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+}
+
+}  // namespace fastcnn

@@ -1,0 +1,52 @@
+// Shared by every CPU kernel: the geometry of a convolution or pooling window (computed in one
+// place, used by the kernels and by the argument checks in bindings.cpp), thread control, and
+// the denormal guard.
+//
+// Gradient convention, for every kernel in csrc/: kernels OVERWRITE their outputs (y, dx, dw, db)
+// and never accumulate into them. Accumulation of gradients across steps, if any, happens
+// visibly in Python (Parameter.grad).
+#pragma once
+
+#include <cstdint>
+
+namespace fastcnn {
+
+// Geometry of a 2-D sliding window over an NCHW input: a convolution (O output channels) or a
+// pooling (O == C). Floor mode: a window that would overhang the padded input is dropped.
+struct Window2d {
+  int64_t N = 0, C = 0, H = 0, W = 0;  // input
+  int64_t O = 0;                       // output channels
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
+  int64_t OH = 0, OW = 0;              // output
+
+  // The one output-size formula in fastcnn.
+  static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p) {
+    return (in + 2 * p - k) / s + 1;
+  }
+  void finish() {
+    OH = out_size(H, kh, sh, ph);
+    OW = out_size(W, kw, sw, pw);
+  }
+  int64_t patch() const { return C * kh * kw; }  // rows of the im2col matrix
+  int64_t pixels() const { return OH * OW; }     // columns of the im2col matrix
+};
+
+// Threads used by every kernel (OpenMP when built with it). Defaults to FASTCNN_NUM_THREADS or
+// the number of cores.
+int num_threads();
+void set_num_threads(int n);
+
+// Flushes denormals to zero on this thread for the lifetime of the guard (denormal operands can
+// slow an FMA loop twenty-fold); restores the caller's MXCSR afterwards.
+class DenormalGuard {
+ public:
+  DenormalGuard();
+  ~DenormalGuard();
+  DenormalGuard(const DenormalGuard&) = delete;
+  DenormalGuard& operator=(const DenormalGuard&) = delete;
+
+ private:
+  unsigned saved_ = 0;
+};
+
+}  // namespace fastcnn

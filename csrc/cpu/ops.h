@@ -1,0 +1,54 @@
+// The CPU ops of fastcnn: stateless functions on raw pointers plus a Window2d geometry.
+// Layout: NCHW, float32, C-contiguous. Shapes are listed per pointer; bindings.cpp has already
+// checked them. Kernels OVERWRITE their outputs, never accumulate (see common.h).
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/common.h"
+
+namespace fastcnn {
+
+// ---- conv2d.cpp -------------------------------------------------------------------------------
+// x: (N, C, H, W); w: (O, C, kh, kw); b: (O,) or null; y: (N, O, OH, OW).
+void conv2d_forward(const Window2d& g, const float* x, const float* w, const float* b, float* y,
+                    bool relu);
+// dy: (N, O, OH, OW); dx: (N, C, H, W) or null (not wanted); dw: like w; db: (O,) or null.
+void conv2d_backward(const Window2d& g, const float* x, const float* w, const float* dy, float* dx,
+                     float* dw, float* db);
+
+// ---- pool2d.cpp (g.O == g.C, no padding) ------------------------------------------------------
+// x: (N, C, H, W); y, indices: (N, C, OH, OW); indices hold h*W + w of each max in its plane.
+void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* indices);
+// dy, indices: (N, C, OH, OW); dx: (N, C, H, W).
+void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices, float* dx);
+void avgpool2d_forward(const Window2d& g, const float* x, float* y);
+void avgpool2d_backward(const Window2d& g, const float* dy, float* dx);
+
+// ---- linear.cpp -------------------------------------------------------------------------------
+// x: (N, in); w: (out, in); b: (out,) or null; y: (N, out).
+void linear_forward(int64_t N, int64_t in, int64_t out, const float* x, const float* w,
+                    const float* b, float* y, bool relu);
+// dy: (N, out); dx: (N, in) or null; dw: (out, in); db: (out,) or null.
+void linear_backward(int64_t N, int64_t in, int64_t out, const float* x, const float* w,
+                     const float* dy, float* dx, float* dw, float* db);
+
+// ---- activation.cpp ---------------------------------------------------------------------------
+// x, y: n elements. relu_backward: dx = dy where y > 0, else 0.
+void relu_forward(int64_t n, const float* x, float* y);
+void relu_backward(int64_t n, const float* y, const float* dy, float* dx);
+
+// ---- loss.cpp ---------------------------------------------------------------------------------
+// logits, dlogits: (N, K); labels: (N,) in [0, K). Returns the mean loss; dlogits = d(mean)/d.
+double softmax_cross_entropy(int64_t N, int64_t K, const float* logits, const int64_t* labels,
+                             float* dlogits);
+
+// ---- optim.cpp (in place, n elements; PyTorch's update rules) ---------------------------------
+// momentum_buf may be null when momentum == 0; `first` marks the buffer as not yet initialised.
+void sgd_step(int64_t n, float* param, const float* grad, float* momentum_buf, float lr,
+              float momentum, float weight_decay, bool nesterov, bool first);
+// step: 1-based count of this update.
+void adam_step(int64_t n, float* param, const float* grad, float* m, float* v, float lr,
+               float beta1, float beta2, float eps, float weight_decay, int64_t step);
+
+}  // namespace fastcnn

@@ -1,0 +1,20 @@
+"""fastcnn: train convolutional neural networks for image recognition, fast, on a CPU."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import _C, ops
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by every kernel (default: FASTCNN_NUM_THREADS, else the number of cores)."""
+    _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use."""
+    return _C.get_num_threads()
+
+
+__all__ = ["__version__", "ops", "set_num_threads", "get_num_threads"]

@@ -1,0 +1,196 @@
+"""Image preprocessing shared by training and prediction.
+
+One pipeline turns an image into a float32 (C, H, W) array: decode with Pillow, apply the EXIF
+rotation, convert to 'L' or 'RGB', resize with an antialiased bilinear filter, scale to [0, 1].
+Datasets then normalise by per-channel mean/std. `load_image` and `preprocess_array` run the same
+steps for one file or for raw uint8 arrays, so a saved model sees at prediction time exactly what
+it saw in training. Only numpy, Pillow and the standard library are used here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Refuse images above this many pixels before decoding them (decompression bombs). Pillow has the
+# same guard, but it is a process-wide setting that other code may have disabled (None), so we
+# keep our own limit rather than rely on, or change, Pillow's global. The value is Pillow's
+# default: ~89 megapixels, a 0.25 GiB RGB decode, far beyond any training image.
+MAX_IMAGE_PIXELS = 89_478_485
+
+_SCALE_8BIT = np.float32(1.0 / 255.0)
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_size(image_size) -> tuple[int, int]:
+    """An int or an (h, w) pair -> (h, w) of positive ints; ValueError otherwise."""
+    pair = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
+    if len(pair) != 2 or not all(_is_int(v) and v > 0 for v in pair):
+        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def channel_values(value, channels: int, name: str) -> np.ndarray:
+    """A float or a per-channel sequence -> float32 array (channels,); one value is broadcast."""
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size == 1:
+        arr = np.repeat(arr, channels)
+    if arr.size != channels or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be one finite number or {channels} of them, got {value!r}")
+    if name == "std" and np.any(arr <= 0):
+        raise ValueError(f"std must be positive, got {value!r}")
+    return arr.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# one image
+# ---------------------------------------------------------------------------------------------
+
+
+def pil_to_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A Pillow image -> float32 (channels, h, w) in [0, 1]."""
+    h, w = size
+    if img.mode in _HIGH_DEPTH_MODES:
+        # 16/32-bit grey: convert("L") would clip values above 255 instead of scaling them.
+        arr = np.asarray(img, dtype=np.float32)
+        if img.mode != "F":
+            arr = arr * np.float32(1.0 / 65535.0)
+        img = Image.fromarray(np.clip(arr, 0.0, 1.0).astype(np.float32))  # mode 'F'
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        grey = np.asarray(img, dtype=np.float32)
+        return np.repeat(grey[None], channels, axis=0)
+
+    # Palette transparency must go through RGBA (Pillow warns otherwise); alpha is then dropped,
+    # as torchvision's convert("RGB") does.
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode != mode:
+        img = img.convert(mode)
+    if img.size != (w, h):
+        # Pillow's BILINEAR widens its support when shrinking, so this is antialiased.
+        img = img.resize((w, h), Image.BILINEAR)
+    arr = np.asarray(img).astype(np.float32) * _SCALE_8BIT
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def decode_image(path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read one image file -> float32 (channels, h, w) in [0, 1]; ValueError naming the file."""
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{img.width}x{img.height} pixels is over the limit of {MAX_IMAGE_PIXELS} "
+                    "(fastcnn.transforms.MAX_IMAGE_PIXELS; guards against decompression bombs)"
+                )
+            if img.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that small:
+                # much faster for photos, and the size stays >= the target (rotation included).
+                side = max(size)
+                img.draft("L" if channels == 1 else "RGB", (side, side))
+            img = ImageOps.exif_transpose(img)  # phone photos are stored sideways + a tag
+            return pil_to_array(img, size, channels)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: image too large, refused as a decompression bomb ({e})") from e
+    except Exception as e:
+        # Pillow's decoders raise many types on bad input (OSError, SyntaxError, EOFError,
+        # struct.error, ...); callers need one: a ValueError that names the file.
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation
+# ---------------------------------------------------------------------------------------------
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of float NCHW images, accumulated in float64.
+
+    Works in chunks of ~4M values so a large data set needs no float64 copy of itself.
+    """
+    n, c = images.shape[:2]
+    per_image = max(1, int(np.prod(images.shape[1:])))
+    step = max(1, (1 << 22) // per_image)
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    for i in range(0, n, step):
+        x = images[i : i + step].astype(np.float64)
+        total += x.sum(axis=(0, 2, 3))
+        total_sq += np.square(x).sum(axis=(0, 2, 3))
+    count = max(1, n * images.shape[2] * images.shape[3])
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    # A constant channel (all-black border class, synthetic data) has std 0: leave it unscaled
+    # rather than divide by zero.
+    std = np.where(std > 1e-6, std, 1.0)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def normalize_(images: np.ndarray, mean, std) -> np.ndarray:
+    """(x - mean) / std per channel, in place on float32 NCHW images; returns images."""
+    c = images.shape[1]
+    mean = channel_values(mean, c, "mean")
+    std = channel_values(std, c, "std")
+    for k in range(c):
+        images[:, k] -= mean[k]
+        images[:, k] *= np.float32(1.0) / std[k]
+    return images
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry points used by predict
+# ---------------------------------------------------------------------------------------------
+
+
+def load_image(path, image_size, channels=3, mean=None, std=None) -> np.ndarray:
+    """One image file -> float32 (1, C, H, W), preprocessed exactly as ImageFolder does."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    x = decode_image(path, to_size(image_size), channels)[None].copy()
+    if mean is not None or std is not None:
+        normalize_(x, 0.0 if mean is None else mean, 1.0 if std is None else std)
+    return x
+
+
+def preprocess_array(images, preprocessing: dict) -> np.ndarray:
+    """Raw uint8 images -> float32 NCHW, preprocessed as described by `preprocessing`.
+
+    images: (H, W) one grey image; (H, W, C) one image with C in 1, 3, 4; (N, H, W) grey batch;
+    (N, H, W, C) batch. A 3-D array whose last axis is 1, 3 or 4 is read as one image.
+    preprocessing: {"image_size": [h, w], "channels": c, "mean": [...], "std": [...]}, as
+    exposed by the datasets and stored with a saved model.
+    """
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        raise ValueError(f"preprocess_array takes raw uint8 images, got dtype {a.dtype}")
+    if a.ndim == 2:
+        a = a[None, :, :, None]
+    elif a.ndim == 3:
+        a = a[None] if a.shape[-1] in (1, 3, 4) else a[..., None]
+    if a.ndim != 4 or a.shape[-1] not in (1, 3, 4) or 0 in a.shape:
+        raise ValueError(
+            "images must be (H,W), (H,W,C), (N,H,W) or (N,H,W,C) with C in 1, 3, 4; "
+            f"got shape {np.shape(images)}"
+        )
+    size = to_size(preprocessing["image_size"])
+    channels = int(preprocessing["channels"])
+    if channels not in (1, 3):
+        raise ValueError(f"preprocessing channels must be 1 or 3, got {channels!r}")
+
+    n, h, w, c = a.shape
+    if (h, w) == size and (c == channels or (c == 1 and channels == 3)):
+        # Already the right size: no Pillow round trip (same arithmetic as pil_to_array).
+        x = a.transpose(0, 3, 1, 2).astype(np.float32) * _SCALE_8BIT
+        x = np.ascontiguousarray(np.broadcast_to(x, (n, channels, h, w)))
+    else:
+        x = np.empty((n, channels) + size, dtype=np.float32)
+        for i in range(n):
+            img = Image.fromarray(a[i, :, :, 0] if c == 1 else a[i])
+            x[i] = pil_to_array(img, size, channels)
+    mean, std = preprocessing.get("mean"), preprocessing.get("std")
+    return normalize_(x, 0.0 if mean is None else mean, 1.0 if std is None else std)

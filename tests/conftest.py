@@ -1,0 +1,40 @@
+"""Shared fixtures: a seeded RNG, the GEMM micro-kernel under test, the thread count.
+
+fastcnn is imported inside the fixtures so that the reference self-tests
+(test_reference_gradcheck.py) run even before the extension is built.
+"""
+
+import numpy as np
+import pytest
+
+ALL_GEMM_KERNELS = ["avx512", "avx2", "generic"]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240611)
+
+
+@pytest.fixture(params=ALL_GEMM_KERNELS)
+def gemm_kernel(request):
+    """Force one GEMM micro-kernel for the test, skip it where the CPU lacks it, then restore."""
+    from fastcnn import ops
+
+    name = request.param
+    if name not in ops.gemm_kernels():
+        pytest.skip(f"GEMM kernel {name!r} not supported on this CPU")
+    previous = ops.gemm_kernel()
+    ops.set_gemm_kernel(name)
+    assert ops.gemm_kernel() == name
+    yield name
+    ops.set_gemm_kernel(previous)
+
+
+@pytest.fixture
+def num_threads():
+    """Lets a test change fastcnn's thread count; the previous count is restored afterwards."""
+    import fastcnn
+
+    previous = fastcnn.get_num_threads()
+    yield fastcnn.set_num_threads
+    fastcnn.set_num_threads(previous)

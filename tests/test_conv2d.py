@@ -1,0 +1,219 @@
+"""conv2d_forward / conv2d_backward against tests/reference.py, under every GEMM micro-kernel."""
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from fastcnn import ops
+
+CASES = [
+    # N, C, H, W, O, kh, kw, stride, padding
+    (1, 1, 5, 5, 1, 1, 1, 1, 0),
+    (1, 1, 1, 1, 1, 1, 1, 1, 0),  # a single pixel
+    (2, 3, 8, 8, 4, 3, 3, 1, 1),
+    (1, 3, 7, 9, 5, 3, 3, 2, 1),
+    (3, 17, 11, 13, 8, 5, 5, 1, 2),
+    (2, 17, 15, 10, 6, 7, 7, 3, 2),
+    (1, 17, 13, 13, 1, 3, 3, 1, 1),  # one output channel
+    (2, 1, 28, 28, 32, 5, 5, 1, 2),  # SeedNet conv1
+    (2, 32, 14, 14, 64, 5, 5, 1, 2),  # SeedNet conv2
+    (4, 3, 9, 9, 16, 7, 7, 1, 0),
+    (1, 2, 5, 5, 3, 7, 7, 1, 1),  # kernel exactly covers the padded input: 1x1 output
+    (2, 3, 10, 7, 5, 1, 1, 2, 0),  # 1x1, strided
+    (1, 5, 12, 12, 17, 3, 3, 3, 0),
+    (5, 4, 6, 6, 3, 2, 2, 2, 0),  # even kernel
+    (2, 3, 16, 16, 33, 3, 3, 1, 1),  # O just past a multiple of 16 / 32
+    (1, 3, 6, 11, 2, 3, 5, (1, 2), (1, 2)),  # non-square kernel, stride and padding pairs
+    (2, 3, 9, 12, 4, 1, 7, 1, (0, 3)),
+    (1, 3, 12, 9, 4, 7, 1, (3, 1), (3, 0)),
+    (2, 3, 11, 11, 4, 1, 1, 3, 0),  # stride larger than the kernel
+    (1, 2, 10, 10, 3, 2, 2, 3, 1),
+    (1, 2, 5, 5, 3, 1, 1, 1, 2),  # padding larger than the kernel: border is bias only
+    (3, 7, 1, 19, 5, 1, 3, 1, (0, 1)),  # one-row images
+    (2, 6, 23, 3, 9, 5, 3, 2, (2, 0)),  # tall thin images
+]
+
+EPILOGUES = ["none", "bias", "bias_relu", "relu"]
+
+
+def make(rng, case):
+    n, c, h, w, o, kh, kw, stride, padding = case
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((o, c, kh, kw), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
+    return x, wt, b, stride, padding
+
+
+def ref_out_shape(case):
+    n, c, h, w, o, kh, kw, stride, padding = case
+    (sh, sw), (ph, pw) = ref.pair(stride), ref.pair(padding)
+    return n, o, ref.out_size(h, kh, sh, ph), ref.out_size(w, kw, sw, pw)
+
+
+# --------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward(case, epilogue, gemm_kernel, rng):
+    x, w, b, stride, padding = make(rng, case)
+    bias = b if epilogue in ("bias", "bias_relu") else None
+    relu = epilogue in ("relu", "bias_relu")
+    y = ops.conv2d_forward(x, w, bias, stride=stride, padding=padding, relu=relu)
+    expect = ref.conv2d_forward(x, w, bias, stride, padding, relu=relu)
+    assert y.shape == ref_out_shape(case)
+    assert y.flags.c_contiguous
+    ref.assert_close(y, expect, name="y")
+    if relu:
+        assert (y >= 0).all()
+
+
+@pytest.mark.parametrize("case", CASES[::3], ids=str)
+def test_forward_out_is_overwritten(case, gemm_kernel, rng):
+    """out= prefilled with garbage gives exactly the fresh result, and is what is returned."""
+    x, w, b, stride, padding = make(rng, case)
+    fresh = ops.conv2d_forward(x, w, b, stride=stride, padding=padding, relu=True)
+    for garbage in (np.nan, 1e30, -7.0):
+        out = np.full(fresh.shape, garbage, np.float32)
+        y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding, relu=True, out=out)
+        assert y is out
+        np.testing.assert_array_equal(out, fresh)
+    out = np.full(fresh.shape, np.nan, np.float32)
+    ops.conv2d_forward(x, w, None, stride=stride, padding=padding, out=out)
+    np.testing.assert_array_equal(out, ops.conv2d_forward(x, w, None, stride=stride,
+                                                          padding=padding))
+
+
+@pytest.mark.parametrize("case", CASES[1::4], ids=str)
+def test_forward_repeats_bit_for_bit(case, gemm_kernel, rng):
+    x, w, b, stride, padding = make(rng, case)
+    y1 = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    y2 = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_stride_and_padding_int_equals_pair(rng):
+    x, w, b, _, _ = make(rng, (2, 3, 9, 8, 4, 3, 3, 1, 1))
+    y_int = ops.conv2d_forward(x, w, b, stride=2, padding=1)
+    np.testing.assert_array_equal(y_int, ops.conv2d_forward(x, w, b, stride=(2, 2),
+                                                            padding=(1, 1)))
+    dx, dw, db = ops.conv2d_backward(x, w, y_int, stride=2, padding=1)
+    dx2, dw2, db2 = ops.conv2d_backward(x, w, y_int, stride=(2, 2), padding=(1, 1))
+    np.testing.assert_array_equal(dx, dx2)
+    np.testing.assert_array_equal(dw, dw2)
+    np.testing.assert_array_equal(db, db2)
+
+
+def test_default_arguments(rng):
+    x, w, b, _, _ = make(rng, (2, 3, 6, 5, 4, 3, 2, 1, 0))
+    ref.assert_close(ops.conv2d_forward(x, w), ref.conv2d_forward(x, w), name="y")
+    ref.assert_close(ops.conv2d_forward(x, w, b), ref.conv2d_forward(x, w, b), name="y")
+
+
+def test_inputs_are_not_modified(rng):
+    x, w, b, stride, padding = make(rng, (2, 3, 8, 7, 4, 3, 3, 2, 1))
+    copies = [a.copy() for a in (x, w, b)]
+    y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding, relu=True)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dy_copy = dy.copy()
+    ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+    for a, c in zip((x, w, b, dy), (*copies, dy_copy)):
+        np.testing.assert_array_equal(a, c)
+    assert not np.shares_memory(y, x)
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[15]], ids=str)
+def test_noncontiguous_inputs(case, rng):
+    """Strided views, transposed and Fortran-ordered arrays are accepted and give the same."""
+    x, w, b, stride, padding = make(rng, case)
+    xs = np.repeat(x, 2, axis=3)[:, :, :, ::2]  # a strided view equal to x
+    wf = np.asfortranarray(w)
+    bs = np.repeat(b, 2)[::2]
+    assert not xs.flags.c_contiguous and not wf.flags.c_contiguous and not bs.flags.c_contiguous
+    y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    np.testing.assert_array_equal(ops.conv2d_forward(xs, wf, bs, stride=stride, padding=padding),
+                                  y)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dyt = np.ascontiguousarray(dy.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    expect = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+    got = ops.conv2d_backward(xs, wf, dyt, stride=stride, padding=padding)
+    for g, e in zip(got, expect):
+        np.testing.assert_array_equal(g, e)
+
+
+# --------------------------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_backward(case, need_dx, gemm_kernel, rng):
+    x, w, _, stride, padding = make(rng, case)
+    dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
+    dx, dw, db = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding, need_dx=need_dx)
+    ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, w, dy, stride, padding)
+    if need_dx:
+        ref.assert_close(dx, ref_dx, name="dx")
+    else:
+        assert dx is None
+    ref.assert_close(dw, ref_dw, name="dw")
+    ref.assert_close(db, ref_db, name="db")
+
+
+@pytest.mark.parametrize("case", CASES[::4], ids=str)
+def test_backward_overwrites(case, gemm_kernel, rng):
+    """Gradients never accumulate: a second call (new dy) gives that dy's gradients only."""
+    x, w, _, stride, padding = make(rng, case)
+    shape = ref_out_shape(case)
+    first = ops.conv2d_backward(x, w, rng.standard_normal(shape, dtype=np.float32),
+                                stride=stride, padding=padding)
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    got = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+    again = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+    for g, a, f in zip(got, again, first):
+        np.testing.assert_array_equal(g, a)
+        assert not np.shares_memory(g, f)
+    for g, e, name in zip(got, ref.conv2d_backward(x, w, dy, stride, padding), "dx dw db".split()):
+        ref.assert_close(g, e, name=name)
+
+
+def test_backward_zero_dy_gives_zero_gradients(rng):
+    x, w, _, stride, padding = make(rng, CASES[4])
+    dy = np.zeros(ref_out_shape(CASES[4]), np.float32)
+    for g in ops.conv2d_backward(x, w, dy, stride=stride, padding=padding):
+        assert g.dtype == np.float32
+        np.testing.assert_array_equal(g, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# properties over random shapes
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def conv_shapes(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
+    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 9))
+    return n, c, h, w, o, kh, kw, (sh, sw), (ph, pw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=conv_shapes(), seed=st.integers(0, 2**31 - 1), relu=st.booleans())
+def test_property_forward_backward(case, seed, relu):
+    rng = np.random.default_rng(seed)
+    x, w, b, stride, padding = make(rng, case)
+    y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding, relu=relu)
+    ref.assert_close(y, ref.conv2d_forward(x, w, b, stride, padding, relu=relu), name="y")
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    got = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+    for g, e, name in zip(got, ref.conv2d_backward(x, w, dy, stride, padding), "dx dw db".split()):
+        ref.assert_close(g, e, name=name)

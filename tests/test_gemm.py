@@ -1,0 +1,111 @@
+"""The raw SGEMM under every micro-kernel: edges of the register tiles and cache blocks."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import reference as ref
+
+from fastcnn import ops
+
+SIZES = [
+    # M, N, K  (c is M x N, the inner dimension K)
+    (1, 1, 1),
+    (1, 1, 300),
+    (1, 257, 3),
+    (257, 1, 3),
+    (2, 3, 4),
+    (8, 16, 16),
+    (14, 32, 8),  # typical register tiles: 14x32 (AVX-512), 6x16 (AVX2)
+    (6, 16, 1),
+    (13, 17, 19),
+    (31, 33, 65),
+    (48, 48, 48),
+    (97, 131, 300),
+    (256, 513, 257),
+    (1, 1000, 17),
+    (600, 7, 5),
+]
+
+TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def make(rng, m, n, k, trans_a, trans_b):
+    a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    return a, b
+
+
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=lambda t: f"ta{int(t[0])}tb{int(t[1])}")
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_sgemm(size, trans, gemm_kernel, rng):
+    a, b = make(rng, *size, *trans)
+    c = ops.sgemm(a, b, trans_a=trans[0], trans_b=trans[1])
+    assert c.shape == size[:2] and c.flags.c_contiguous
+    ref.assert_close(c, ref.sgemm(a, b, *trans), name="c")
+
+
+@pytest.mark.parametrize("size", SIZES[::3], ids=lambda s: "x".join(map(str, s)))
+def test_sgemm_defaults_and_repeatable(size, gemm_kernel, rng):
+    a, b = make(rng, *size, False, False)
+    c = ops.sgemm(a, b)
+    np.testing.assert_array_equal(c, ops.sgemm(a, b, False, False))
+    np.testing.assert_array_equal(c, ops.sgemm(a, b))
+    np.testing.assert_array_equal(c, ops.sgemm(np.ascontiguousarray(a.T), b, trans_a=True))
+
+
+def test_sgemm_special_values(gemm_kernel):
+    a = np.zeros((5, 7), np.float32)
+    b = np.full((7, 3), 2.0, np.float32)
+    np.testing.assert_array_equal(ops.sgemm(a, b), 0.0)
+    a = np.eye(9, dtype=np.float32)
+    b = np.arange(81, dtype=np.float32).reshape(9, 9)
+    np.testing.assert_array_equal(ops.sgemm(a, b), b)
+    np.testing.assert_array_equal(ops.sgemm(a, b, trans_b=True), b.T)
+    # A NaN in A reaches its row of C (no "skip the zeros" shortcut that drops it).
+    a = np.ones((4, 4), np.float32)
+    a[2, 1] = np.nan
+    c = ops.sgemm(a, np.ones((4, 5), np.float32))
+    assert np.isnan(c[2]).all() and not np.isnan(np.delete(c, 2, axis=0)).any()
+
+
+def test_sgemm_noncontiguous_inputs(rng):
+    a = rng.standard_normal((20, 30), dtype=np.float32)
+    b = rng.standard_normal((30, 11), dtype=np.float32)
+    expect = ops.sgemm(a, b)
+    np.testing.assert_array_equal(ops.sgemm(np.asfortranarray(a), b[:, :]), expect)
+    ref.assert_close(ops.sgemm(a[::2], b[:, ::2]), ref.sgemm(a[::2], b[:, ::2]), name="c")
+
+
+def test_kernel_selection():
+    kernels = ops.gemm_kernels()
+    assert isinstance(kernels, list) and kernels
+    assert "generic" in kernels
+    assert set(kernels) <= {"avx512", "avx2", "generic"}
+    assert ops.gemm_kernel() in kernels
+    previous = ops.gemm_kernel()
+    try:
+        for name in kernels:
+            ops.set_gemm_kernel(name)
+            assert ops.gemm_kernel() == name
+        with pytest.raises(ValueError, match="sse9"):
+            ops.set_gemm_kernel("sse9")
+        for name in {"avx512", "avx2"} - set(kernels):
+            with pytest.raises(ValueError, match=name):
+                ops.set_gemm_kernel(name)
+        assert ops.gemm_kernel() == kernels[-1]  # a failed set changes nothing
+    finally:
+        ops.set_gemm_kernel(previous)
+
+
+def test_default_kernel_is_the_best_supported():
+    """A fresh process picks the widest micro-kernel the CPU supports."""
+    code = "from fastcnn import ops; print(repr((ops.gemm_kernel(), ops.gemm_kernels())))"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=root).stdout
+    default, kernels = ast.literal_eval(out.strip())
+    assert default == [k for k in ("avx512", "avx2", "generic") if k in kernels][0]
