@@ -4,7 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _C, ops
+from . import _C, cuda, data, models, nn, ops, optim
+from .io import load, save
+from .nn import manual_seed
+from .train import evaluate, fit, predict
 
 
 def set_num_threads(n: int) -> None:
@@ -17,4 +20,20 @@ def get_num_threads() -> int:
     return _C.get_num_threads()
 
 
-__all__ = ["__version__", "ops", "set_num_threads", "get_num_threads"]
+__all__ = [
+    "__version__",
+    "cuda",
+    "data",
+    "models",
+    "nn",
+    "ops",
+    "optim",
+    "fit",
+    "evaluate",
+    "predict",
+    "save",
+    "load",
+    "manual_seed",
+    "set_num_threads",
+    "get_num_threads",
+]

@@ -109,6 +109,9 @@ def maxpool2d_backward(dy, indices, x_shape):
     """dx of max-pooling: each dy added at the input position its index names."""
     indices = np.asarray(indices)
     if indices.dtype != np.int32 and np.issubdtype(indices.dtype, np.integer):
+        # Range-check before narrowing, or 2**32 + 5 would wrap to a valid-looking 5.
+        if indices.size and (indices.min() < 0 or indices.max() > np.iinfo(np.int32).max):
+            raise ValueError("indices out of range for the input plane (see maxpool2d_forward)")
         indices = indices.astype(np.int32)
     return _C.maxpool2d_backward(_f32(dy, "dy"), np.ascontiguousarray(indices), _shape4(x_shape))
 

@@ -26,7 +26,9 @@ def to_size(image_size) -> tuple[int, int]:
     """An int or an (h, w) pair -> (h, w) of positive ints; ValueError otherwise."""
     pair = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
     if len(pair) != 2 or not all(_is_int(v) and v > 0 for v in pair):
-        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+        raise ValueError(
+            f"image_size must be a positive int or (height, width), got {image_size!r}"
+        )
     return int(pair[0]), int(pair[1])
 
 
@@ -56,6 +58,7 @@ def pil_to_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.n
     h, w = size
     if img.mode in _HIGH_DEPTH_MODES:
         # 16/32-bit grey: convert("L") would clip values above 255 instead of scaling them.
+        # Integer modes are read as 16-bit (0..65535); float images ("F") as already 0..1.
         arr = np.asarray(img, dtype=np.float32)
         if img.mode != "F":
             arr = arr * np.float32(1.0 / 65535.0)
@@ -93,7 +96,8 @@ def decode_image(path, size: tuple[int, int], channels: int) -> np.ndarray:
                 # much faster for photos, and the size stays >= the target (rotation included).
                 side = max(size)
                 img.draft("L" if channels == 1 else "RGB", (side, side))
-            img = ImageOps.exif_transpose(img)  # phone photos are stored sideways + a tag
+            if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: phone photos
+                img = ImageOps.exif_transpose(img)  # are stored sideways plus this tag
             return pil_to_array(img, size, channels)
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: image too large, refused as a decompression bomb ({e})") from e
@@ -185,8 +189,9 @@ def preprocess_array(images, preprocessing: dict) -> np.ndarray:
     n, h, w, c = a.shape
     if (h, w) == size and (c == channels or (c == 1 and channels == 3)):
         # Already the right size: no Pillow round trip (same arithmetic as pil_to_array).
-        x = a.transpose(0, 3, 1, 2).astype(np.float32) * _SCALE_8BIT
-        x = np.ascontiguousarray(np.broadcast_to(x, (n, channels, h, w)))
+        x = np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) * _SCALE_8BIT
+        if c != channels:
+            x = np.repeat(x, channels, axis=1)
     else:
         x = np.empty((n, channels) + size, dtype=np.float32)
         for i in range(n):

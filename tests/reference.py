@@ -118,11 +118,12 @@ def maxpool2d_backward(dy, indices, x_shape):
     dy = np.asarray(dy, np.float64)
     n, c, h, w = x_shape
     dx = np.zeros((n, c, h * w))
+    k = dy.shape[2] * dy.shape[3]
     nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
     np.add.at(
         dx,
-        (nn[:, :, None], cc[:, :, None], np.asarray(indices).reshape(n, c, -1)),
-        dy.reshape(n, c, -1),
+        (nn[:, :, None], cc[:, :, None], np.asarray(indices).reshape(n, c, k)),
+        dy.reshape(n, c, k),
     )
     return dx.reshape(n, c, h, w)
 

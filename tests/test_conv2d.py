@@ -33,6 +33,8 @@ CASES = [
     (1, 2, 5, 5, 3, 1, 1, 1, 2),  # padding larger than the kernel: border is bias only
     (3, 7, 1, 19, 5, 1, 3, 1, (0, 1)),  # one-row images
     (2, 6, 23, 3, 9, 5, 3, 2, (2, 0)),  # tall thin images
+    (2, 64, 10, 10, 70, 3, 3, 1, 1),  # long reduction (C*kh*kw = 576), O past 64
+    (8, 3, 5, 5, 4, 5, 5, 1, 0),  # batch of 1x1 outputs
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
@@ -143,6 +145,18 @@ def test_noncontiguous_inputs(case, rng):
     got = ops.conv2d_backward(xs, wf, dyt, stride=stride, padding=padding)
     for g, e in zip(got, expect):
         np.testing.assert_array_equal(g, e)
+
+
+def test_denormal_flushing_does_not_leak_into_python(rng):
+    """Kernels may flush denormals to zero, but must not leave the caller's FP mode changed."""
+    x, w, b, stride, padding = make(rng, CASES[2])
+    ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    ops.conv2d_backward(x, w, np.ones(ref_out_shape(CASES[2]), np.float32), stride=stride,
+                        padding=padding)
+    ops.linear_forward(x.reshape(2, -1), w.reshape(4, -1)[:, :1].repeat(x[0].size, 1))
+    tiny32 = np.array([1e-40], np.float32)
+    assert (tiny32 * np.float32(1.0))[0] != 0
+    assert (np.array([5e-324]) * 1.0)[0] != 0
 
 
 # --------------------------------------------------------------------------------------------

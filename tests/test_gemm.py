@@ -28,6 +28,8 @@ SIZES = [
     (256, 513, 257),
     (1, 1000, 17),
     (600, 7, 5),
+    (300, 70, 1100),  # K past a typical KC block, M past a typical MC block
+    (20, 3000, 40),  # N past a typical NC block
 ]
 
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]

@@ -1,0 +1,211 @@
+"""The `fastcnn` command: train, eval, predict, bench, info."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_DATA = "fashion-mnist"
+
+
+def _load_data(spec, image_size, channels, *, train=True, reference=None, seed=0):
+    """(train set, validation set or None) for DATA: 'fashion-mnist' or an image folder.
+
+    A folder with train/ (and val/ or test/) sub-folders is used as split; otherwise, with
+    train=True, a seeded tenth of it is held out for validation. reference: a dataset or model
+    whose classes and preprocessing the loaded data must reuse (eval).
+    """
+    from . import data
+
+    if spec == DEFAULT_DATA:
+        return data.FashionMNIST(train=train), (data.FashionMNIST(train=False) if train else None)
+    if not os.path.isdir(spec):
+        raise FileNotFoundError(f"DATA must be '{DEFAULT_DATA}' or an image folder; {spec} is neither")
+    prep = getattr(reference, "preprocessing", None)
+    kw = {"image_size": image_size, "channels": channels}
+    if prep is not None:
+        kw = {"image_size": prep["image_size"], "channels": prep["channels"],
+              "mean": prep["mean"], "std": prep["std"]}
+    classes = getattr(reference, "classes", None)
+    sub = {name: os.path.join(spec, name) for name in ("train", "val", "test")}
+    if os.path.isdir(sub["train"]) and train:
+        train_set = data.ImageFolder(sub["train"], classes=classes, **kw)
+        val_dir = next((sub[n] for n in ("val", "test") if os.path.isdir(sub[n])), None)
+        val_set = None
+        if val_dir:
+            p = train_set.preprocessing
+            val_set = data.ImageFolder(val_dir, p["image_size"], p["channels"], mean=p["mean"],
+                                       std=p["std"], classes=train_set.classes)
+        return train_set, val_set
+    if not train:
+        folder = next((sub[n] for n in ("test", "val") if os.path.isdir(sub[n])), spec)
+        return data.ImageFolder(folder, classes=classes, **kw), None
+    full = data.ImageFolder(spec, classes=classes, **kw)
+    if len(full) < 20:
+        return full, None
+    order = np.random.default_rng(seed).permutation(len(full))
+    n_val = max(1, len(full) // 10)
+    parts = []
+    for idx in (order[n_val:], order[:n_val]):
+        part = data.ArrayDataset(full.images[idx], full.labels[idx], classes=full.classes)
+        part.preprocessing = full.preprocessing
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+def cmd_train(args):
+    import fastcnn
+    from . import models, nn
+
+    defaults = (28, 1) if args.data == DEFAULT_DATA else (64, 3)
+    image_size = args.image_size or defaults[0]
+    channels = args.channels or defaults[1]
+    if image_size < 1:
+        raise ValueError(f"--image-size must be >= 1, got {image_size}")
+    t0 = time.perf_counter()
+    train_set, val_set = _load_data(args.data, image_size, channels, seed=args.seed)
+    x0 = train_set.images
+    print(f"data: {len(train_set)} training images {tuple(x0.shape[1:])}, "
+          f"{len(train_set.classes)} classes"
+          + (f", {len(val_set)} test images" if val_set is not None else "")
+          + f" ({time.perf_counter() - t0:.1f} s)", flush=True)
+    nn.manual_seed(args.seed)
+    model = models.ARCHITECTURES[args.arch](
+        in_channels=x0.shape[1], num_classes=len(train_set.classes), image_size=x0.shape[2:]
+    )
+    history = fastcnn.fit(model, train_set, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, momentum=args.momentum, val=val_set, seed=args.seed,
+                          progress=not args.quiet)
+    fastcnn.save(model, args.out)
+    last = history[-1]
+    total = sum(r["seconds"] for r in history)
+    summary = f"trained {args.epochs} epochs in {total:.1f} s"
+    if "val_accuracy" in last:
+        summary += f"; test accuracy {last['val_accuracy']:.4f}"
+    print(f"{summary}; model saved to {args.out}")
+
+
+def cmd_eval(args):
+    import fastcnn
+
+    model = fastcnn.load(args.model)
+    dataset, _ = _load_data(args.data, None, None, train=False, reference=model)
+    scores = fastcnn.evaluate(model, dataset)
+    print(f"{args.data}: {len(dataset)} images, loss {scores['loss']:.4f}, "
+          f"accuracy {scores['accuracy']:.4f}")
+
+
+def cmd_predict(args):
+    import fastcnn
+
+    model = fastcnn.load(args.model)
+    classes = model.classes
+    for path in args.images:
+        probs = fastcnn.predict(model, path)[0]
+        k = int(probs.argmax())
+        label = classes[k] if classes and k < len(classes) else str(k)
+        print(f"{path}\t{label}\t{probs[k]:.4f}")
+
+
+def cmd_bench(args):
+    import fastcnn
+    from . import models, nn, optim
+
+    nn.manual_seed(0)
+    model = models.seednet()
+    model.requires_input_grad = False
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch_size)
+    times = []
+    for _ in range(args.steps + 3):
+        t = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        times.append(time.perf_counter() - t)
+    median = float(np.median(times[3:]))
+    print(f"seednet training, batch {args.batch_size}, {fastcnn.get_num_threads()} threads, "
+          f"{fastcnn.ops.gemm_kernel()} GEMM: {median * 1e3:.1f} ms/step, "
+          f"{args.batch_size / median:,.0f} images/s (median of {args.steps})")
+    print("full benchmarks, side by side with PyTorch: python bench/kernels.py; python bench/train.py")
+
+
+def cmd_info(args):
+    import fastcnn
+
+    from . import _C, cuda
+
+    print(f"fastcnn {fastcnn.__version__}")
+    print(f"gemm kernel: {fastcnn.ops.gemm_kernel()} (supported here: "
+          f"{', '.join(fastcnn.ops.gemm_kernels())})")
+    print(f"threads: {fastcnn.get_num_threads()} (OpenMP: {'yes' if _C.has_openmp else 'no'})")
+    print(f"cuda: {'available' if cuda.is_available() else 'not available (CPU build)'}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="fastcnn", description="Train CNNs for image recognition.")
+    p.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and save it")
+    t.add_argument("data", nargs="?", default=DEFAULT_DATA,
+                   help=f"'{DEFAULT_DATA}' (default) or an image folder with one sub-folder per class")
+    t.add_argument("--arch", default="seednet", choices=["seednet"])
+    t.add_argument("--image-size", type=int, help="side in pixels (default 28 / 64 for folders)")
+    t.add_argument("--channels", type=int, choices=[1, 3], help="1 grey, 3 RGB")
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="model.safetensors")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy of a saved model on a data set")
+    e.add_argument("model")
+    e.add_argument("data", nargs="?", default=DEFAULT_DATA)
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("predict", help="label image files with a saved model")
+    r.add_argument("model")
+    r.add_argument("images", nargs="+")
+    r.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("bench", help="a short training-speed benchmark")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--steps", type=int, default=20)
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("info", help="version, GEMM kernel, threads, CUDA")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.threads is not None:
+            import fastcnn
+
+            fastcnn.set_num_threads(args.threads)
+        args.func(args)
+    except KeyboardInterrupt:
+        print("fastcnn: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, FloatingPointError) as e:
+        print(f"fastcnn: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

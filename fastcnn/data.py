@@ -1,0 +1,722 @@
+"""Data sets and the batch loader.
+
+Every data set holds all its samples in memory as `.images`, float32 (N, C, H, W), and `.labels`,
+int64 (N,), so that DataLoader builds a batch with one fancy-indexing copy; `len(ds)`,
+`ds[i] -> (image (C, H, W), label int)` and `.classes` give the usual per-sample view.
+
+- ArrayDataset: arrays you already have.
+- ImageFolder: one sub-folder per class, decoded with Pillow in threads (see transforms.py).
+- MNIST, FashionMNIST: IDX files (gzipped or not); FashionMNIST finds the Debian-installed copy
+  or downloads the official files with a SHA-256 check.
+- CIFAR10: the binary batches only; the "python version" is pickle, which fastcnn never loads.
+
+Only numpy, Pillow and the standard library are imported here (no fastcnn._C).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import operator
+import os
+import queue
+import tempfile
+import threading
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .transforms import (
+    channel_stats,
+    channel_values,
+    decode_image,
+    load_image,
+    normalize_,
+    preprocess_array,
+    to_size,
+)
+
+__all__ = [
+    "ArrayDataset",
+    "ImageFolder",
+    "MNIST",
+    "FashionMNIST",
+    "CIFAR10",
+    "DataLoader",
+    "read_idx",
+    "load_image",
+    "preprocess_array",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+# SHA-256 of the official .gz files. Zalando publishes only MD5s (8d4fb7e6..., 25c81989...,
+# bef4ecab..., bb300cfd...), so these come from two independent public projects that agree:
+# Britefury/batchup (batchup/datasets/fashion_mnist.py) and Connor Olding's `mnists` script.
+# Debian's dataset-fashion-mnist is not a source: it recompresses the files (gzip header without
+# the original file name, 24 bytes shorter), so its .gz digests differ from the official ones.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz":
+        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+    "train-labels-idx1-ubyte.gz":
+        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+    "t10k-images-idx3-ubyte.gz":
+        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+    "t10k-labels-idx1-ubyte.gz":
+        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+}  # fmt: skip
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+# Training-split statistics of pixels scaled to [0, 1], used for both splits. Fashion-MNIST:
+# computed here from the Debian-installed files (0.28604060, 0.35302424). MNIST: the usual values.
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860406, 0.3530242
+MNIST_MEAN, MNIST_STD = 0.1306605, 0.3081078
+
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+# Per-channel training-set statistics (the often-quoted std 0.2023, 0.1994, 0.2010 is a known
+# miscalculation, the std of per-image means).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+# ---------------------------------------------------------------------------------------------
+# in-memory data sets
+# ---------------------------------------------------------------------------------------------
+
+
+class _InMemory:
+    """`.images` float32 (N,C,H,W), `.labels` int64 (N,), `.classes`: the shared behaviour."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        i = operator.index(i)  # ints only: a slice would return a batch under a per-sample API
+        return self.images[i], int(self.labels[i])
+
+    def __repr__(self) -> str:
+        shape = self.images.shape[1:]
+        return f"{type(self).__name__}(n={len(self)}, shape={shape}, classes={len(self.classes)})"
+
+
+def _scaled(raw_uint8: np.ndarray) -> np.ndarray:
+    """uint8 (N,C,H,W) -> float32 in [0, 1], contiguous."""
+    return np.multiply(raw_uint8, np.float32(1.0 / 255.0), dtype=np.float32)
+
+
+def _preprocessing(size, channels, mean, std) -> dict:
+    return {
+        "image_size": [int(size[0]), int(size[1])],
+        "channels": int(channels),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+    }
+
+
+def _check_labels(labels, n: int, num_classes: int | None, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{what}: labels must be 1-D, got shape {labels.shape}")
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{what}: labels must be integers, got dtype {labels.dtype} (use .astype(np.int64))"
+        )
+    if len(labels) != n:
+        raise ValueError(f"{what}: {n} images but {len(labels)} labels")
+    if n and labels.min() < 0:
+        raise ValueError(f"{what}: labels must be >= 0, found {labels.min()}")
+    if n and num_classes is not None and labels.max() >= num_classes:
+        raise ValueError(f"{what}: label {labels.max()} is out of range for {num_classes} classes")
+    return labels.astype(np.int64)
+
+
+class ArrayDataset(_InMemory):
+    """Images and labels you already hold in arrays.
+
+    images: uint8 (N,H,W) or (N,H,W,C), scaled to [0, 1] and made NCHW; or float NCHW, taken as
+    is. labels: any integer dtype, >= 0. mean/std (a float or one per channel) normalise.
+    """
+
+    def __init__(self, images, labels, classes=None, mean=None, std=None):
+        images = np.asarray(images)
+        if images.size == 0:
+            raise ValueError(f"ArrayDataset: images are empty (shape {images.shape})")
+        if images.dtype == np.uint8:
+            if images.ndim == 3:
+                images = images[:, None]
+            elif images.ndim == 4:
+                images = images.transpose(0, 3, 1, 2)
+            else:
+                raise ValueError(
+                    f"ArrayDataset: uint8 images must be (N,H,W) or (N,H,W,C), got {images.shape}"
+                )
+            x = _scaled(images)
+            # Raw pixels: predict can redo these steps on new raw images.
+            c = x.shape[1]
+            self.preprocessing = _preprocessing(x.shape[2:], c, [0.0] * c, [1.0] * c)
+        elif np.issubdtype(images.dtype, np.floating):
+            if images.ndim != 4:
+                raise ValueError(f"ArrayDataset: float images must be NCHW, got {images.shape}")
+            # A copy, so that normalising never writes into the caller's array.
+            x = np.array(images, dtype=np.float32, order="C")
+            self.preprocessing = None  # unknown: the caller prepared these floats
+        else:
+            raise ValueError(
+                f"ArrayDataset: images must be uint8 or floating point, got dtype {images.dtype}"
+            )
+        n = x.shape[0]
+        if classes is not None:
+            classes = [str(c) for c in classes]
+        self.labels = _check_labels(
+            labels, n, None if classes is None else len(classes), "ArrayDataset"
+        )
+        if classes is None:
+            classes = [str(i) for i in range(int(self.labels.max()) + 1)]
+        self.classes = classes
+        if mean is not None or std is not None:
+            c = x.shape[1]
+            mean = channel_values(0.0 if mean is None else mean, c, "mean")
+            std = channel_values(1.0 if std is None else std, c, "std")
+            normalize_(x, mean, std)
+            if self.preprocessing is not None:
+                self.preprocessing.update(mean=mean.tolist(), std=std.tolist())
+        self.images = x
+
+
+class ImageFolder(_InMemory):
+    """One sub-folder per class (names sorted), every image loaded at construction.
+
+    Images (jpg, jpeg, png, bmp, gif, webp, tif, tiff; any case) are found recursively in each
+    class folder; hidden files and folders (".DS_Store", ".ipynb_checkpoints") and files with
+    other extensions are ignored. Each is decoded, converted to `channels` (1: 'L', 3: 'RGB'),
+    resized to `image_size` (int or (h, w); aspect ratio not kept), scaled to [0, 1] and
+    normalised per channel by `mean`/`std`, computed from this folder when not given. Pass the
+    training set's `mean`, `std` and `classes` when loading a validation folder.
+
+    A file that cannot be decoded raises ValueError naming it; with `skip_bad=True` it is left
+    out and listed in `.skipped`.
+    """
+
+    def __init__(
+        self, root, image_size, channels=3, skip_bad=False, mean=None, std=None, classes=None,
+        workers=None,
+    ):  # fmt: skip
+        size = to_size(image_size)
+        if channels not in (1, 3):
+            raise ValueError(f"ImageFolder: channels must be 1 or 3, got {channels!r}")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"ImageFolder: workers must be a positive int, got {workers!r}")
+        root = os.fspath(root)
+        self.root = root
+        self.classes, self.samples = _scan_folder(root, classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+        x, bad = self._decode_all(size, channels, skip_bad, workers)
+        self.skipped = [self.samples[i][0] for i in sorted(bad)]
+        if len(bad) == len(self.samples):
+            raise ValueError(f"ImageFolder: no readable image in {root}")
+        if bad:
+            keep = [i for i in range(len(self.samples)) if i not in bad]
+            x = x[keep]  # one compacting copy, only when something was skipped
+            self.samples = [self.samples[i] for i in keep]
+        self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
+
+        if mean is None and std is None:
+            mean, std = channel_stats(x)
+        mean = channel_values(0.0 if mean is None else mean, channels, "mean")
+        std = channel_values(1.0 if std is None else std, channels, "std")
+        self.images = normalize_(x, mean, std)
+        self.mean, self.std = mean.tolist(), std.tolist()
+        self.preprocessing = _preprocessing(size, channels, self.mean, self.std)
+
+    def _decode_all(self, size, channels, skip_bad, workers):
+        """Decode every sample into one preallocated array -> (array, indices of bad files)."""
+        x = np.empty((len(self.samples), channels) + size, dtype=np.float32)
+        bad = set()
+
+        def decode(path):
+            try:
+                return decode_image(path, size, channels)
+            except ValueError as e:
+                if not skip_bad:
+                    raise
+                return e
+
+        # Threads suffice: Pillow releases the GIL while decoding and resizing.
+        pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
+        try:
+            for i, arr in enumerate(pool.map(decode, [p for p, _ in self.samples])):
+                if isinstance(arr, ValueError):
+                    bad.add(i)
+                else:
+                    x[i] = arr
+        finally:
+            # On the first bad file, do not go on decoding the thousands still queued.
+            pool.shutdown(wait=True, cancel_futures=True)
+        return x, bad
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def _scan_folder(root: str, classes):
+    if not os.path.exists(root):
+        raise ValueError(f"ImageFolder: {root} does not exist")
+    if not os.path.isdir(root):
+        raise ValueError(f"ImageFolder: {root} is not a folder")
+    found = sorted(e.name for e in os.scandir(root) if _visible(e.name) and e.is_dir())
+    if not found:
+        raise ValueError(
+            f"ImageFolder: no class folders in {root} (expected one sub-folder per class)"
+        )
+    if classes is None:
+        classes = found
+    else:
+        # A validation folder may lack a class, but a folder we have no label for is an error.
+        classes = [str(c) for c in classes]
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise ValueError(f"ImageFolder: folders {unknown} in {root} are not in classes")
+    samples = []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = [d for d in dirnames if _visible(d)]
+            paths += [
+                os.path.join(dirpath, f)
+                for f in filenames
+                if _visible(f) and f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        if not paths:
+            raise ValueError(
+                f"ImageFolder: class folder {folder} has no images "
+                f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        samples += [(p, label) for p in sorted(paths)]
+    return classes, samples
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST)
+# ---------------------------------------------------------------------------------------------
+
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_GZIP_MAX_RATIO = 1032  # deflate cannot expand more than this: bounds a gzip file's content
+
+
+def read_idx(path) -> np.ndarray:
+    """Parse an IDX file (gzipped or not: detected by its magic bytes 1f 8b, not its name).
+
+    Layout: 2 zero bytes, a dtype code, ndim, then ndim big-endian uint32 sizes, then the data.
+    Every field is checked, and the data length must match the header exactly; a header that
+    claims more than the file can hold is refused before anything of that size is allocated.
+    """
+    path = os.fspath(path)
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+        try:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:2] != b"\0\0":
+                raise ValueError(f"{path}: not an IDX file (bad magic {magic.hex()})")
+            code, ndim = magic[2], magic[3]
+            if code not in _IDX_DTYPES:
+                raise ValueError(f"{path}: unknown IDX dtype code 0x{code:02x}")
+            if ndim < 1:
+                raise ValueError(f"{path}: IDX header has 0 dimensions")
+            head = f.read(4 * ndim)
+            if len(head) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header")
+            dims = np.frombuffer(head, dtype=">u4").astype(np.int64)
+            dtype = np.dtype(_IDX_DTYPES[code])
+            expected = int(np.prod(dims, dtype=object)) * dtype.itemsize  # Python int: no overflow
+            if gzipped:
+                bound = _GZIP_MAX_RATIO * file_size
+                if expected > bound:
+                    raise ValueError(
+                        f"{path}: IDX header claims {expected} bytes of data, more than a "
+                        f"{file_size}-byte gzip file can hold"
+                    )
+                data = _read_exactly(f, expected, path)
+            else:
+                actual = file_size - 4 - 4 * ndim
+                if actual != expected:
+                    why = "truncated" if actual < expected else "extra bytes"
+                    raise ValueError(
+                        f"{path}: IDX header {tuple(dims)} needs {expected} bytes of data, "
+                        f"the file has {actual} ({why})"
+                    )
+                data = bytearray(expected)  # safe now: the file holds exactly this much
+                if f.readinto(data) != expected:
+                    raise ValueError(f"{path}: file changed while being read")
+        except (OSError, EOFError, zlib.error) as e:  # mostly a corrupt or truncated gzip stream
+            raise ValueError(f"{path}: cannot read IDX data ({type(e).__name__}: {e})") from e
+        finally:
+            f.close()
+    arr = np.frombuffer(data, dtype=dtype).reshape(tuple(dims))
+    return arr.astype(dtype.newbyteorder("="), copy=False) if dtype.itemsize > 1 else arr
+
+
+def _read_exactly(f, expected: int, path: str) -> bytes:
+    """Read a stream of unknown length in chunks, so memory follows the data, not the header."""
+    chunks, total = [], 0
+    while total <= expected:
+        chunk = f.read(min(1 << 24, expected + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total != expected:
+        raise ValueError(
+            f"{path}: IDX header needs {expected} bytes of data, the file has "
+            f"{'only ' + str(total) if total < expected else 'more'} (truncated or lying header)"
+        )
+    return bytearray().join(chunks)  # bytearray: the arrays built on it are writable
+
+
+def _find_idx(directory: str, stem: str) -> str | None:
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _split_files(directory: str, split: str) -> list:
+    """[images path, labels path] of a split ("train" or "t10k"), None where missing."""
+    kinds = ("images-idx3", "labels-idx1")
+    return [_find_idx(directory, f"{split}-{kind}-ubyte") for kind in kinds]
+
+
+class MNIST(_InMemory):
+    """MNIST from the four IDX files in `root` (.gz or not): `train-images-idx3-ubyte` etc.
+
+    Images become float32 (N, 1, 28, 28) in [0, 1], then, when `normalize`, are normalised by
+    the training split's mean and std (for the test split too).
+    """
+
+    MEAN, STD = MNIST_MEAN, MNIST_STD
+    CLASSES = [str(i) for i in range(10)]
+
+    def __init__(self, root, train=True, normalize=True):
+        self._load(os.fspath(root), train, normalize)
+
+    def _load(self, directory: str, train: bool, normalize: bool):
+        split = "train" if train else "t10k"
+        paths = _split_files(directory, split)
+        if None in paths:
+            raise FileNotFoundError(
+                f"{type(self).__name__}: no {split}-images-idx3-ubyte[.gz] and "
+                f"{split}-labels-idx1-ubyte[.gz] in {directory}"
+            )
+        raw, labels = read_idx(paths[0]), read_idx(paths[1])
+        if raw.dtype != np.uint8 or raw.ndim != 3:
+            raise ValueError(
+                f"{paths[0]}: expected uint8 images (N,H,W), got {raw.dtype} {raw.shape}"
+            )
+        if labels.dtype != np.uint8 or labels.ndim != 1:
+            raise ValueError(
+                f"{paths[1]}: expected uint8 labels (N,), got {labels.dtype} {labels.shape}"
+            )
+        self.labels = _check_labels(labels, len(raw), len(self.CLASSES), paths[1])
+        self.root = directory
+        self.classes = list(self.CLASSES)
+        x = _scaled(raw[:, None])
+        mean, std = (self.MEAN, self.STD) if normalize else (0.0, 1.0)
+        self.images = normalize_(x, mean, std)
+        self.preprocessing = _preprocessing(raw.shape[1:], 1, [mean], [std])
+
+
+class FashionMNIST(MNIST):
+    """Fashion-MNIST (60k train / 10k test, 28x28 grey, 10 classes), found or downloaded.
+
+    Looks in `root` only, when given; otherwise in $FASTCNN_DATA, $FASTCNN_DATA/fashion-mnist,
+    /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist) and
+    ~/.cache/fastcnn/fashion-mnist. When absent and `download`, fetches the four official .gz
+    files (base URL: $FASTCNN_FASHION_MNIST_URL or FASHION_MNIST_URL) into `root` or the cache,
+    each checked against FASHION_MNIST_SHA256.
+    """
+
+    MEAN, STD = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    CLASSES = FASHION_MNIST_CLASSES
+
+    def __init__(self, root=None, train=True, download=True, normalize=True):
+        split = "train" if train else "t10k"
+        dirs = _fashion_mnist_dirs(root)
+        for d in dirs:
+            if None not in _split_files(d, split):
+                return self._load(d, train, normalize)
+        if not download:
+            raise FileNotFoundError(
+                f"FashionMNIST: not found in {', '.join(dirs)}; install Debian's "
+                "dataset-fashion-mnist, set $FASTCNN_DATA, or pass download=True"
+            )
+        target = dirs[0] if root is not None else dirs[-1]
+        download_fashion_mnist(target)
+        self._load(target, train, normalize)
+
+
+def _fashion_mnist_dirs(root) -> list[str]:
+    if root is not None:
+        return [os.fspath(root)]
+    dirs = []
+    env = os.environ.get("FASTCNN_DATA")
+    if env:
+        dirs += [env, os.path.join(env, "fashion-mnist")]
+    dirs.append("/usr/share/datasets/fashion-mnist")
+    dirs.append(os.path.join(os.path.expanduser("~"), ".cache", "fastcnn", "fashion-mnist"))
+    return dirs
+
+
+def download_fashion_mnist(directory) -> str:
+    """Fetch the four Fashion-MNIST .gz files missing from `directory`; returns it."""
+    directory = os.fspath(directory)
+    base = os.environ.get("FASTCNN_FASHION_MNIST_URL") or FASHION_MNIST_URL
+    os.makedirs(directory, exist_ok=True)
+    for name in FASHION_MNIST_FILES:
+        if _find_idx(directory, name[: -len(".gz")]) is None:
+            url = base.rstrip("/") + "/" + name
+            _download(url, os.path.join(directory, name), FASHION_MNIST_SHA256[name])
+    return directory
+
+
+def _download(url: str, dest: str, sha256: str) -> None:
+    """Stream url to a temp file beside dest, check length and SHA-256, then rename.
+
+    dest only ever appears complete and verified; every failure removes the temp file.
+    """
+    folder, name = os.path.split(dest)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    try:
+        digest, received = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    declared = response.headers.get("Content-Length")
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+            except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, refused, ...
+                raise OSError(f"could not download {url} to {dest}: {e}") from e
+        # http.client returns a short body without complaint when the server hangs up early.
+        if declared is not None and received != int(declared):
+            raise ValueError(
+                f"{dest}: truncated download from {url} ({received} of {declared} bytes)"
+            )
+        if digest.hexdigest() != sha256:
+            raise ValueError(
+                f"{dest}: SHA-256 mismatch for {url} ({received} bytes): got {digest.hexdigest()}, "
+                f"expected {sha256}; the file was not kept"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 (binary version)
+# ---------------------------------------------------------------------------------------------
+
+_CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 R, 1024 G, 1024 B, row-major
+
+
+class CIFAR10(_InMemory):
+    """CIFAR-10 from the binary version: `cifar-10-batches-bin/` (or its content) in `root`.
+
+    The python version is a set of pickles and is refused: unpickling runs arbitrary code, and
+    fastcnn never unpickles. Images become float32 (N, 3, 32, 32) in [0, 1], normalised by the
+    training set's per-channel mean/std when `normalize`.
+    """
+
+    def __init__(self, root, train=True, normalize=True):
+        directory = _cifar_dir(os.fspath(root))
+        names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
+        records = []
+        for name in names:
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"CIFAR10: {path} is missing")
+            data = np.fromfile(path, dtype=np.uint8)
+            if data.size == 0 or data.size % _CIFAR_RECORD:
+                raise ValueError(
+                    f"{path}: {data.size} bytes is not a whole number of {_CIFAR_RECORD}-byte "
+                    "CIFAR-10 records (truncated?)"
+                )
+            records.append(data.reshape(-1, _CIFAR_RECORD))
+        rec = np.concatenate(records)
+        self.root = directory
+        self.classes = _cifar_classes(directory)
+        self.labels = _check_labels(rec[:, 0], len(rec), len(self.classes), directory)
+        x = _scaled(rec[:, 1:].reshape(-1, 3, 32, 32))
+        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if normalize else ((0.0,) * 3, (1.0,) * 3)
+        self.images = normalize_(x, mean, std)
+        self.preprocessing = _preprocessing((32, 32), 3, mean, std)
+
+
+def _cifar_dir(root: str) -> str:
+    def has(d, *names):
+        return any(os.path.isfile(os.path.join(d, n)) for n in names)
+
+    for d in (os.path.join(root, "cifar-10-batches-bin"), root):
+        if has(d, "data_batch_1.bin", "test_batch.bin"):
+            return d
+    for d in (os.path.join(root, "cifar-10-batches-py"), root):
+        if has(d, "data_batch_1", "test_batch"):
+            raise ValueError(
+                f"CIFAR10: {d} holds the python version of CIFAR-10, which is pickle; fastcnn "
+                "never unpickles (loading a pickle can run arbitrary code). Use the binary "
+                "version instead (cifar-10-batches-bin/): "
+                "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+            )
+    raise FileNotFoundError(f"CIFAR10: no cifar-10-batches-bin/ with *.bin batches in {root}")
+
+
+def _cifar_classes(directory: str) -> list[str]:
+    meta = os.path.join(directory, "batches.meta.txt")
+    if os.path.isfile(meta):
+        with open(meta, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+        if len(names) == 10:
+            return names
+    return list(CIFAR10_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+# ---------------------------------------------------------------------------------------------
+
+
+class DataLoader:
+    """Iterate (images float32 (B,C,H,W), labels int64 (B,)) batches over a data set.
+
+    shuffle: a new permutation every epoch, drawn from np.random.default_rng((seed, epoch)), so
+    a seed gives a repeatable sequence of epochs and `set_epoch(e)` resumes at epoch e. Each
+    `iter()` uses the current epoch, then advances it. Without a seed a random one is drawn
+    once, at construction.
+    prefetch: the next batch is built in a background thread while this one is used.
+    """
+
+    def __init__(
+        self, dataset, batch_size=64, shuffle=False, seed=None, drop_last=False, prefetch=True
+    ):
+        ok = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+        if not ok or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(n)
+        else:
+            order = np.arange(n)
+        self.epoch += 1
+        stops = range(0, len(self) * self.batch_size, self.batch_size)
+        batches = (self._batch(order[i : i + self.batch_size]) for i in stops)
+        return _prefetched(batches) if self.prefetch else batches
+
+    def _batch(self, idx: np.ndarray):
+        ds = self.dataset
+        images, labels = getattr(ds, "images", None), getattr(ds, "labels", None)
+        arrays = isinstance(images, np.ndarray) and isinstance(labels, np.ndarray)
+        if arrays and len(images) == len(labels) == len(ds):
+            # One gather per array; fancy indexing returns fresh C-contiguous copies.
+            x = images.take(idx, axis=0)
+            return x.astype(np.float32, copy=False), labels.take(idx).astype(np.int64, copy=False)
+        pairs = [ds[int(i)] for i in idx]
+        x = np.stack([np.asarray(img, dtype=np.float32) for img, _ in pairs])
+        return x, np.array([label for _, label in pairs], dtype=np.int64)
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc):
+        self.exc = exc
+
+
+def _prefetched(batches):
+    """Run the `batches` generator one batch ahead in a daemon thread (queue of 2).
+
+    Abandoning the loop (break, exception, garbage collection) sets `stop`; the worker polls it
+    while waiting for room in the queue, so it ends within ~0.1 s and never blocks exit.
+    """
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(_Failed(e))
+
+    def consume():
+        # Started on the first next(), so an iterator that is never used starts no thread.
+        thread = threading.Thread(target=work, name="fastcnn-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.exc
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    return consume()

@@ -1,0 +1,349 @@
+"""Layers with an explicit backward: no tape, no autograd.
+
+A layer's forward calls one op and keeps what its backward needs; its backward takes dL/d(output),
+stores the parameter gradients in ``Parameter.grad`` and returns dL/d(input). Gradients
+accumulate across backward calls (``grad += ...``, visibly, here) until ``zero_grad()``, as in
+PyTorch. Weights have PyTorch's shapes, names and default initialisation, so a state dict moves
+between fastcnn and PyTorch unchanged.
+
+    loss = loss_fn(model(x), labels)
+    model.backward(loss_fn.backward())
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from . import ops
+
+__all__ = [
+    "Parameter",
+    "Module",
+    "Sequential",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Linear",
+    "ReLU",
+    "Flatten",
+    "CrossEntropyLoss",
+    "manual_seed",
+    "LAYERS",
+]
+
+_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Seeds the generator that initialises new layers' weights."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+class Parameter:
+    """A trainable array (`data`) and its accumulated gradient (`grad`, None until backward)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def accumulate(self, g: np.ndarray) -> None:
+        if self.grad is None:
+            self.grad = g
+        else:
+            self.grad += g
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape})"
+
+
+class Module:
+    """Base of every layer and model: finds its parameters and sub-modules by walking attributes."""
+
+    training = True
+    # False when no one needs dL/d(input) (the network's first layer): the layer then skips it.
+    requires_input_grad = True
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self) -> Iterator[Module]:
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copies arrays into the parameters; checks names and shapes before changing anything."""
+        own = dict(self.named_parameters())
+        if strict:
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            if missing or unexpected:
+                raise KeyError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+        arrays = {}
+        for name, value in state.items():
+            if name not in own:
+                continue
+            array = np.asarray(value)
+            if array.shape != own[name].data.shape:
+                raise ValueError(
+                    f"{name}: expected shape {own[name].data.shape}, got {array.shape}"
+                )
+            if not np.issubdtype(array.dtype, np.floating):
+                raise TypeError(f"{name}: expected floating-point values, got {array.dtype}")
+            arrays[name] = array
+        for name, array in arrays.items():
+            np.copyto(own[name].data, array, casting="same_kind")
+
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, device: str) -> Module:
+        if str(device) != "cpu":
+            from . import cuda
+
+            cuda.require()
+        return self
+
+    def config(self) -> dict:
+        """Constructor arguments, so that io can rebuild the layer without running stored code."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config().items())
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse. Parameters are named `i.weight`."""
+
+    def __init__(self, *layers: Module):
+        for layer in layers:
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def children(self):
+        for i, layer in enumerate(self.layers):
+            yield str(i), layer
+
+    def named_parameters(self, prefix: str = ""):
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, grad_out):
+        if self.layers:
+            self.layers[0].requires_input_grad = self.requires_input_grad
+        for layer in reversed(self.layers):
+            grad_out = layer.backward(grad_out)
+        return grad_out
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _uniform(shape, bound):
+    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = (
+            _pair(kernel_size),
+            _pair(stride),
+            _pair(padding),
+        )
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError("Conv2d channel counts must be >= 1")
+        # PyTorch's default: kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform((out_channels, in_channels, *self.kernel_size), bound))
+        self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        self._x = x if self.training else None
+        b = self.bias.data if self.bias is not None else None
+        return ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("Conv2d.backward called without a forward in training mode")
+        dx, dw, db = ops.conv2d_backward(
+            self._x, self.weight.data, dy, self.stride, self.padding, self.requires_input_grad
+        )
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def config(self):
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "bias": self.bias is not None,
+        }
+
+
+class Linear(Module):
+    def __init__(self, in_features, out_features, bias=True):
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError("Linear feature counts must be >= 1")
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(_uniform((self.out_features, self.in_features), bound))
+        self.bias = Parameter(_uniform((self.out_features,), bound)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        self._x = x if self.training else None
+        b = self.bias.data if self.bias is not None else None
+        return ops.linear_forward(x, self.weight.data, b)
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("Linear.backward called without a forward in training mode")
+        dx, dw, db = ops.linear_backward(self._x, self.weight.data, dy, self.requires_input_grad)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def config(self):
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+        }
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None):
+        self.kernel_size = _pair(kernel_size)
+        self.stride = self.kernel_size if stride is None else _pair(stride)
+        self._x_shape = None
+
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}
+
+
+class MaxPool2d(_Pool2d):
+    def forward(self, x):
+        y, indices = ops.maxpool2d_forward(x, self.kernel_size, self.stride)
+        self._x_shape, self._indices = x.shape, indices
+        return y
+
+    def backward(self, dy):
+        return ops.maxpool2d_backward(dy, self._indices, self._x_shape)
+
+
+class AvgPool2d(_Pool2d):
+    def forward(self, x):
+        self._x_shape = x.shape
+        return ops.avgpool2d_forward(x, self.kernel_size, self.stride)
+
+    def backward(self, dy):
+        return ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride)
+
+
+class ReLU(Module):
+    def forward(self, x):
+        self._y = ops.relu_forward(x)
+        return self._y
+
+    def backward(self, dy):
+        return ops.relu_backward(self._y, dy)
+
+
+class Flatten(Module):
+    """(N, C, H, W) -> (N, C*H*W); a view, no copy."""
+
+    def forward(self, x):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
+
+
+class CrossEntropyLoss:
+    """Mean softmax cross-entropy: `loss = fn(logits, labels)`, then `grad = fn.backward()`."""
+
+    def __call__(self, logits, labels) -> float:
+        loss, self._dlogits = ops.softmax_cross_entropy(logits, labels)
+        return loss
+
+    def backward(self):
+        return self._dlogits
+
+
+# Every layer io may rebuild from a model file, by name (a file never names code to run).
+LAYERS = {cls.__name__: cls for cls in (Conv2d, Linear, MaxPool2d, AvgPool2d, ReLU, Flatten)}

@@ -1,0 +1,117 @@
+"""Optimizers: each implements only its update (in C++, fastcnn._C), with PyTorch's rules."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+from .nn import Module, Parameter
+
+__all__ = ["Optimizer", "SGD", "Adam"]
+
+
+class Optimizer:
+    def __init__(self, params, lr: float):
+        if isinstance(params, Module):
+            params = params.parameters()
+        self.params: list[Parameter] = list(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        for p in self.params:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"optimizer takes Parameters, got {type(p).__name__}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.lr = float(lr)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    # Checkpoints: per-parameter state as arrays, scalars as a dict.
+    def state_dict(self) -> dict:
+        return {"lr": self.lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr = float(state.get("lr", self.lr))
+
+
+def _grad(p: Parameter) -> np.ndarray:
+    g = p.grad
+    if g.dtype != np.float32 or not g.flags.c_contiguous:
+        g = np.ascontiguousarray(g, dtype=np.float32)
+    return g
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD (dampening 0): buf = momentum*buf + g; p -= lr * (g + momentum*buf if
+    nesterov else buf), with g = grad + weight_decay * p."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError("momentum and weight_decay must be >= 0")
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), nesterov
+        self.buffers = [np.zeros_like(p.data) if momentum else None for p in self.params]
+        self.started = [False] * len(self.params)
+
+    def step(self):
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            _C.sgd_step(p.data, _grad(p), self.buffers[i], self.lr, self.momentum,
+                        self.weight_decay, self.nesterov, not self.started[i])
+            self.started[i] = True
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["started"] = list(self.started)
+        state["buffers"] = [None if b is None else b.copy() for b in self.buffers]
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.started = [bool(s) for s in state["started"]]
+        for mine, saved in zip(self.buffers, state["buffers"]):
+            if mine is not None and saved is not None:
+                np.copyto(mine, saved)
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (no amsgrad): bias-corrected first and second moments."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self.exp_avg = [np.zeros_like(p.data) for p in self.params]
+        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+        self.steps = [0] * len(self.params)
+
+    def step(self):
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            self.steps[i] += 1
+            _C.adam_step(p.data, _grad(p), self.exp_avg[i], self.exp_avg_sq[i], self.lr,
+                         self.beta1, self.beta2, self.eps, self.weight_decay, self.steps[i])
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["steps"] = list(self.steps)
+        state["exp_avg"] = [m.copy() for m in self.exp_avg]
+        state["exp_avg_sq"] = [v.copy() for v in self.exp_avg_sq]
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.steps = [int(s) for s in state["steps"]]
+        for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+            np.copyto(mine, saved)
