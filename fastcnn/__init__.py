@@ -4,7 +4,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _C, cuda, data, models, nn, ops, optim
+try:
+    from . import _C
+except ImportError as e:  # a source checkout without the compiled extension
+    raise ImportError(
+        "fastcnn's C++ extension (fastcnn._C) is missing: install fastcnn with `pip install .` "
+        "and import it from outside the source tree"
+    ) from e
+
+from . import cuda, data, models, nn, ops, optim
 from .io import load, save
 from .nn import manual_seed
 from .train import evaluate, fit, predict

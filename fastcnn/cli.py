@@ -59,6 +59,7 @@ def _load_data(spec, image_size, channels, *, train=True, reference=None, seed=0
 
 def cmd_train(args):
     import fastcnn
+
     from . import models, nn
 
     defaults = (28, 1) if args.data == DEFAULT_DATA else (64, 3)
@@ -113,6 +114,7 @@ def cmd_predict(args):
 
 def cmd_bench(args):
     import fastcnn
+
     from . import models, nn, optim
 
     nn.manual_seed(0)

@@ -38,3 +38,25 @@ def num_threads():
     previous = fastcnn.get_num_threads()
     yield fastcnn.set_num_threads
     fastcnn.set_num_threads(previous)
+
+
+def run_python(code, **env):
+    """Runs `code` in a fresh interpreter that imports the same fastcnn as this one (the
+    installed package, or a built source tree), from a neutral working directory."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    import tempfile
+
+    import fastcnn
+
+    environ = {k: v for k, v in os.environ.items() if k != "FASTCNN_NUM_THREADS"}
+    environ.update(env)
+    package_parent = str(pathlib.Path(fastcnn.__file__).resolve().parents[1])
+    environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_parent, environ.get("PYTHONPATH")) if p
+    )
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, cwd=cwd, env=environ).stdout.strip()

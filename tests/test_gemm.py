@@ -1,13 +1,11 @@
 """The raw SGEMM under every micro-kernel: edges of the register tiles and cache blocks."""
 
 import ast
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import reference as ref
+from conftest import run_python
 
 from fastcnn import ops
 
@@ -106,8 +104,5 @@ def test_kernel_selection():
 def test_default_kernel_is_the_best_supported():
     """A fresh process picks the widest micro-kernel the CPU supports."""
     code = "from fastcnn import ops; print(repr((ops.gemm_kernel(), ops.gemm_kernels())))"
-    root = pathlib.Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=root).stdout
-    default, kernels = ast.literal_eval(out.strip())
+    default, kernels = ast.literal_eval(run_python(code))
     assert default == [k for k in ("avx512", "avx2", "generic") if k in kernels][0]

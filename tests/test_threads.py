@@ -1,13 +1,11 @@
 """Results do not depend on the thread count: 1, 2 and more threads agree bit for bit."""
 
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import reference as ref
+from conftest import run_python
 
 import fastcnn
 from fastcnn import ops
@@ -134,11 +132,7 @@ def test_other_ops_bit_identical_across_threads(num_threads, rng):
 
 
 def python_in_repo(code, **env):
-    root = pathlib.Path(__file__).resolve().parents[1]
-    environ = {k: v for k, v in os.environ.items() if k != "FASTCNN_NUM_THREADS"}
-    environ.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, cwd=root, env=environ).stdout.strip()
+    return run_python(code, **env)
 
 
 def test_environment_variable_sets_default():
