@@ -14,6 +14,7 @@ is None and every `peak_share` is None.
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
 import os
 import platform
@@ -25,22 +26,43 @@ import tempfile
 import time
 
 __all__ = [
+    "ROOT",
+    "child_env",
     "measure",
+    "summarize",
     "emit",
     "fma_peak_gflops",
     "set_threads",
     "numpy_blas",
     "machine_info",
     "print_table",
+    "CpuWatch",
+    "contention_note",
     "try_import_torch",
 ]
+
+# The checkout this file belongs to. When its fastcnn is built in place (fastcnn/_C*.so), that
+# is the fastcnn measured, ahead of any installed copy; otherwise the installed one is.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_USE_CHECKOUT = bool(glob.glob(os.path.join(ROOT, "fastcnn", "_C*")))
+if _USE_CHECKOUT and ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def child_env() -> dict:
+    """Environment for a child Python that must import the same fastcnn as this process."""
+    env = dict(os.environ)
+    if _USE_CHECKOUT:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
 
 # ---- timing -------------------------------------------------------------------------------------
 
 
 def measure(fn, *, warmup=3, repeats=10, min_time=0.2, max_time=30.0) -> dict:
     """Time fn(): `warmup` untimed calls, then at least `repeats` timed calls and `min_time`
-    seconds (stopping early only at `max_time`). Returns {median_s, min_s, repeats}."""
+    seconds (stopping early only at `max_time`). Returns {median_s, min_s, repeats, times}."""
     for _ in range(warmup):
         fn()
     times = []
@@ -52,7 +74,19 @@ def measure(fn, *, warmup=3, repeats=10, min_time=0.2, max_time=30.0) -> dict:
         spent = time.perf_counter() - start
         if (len(times) >= repeats and spent >= min_time) or spent >= max_time:
             break
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
+    return summarize(times)
+
+
+def summarize(times) -> dict:
+    """{median_s, min_s, repeats, times} of a list of per-call seconds (several measure() runs
+    of one thing, interleaved with other things, are pooled this way)."""
+    times = list(times)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "repeats": len(times),
+        "times": times,
+    }
 
 
 def emit(record: dict) -> None:
@@ -137,7 +171,9 @@ _FLAG_SETS = (("-mavx512f", "-mfma"), ("-mavx2", "-mfma"))
 
 
 def _build_fma_program(directory: str) -> str | None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = (
+        os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    )
     if not compiler:
         return None
     src = os.path.join(directory, "fma.c")
@@ -270,6 +306,7 @@ def machine_info(torch=None) -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "fastcnn": fastcnn.__version__,
+        "fastcnn_path": os.path.dirname(fastcnn.__file__),
         "gemm_kernel": fastcnn.ops.gemm_kernel(),
         "numpy": numpy.__version__,
         "numpy_blas_core": numpy_blas("corename"),
@@ -282,11 +319,55 @@ def machine_info(torch=None) -> dict:
     return info
 
 
+class CpuWatch:
+    """How much of the machine's CPU other processes used between start and `stop()`: the
+    noise indicator of a run (this process and its waited-for children are excluded)."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal, seconds
+
+    @staticmethod
+    def _own():
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        busy = self._busy()
+        record = {"bench": "cpu_contention", "seconds": wall, "other_cpu_share": None}
+        if busy is not None and self.busy0 is not None and wall > 0:
+            others = (busy - self.busy0) - (self._own() - self.own0)
+            record["other_cpu_share"] = max(0.0, others / (wall * (os.cpu_count() or 1)))
+        return record
+
+
+def contention_note(record: dict) -> str:
+    share = record.get("other_cpu_share")
+    if share is None:
+        return "other processes' CPU use during the run: unknown"
+    note = f"other processes used {share:.0%} of the machine's CPU during this run"
+    if share > 0.05:
+        note += " -- the numbers above are disturbed; rerun on a quieter machine"
+    return note
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     """A plain text table (after the JSON lines; every line of it starts with something other
     than '{', so `grep '^{'` keeps only the JSON)."""
     cells = [[_cell(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)
+    ]
     line = "  ".join("-" * w for w in widths)
     print(f"\n== {title} ==")
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))

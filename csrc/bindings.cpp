@@ -55,12 +55,23 @@ void expect_shape(const py::array& a, const char* name, const Shape& want) {
                 shape_str(shape_of(a)));
 }
 
-// The output: `out` if given (checked: float32, C-contiguous, exact shape), else a new array.
-F32 make_out(const std::optional<py::array>& out, const Shape& shape, const char* name = "out") {
+bool overlaps(const py::array& a, const py::array& b) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+// The output: `out` if given (checked: float32, C-contiguous, exact shape, writeable, sharing no
+// memory with `inputs`), else a new array.
+F32 make_out(const std::optional<py::array>& out, const Shape& shape, const char* name = "out",
+             std::initializer_list<const py::array*> inputs = {}) {
   if (out) {
     in_f32(*out, name, static_cast<int>(shape.size()));
     expect_shape(*out, name, shape);
     if (!out->writeable()) value_error(std::string(name) + " must be writeable");
+    for (const py::array* in : inputs)
+      if (overlaps(*out, *in))
+        value_error(std::string(name) + " must not share memory with an input of this op");
     return py::reinterpret_borrow<F32>(*out);
   }
   return F32(shape);
@@ -138,7 +149,7 @@ F32 conv2d_forward(const py::array& x, const py::array& w, const std::optional<p
                    const std::optional<py::array>& out) {
   Window2d g = conv_geometry(x, w, sh, sw, ph, pw);
   const float* bp = optional_bias(b, g.O);
-  F32 y = make_out(out, {g.N, g.O, g.OH, g.OW});
+  F32 y = make_out(out, {g.N, g.O, g.OH, g.OW}, "out", {&x, &w});
   const float *xp = in_f32(x, "x", 4), *wp = in_f32(w, "w", 4);
   float* yp = data(y);
   {
@@ -148,16 +159,20 @@ F32 conv2d_forward(const py::array& x, const py::array& w, const std::optional<p
   return y;
 }
 
+using OptArray = std::optional<py::array>;
+
 py::tuple conv2d_backward(const py::array& x, const py::array& w, const py::array& dy, int64_t sh,
-                          int64_t sw, int64_t ph, int64_t pw, bool need_dx) {
+                          int64_t sw, int64_t ph, int64_t pw, bool need_dx, const OptArray& dx_out,
+                          const OptArray& dw_out, const OptArray& db_out) {
   Window2d g = conv_geometry(x, w, sh, sw, ph, pw);
   in_f32(dy, "dy", 4);
   expect_shape(dy, "dy", {g.N, g.O, g.OH, g.OW});
-  F32 dw(shape_of(w)), db(Shape{g.O});
+  F32 dw = make_out(dw_out, shape_of(w), "dw_out", {&x, &w, &dy});
+  F32 db = make_out(db_out, {g.O}, "db_out", {&x, &w, &dy});
   py::object dx_obj = py::none();
   float* dxp = nullptr;
   if (need_dx) {
-    F32 dx(shape_of(x));
+    F32 dx = make_out(dx_out, shape_of(x), "dx_out", {&x, &w, &dy});
     dxp = data(dx);
     dx_obj = dx;
   }
@@ -172,22 +187,36 @@ py::tuple conv2d_backward(const py::array& x, const py::array& w, const py::arra
 
 // ---- pool2d -----------------------------------------------------------------------------------
 
-py::tuple maxpool2d_forward(const py::array& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw) {
+py::tuple maxpool2d_forward(const py::array& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                            bool relu, const OptArray& out, const OptArray& indices_out) {
   in_f32(x, "x", 4);
   Window2d g = pool_geometry(shape_of(x), "x", kh, kw, sh, sw);
-  F32 y(Shape{g.N, g.C, g.OH, g.OW});
-  py::array_t<int32_t> idx(Shape{g.N, g.C, g.OH, g.OW});
+  const Shape ys{g.N, g.C, g.OH, g.OW};
+  F32 y = make_out(out, ys, "out", {&x});
+  py::array_t<int32_t> idx;
+  if (indices_out) {
+    if (!indices_out->dtype().is(py::dtype::of<int32_t>()) ||
+        !(indices_out->flags() & py::array::c_style) || !indices_out->writeable())
+      type_error("indices_out must be a writeable, C-contiguous int32 array");
+    expect_shape(*indices_out, "indices_out", ys);
+    if (overlaps(*indices_out, x) || overlaps(*indices_out, y))
+      value_error("indices_out must not share memory with x or out");
+    idx = py::reinterpret_borrow<py::array_t<int32_t>>(*indices_out);
+  } else {
+    idx = py::array_t<int32_t>(ys);
+  }
   const float* xp = in_f32(x, "x", 4);
   float* yp = data(y);
   int32_t* ip = idx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    fastcnn::maxpool2d_forward(g, xp, yp, ip);
+    fastcnn::maxpool2d_forward(g, xp, yp, ip, relu);
   }
   return py::make_tuple(y, idx);
 }
 
-F32 maxpool2d_backward(const py::array& dy, const py::array& indices, const Shape& x_shape) {
+F32 maxpool2d_backward(const py::array& dy, const py::array& indices, const Shape& x_shape,
+                       const OptArray& y, const OptArray& out) {
   // The window itself is not needed: indices say where each dy goes.
   const float* dyp = in_f32(dy, "dy", 4);
   const Shape ys = shape_of(dy);
@@ -213,19 +242,26 @@ F32 maxpool2d_backward(const py::array& dy, const py::array& indices, const Shap
     if (ip[i] < 0 || ip[i] >= plane)
       value_error("indices holds " + std::to_string(ip[i]) + ", outside the input plane of " +
                   std::to_string(plane) + " elements (x_shape " + shape_str(x_shape) + ")");
-  F32 dx(x_shape);
+  const float* yp = nullptr;
+  if (y) {
+    yp = in_f32(*y, "y", 4);
+    expect_shape(*y, "y", ys);
+  }
+  F32 dx = make_out(out, x_shape, "out", {&dy, &indices});
+  if (y && overlaps(dx, *y)) value_error("out must not share memory with y");
   float* dxp = data(dx);
   {
     py::gil_scoped_release nogil;
-    fastcnn::maxpool2d_backward(g, dyp, ip, dxp);
+    fastcnn::maxpool2d_backward(g, dyp, ip, yp, dxp);
   }
   return dx;
 }
 
-F32 avgpool2d_forward(const py::array& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw) {
+F32 avgpool2d_forward(const py::array& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                      const OptArray& out) {
   in_f32(x, "x", 4);
   Window2d g = pool_geometry(shape_of(x), "x", kh, kw, sh, sw);
-  F32 y(Shape{g.N, g.C, g.OH, g.OW});
+  F32 y = make_out(out, {g.N, g.C, g.OH, g.OW}, "out", {&x});
   const float* xp = in_f32(x, "x", 4);
   float* yp = data(y);
   {
@@ -236,11 +272,11 @@ F32 avgpool2d_forward(const py::array& x, int64_t kh, int64_t kw, int64_t sh, in
 }
 
 F32 avgpool2d_backward(const py::array& dy, const Shape& x_shape, int64_t kh, int64_t kw,
-                       int64_t sh, int64_t sw) {
+                       int64_t sh, int64_t sw, const OptArray& out) {
   Window2d g = pool_geometry(x_shape, "x_shape", kh, kw, sh, sw);
   const float* dyp = in_f32(dy, "dy", 4);
   expect_shape(dy, "dy", {g.N, g.C, g.OH, g.OW});
-  F32 dx(x_shape);
+  F32 dx = make_out(out, x_shape, "out", {&dy});
   float* dxp = data(dx);
   {
     py::gil_scoped_release nogil;
@@ -265,7 +301,7 @@ F32 linear_forward(const py::array& x, const py::array& w, const std::optional<p
   linear_check(x, w);
   const int64_t N = x.shape(0), in = x.shape(1), outf = w.shape(0);
   const float* bp = optional_bias(b, outf);
-  F32 y = make_out(out, {N, outf});
+  F32 y = make_out(out, {N, outf}, "out", {&x, &w});
   const float *xp = in_f32(x, "x", 2), *wp = in_f32(w, "w", 2);
   float* yp = data(y);
   {
@@ -276,16 +312,18 @@ F32 linear_forward(const py::array& x, const py::array& w, const std::optional<p
 }
 
 py::tuple linear_backward(const py::array& x, const py::array& w, const py::array& dy,
-                          bool need_dx) {
+                          bool need_dx, const OptArray& dx_out, const OptArray& dw_out,
+                          const OptArray& db_out) {
   linear_check(x, w);
   const int64_t N = x.shape(0), in = x.shape(1), outf = w.shape(0);
   const float* dyp = in_f32(dy, "dy", 2);
   expect_shape(dy, "dy", {N, outf});
-  F32 dw(Shape{outf, in}), db(Shape{outf});
+  F32 dw = make_out(dw_out, {outf, in}, "dw_out", {&x, &w, &dy});
+  F32 db = make_out(db_out, {outf}, "db_out", {&x, &w, &dy});
   py::object dx_obj = py::none();
   float* dxp = nullptr;
   if (need_dx) {
-    F32 dx(Shape{N, in});
+    F32 dx = make_out(dx_out, {N, in}, "dx_out", {&x, &w, &dy});
     dxp = data(dx);
     dx_obj = dx;
   }
@@ -328,7 +366,8 @@ F32 relu_backward(const py::array& y, const py::array& dy, const std::optional<p
 
 // ---- loss -------------------------------------------------------------------------------------
 
-py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels) {
+py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels,
+                                const OptArray& out) {
   const float* zp = in_f32(logits, "logits", 2);
   const int64_t N = logits.shape(0), K = logits.shape(1);
   if (N < 1) value_error("logits must hold at least one row, got shape " + shape_str(shape_of(logits)));
@@ -344,7 +383,7 @@ py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels
       value_error("labels out of range: labels[" + std::to_string(i) + "] = " +
                   std::to_string(lp[i]) + ", but logits have " + std::to_string(K) +
                   " classes (valid: 0.." + std::to_string(K - 1) + ")");
-  F32 d(Shape{N, K});
+  F32 d = make_out(out, {N, K}, "out", {&logits, &labels});
   float* dp = data(d);
   double loss;
   {
@@ -425,20 +464,24 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv2d_forward", &conv2d_forward, arg("x"), arg("w"), arg("b").none(true), arg("sh"),
         arg("sw"), arg("ph"), arg("pw"), arg("relu") = false, arg("out") = none);
   m.def("conv2d_backward", &conv2d_backward, arg("x"), arg("w"), arg("dy"), arg("sh"), arg("sw"),
-        arg("ph"), arg("pw"), arg("need_dx") = true);
+        arg("ph"), arg("pw"), arg("need_dx") = true, arg("dx_out") = none, arg("dw_out") = none,
+        arg("db_out") = none);
   m.def("maxpool2d_forward", &maxpool2d_forward, arg("x"), arg("kh"), arg("kw"), arg("sh"),
-        arg("sw"));
-  m.def("maxpool2d_backward", &maxpool2d_backward, arg("dy"), arg("indices"), arg("x_shape"));
+        arg("sw"), arg("relu") = false, arg("out") = none, arg("indices_out") = none);
+  m.def("maxpool2d_backward", &maxpool2d_backward, arg("dy"), arg("indices"), arg("x_shape"),
+        arg("y") = none, arg("out") = none);
   m.def("avgpool2d_forward", &avgpool2d_forward, arg("x"), arg("kh"), arg("kw"), arg("sh"),
-        arg("sw"));
+        arg("sw"), arg("out") = none);
   m.def("avgpool2d_backward", &avgpool2d_backward, arg("dy"), arg("x_shape"), arg("kh"), arg("kw"),
-        arg("sh"), arg("sw"));
+        arg("sh"), arg("sw"), arg("out") = none);
   m.def("linear_forward", &linear_forward, arg("x"), arg("w"), arg("b").none(true),
         arg("relu") = false, arg("out") = none);
-  m.def("linear_backward", &linear_backward, arg("x"), arg("w"), arg("dy"), arg("need_dx") = true);
+  m.def("linear_backward", &linear_backward, arg("x"), arg("w"), arg("dy"), arg("need_dx") = true,
+        arg("dx_out") = none, arg("dw_out") = none, arg("db_out") = none);
   m.def("relu_forward", &relu_forward, arg("x"), arg("out") = none);
   m.def("relu_backward", &relu_backward, arg("y"), arg("dy"), arg("out") = none);
-  m.def("softmax_cross_entropy", &softmax_cross_entropy, arg("logits"), arg("labels"));
+  m.def("softmax_cross_entropy", &softmax_cross_entropy, arg("logits"), arg("labels"),
+        arg("out") = none);
   m.def("sgd_step", &sgd_step, arg("param"), arg("grad"), arg("momentum_buffer").none(true),
         arg("lr"), arg("momentum"), arg("weight_decay"), arg("nesterov"), arg("first"));
   m.def("adam_step", &adam_step, arg("param"), arg("grad"), arg("exp_avg"), arg("exp_avg_sq"),
@@ -450,6 +493,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", [](int n) {
     if (n < 1) value_error("number of threads must be >= 1, got " + std::to_string(n));
     fastcnn::set_num_threads(n);
+  });
+  m.def("set_conv_algorithm", [](const std::string& name) {
+    if (name == "auto")
+      fastcnn::set_conv_algorithm(fastcnn::ConvAlgorithm::kAuto);
+    else if (name == "im2col")
+      fastcnn::set_conv_algorithm(fastcnn::ConvAlgorithm::kIm2col);
+    else
+      value_error("conv algorithm must be 'auto' or 'im2col', got '" + name + "'");
+  });
+  m.def("conv_algorithm", [] {
+    return std::string(fastcnn::conv_algorithm() == fastcnn::ConvAlgorithm::kAuto ? "auto"
+                                                                                   : "im2col");
   });
   m.def("gemm_kernels", &fastcnn::gemm_supported_kernels);
   m.def("gemm_kernel", [] { return std::string(fastcnn::gemm_active_kernel().name); });

@@ -67,6 +67,10 @@ def cmd_train(args):
     channels = args.channels or defaults[1]
     if image_size < 1:
         raise ValueError(f"--image-size must be >= 1, got {image_size}")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)  # fail now, not after the training
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"cannot write the model to {args.out}: {out_dir} is not writable")
     t0 = time.perf_counter()
     train_set, val_set = _load_data(args.data, image_size, channels, seed=args.seed)
     x0 = train_set.images

@@ -13,6 +13,7 @@ between fastcnn and PyTorch unchanged.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -72,6 +73,20 @@ class Module:
     training = True
     # False when no one needs dL/d(input) (the network's first layer): the layer then skips it.
     requires_input_grad = True
+    # True while a Sequential runs this layer anywhere but last: its outputs then go into arrays
+    # it keeps and reuses (one set per thread), so a training step allocates no activations.
+    reuse_buffers = False
+
+    def _buffer(self, key, shape, dtype=np.float32):
+        """A reusable output array when reuse_buffers is set, else None (the op allocates)."""
+        if not self.reuse_buffers or shape is None or min(shape, default=1) < 1:
+            return None  # nothing to reuse, or a bad input the op itself will report
+        local = self.__dict__.setdefault("_thread_buffers", threading.local())
+        buffers = local.__dict__.setdefault("arrays", {})
+        buf = buffers.get(key)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = buffers[key] = np.empty(shape, dtype)
+        return buf
 
     def __call__(self, *args):
         return self.forward(*args)
@@ -159,12 +174,21 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse. Parameters are named `i.weight`."""
+    """Layers applied in order; backward runs them in reverse. Parameters are named `i.weight`.
+
+    Runs fused where the layer sequence allows, with the same results: Conv2d or Linear then
+    ReLU applies the ReLU in the layer's epilogue; Conv2d, ReLU, MaxPool2d pools first and
+    applies the ReLU to the pooled values (max and ReLU commute), a quarter of the work.
+    """
 
     def __init__(self, *layers: Module):
         for layer in layers:
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential takes Modules, got {type(layer).__name__}")
+        if len({id(layer) for layer in layers}) != len(layers):
+            # A layer keeps what its backward needs from its last forward: one object in two
+            # places would compute wrong gradients.
+            raise ValueError("Sequential got the same layer object twice; create one per position")
         self.layers = list(layers)
 
     def children(self):
@@ -184,15 +208,38 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layers)
 
+    def _steps(self):
+        """(layer, relu) pairs to run, after fusing ReLUs into their neighbours."""
+        layers, steps, i = self.layers, [], 0
+        while i < len(layers):
+            layer, after = layers[i], layers[i + 1 : i + 3]
+            relu_next = len(after) > 0 and type(after[0]) is ReLU
+            if type(layer) is Conv2d and relu_next and len(after) > 1 and isinstance(after[1], MaxPool2d):
+                steps += [(layer, False), (after[1], True)]
+                i += 3
+            elif type(layer) in (Conv2d, Linear) and relu_next:
+                steps.append((layer, True))
+                i += 2
+            else:
+                steps.append((layer, False))
+                i += 1
+        return steps
+
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        steps = self._steps()
+        self._ran = steps
+        for i, (layer, relu) in enumerate(steps):
+            layer.reuse_buffers = i < len(steps) - 1  # the result handed out is always fresh
+            x = layer.forward(x, relu=True) if relu else layer.forward(x)
         return x
 
     def backward(self, grad_out):
-        if self.layers:
-            self.layers[0].requires_input_grad = self.requires_input_grad
-        for layer in reversed(self.layers):
+        steps = getattr(self, "_ran", None)
+        if steps is None:
+            raise RuntimeError("Sequential.backward called before forward")
+        if steps:
+            steps[0][0].requires_input_grad = self.requires_input_grad
+        for layer, _ in reversed(steps):
             grad_out = layer.backward(grad_out)
         return grad_out
 
@@ -226,17 +273,30 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
         self._x = None
 
-    def forward(self, x):
-        self._x = x if self.training else None
+    def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
-        return ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        y = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, relu,
+                               self._buffer("y", self._out_shape(x)))
+        self._x, self._y, self._relu = (x, y, relu) if self.training else (None, None, False)
+        return y
+
+    def _out_shape(self, x):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if getattr(x, "ndim", 0) != 4:
+            return None  # let the op report the bad input
+        h, w = x.shape[2:]
+        return (x.shape[0], self.out_channels, (h + 2 * ph - kh) // sh + 1,
+                (w + 2 * pw - kw) // sw + 1)
 
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError("Conv2d.backward called without a forward in training mode")
-        dx, dw, db = ops.conv2d_backward(
-            self._x, self.weight.data, dy, self.stride, self.padding, self.requires_input_grad
-        )
+        if self._relu:
+            dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
+        need_dx = self.requires_input_grad
+        dx_buf = self._buffer("dx", self._x.shape) if need_dx else None
+        dx, dw, db = ops.conv2d_backward(self._x, self.weight.data, dy, self.stride, self.padding,
+                                         need_dx, out=(dx_buf, None, None))
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -263,15 +323,22 @@ class Linear(Module):
         self.bias = Parameter(_uniform((self.out_features,), bound)) if bias else None
         self._x = None
 
-    def forward(self, x):
-        self._x = x if self.training else None
+    def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
-        return ops.linear_forward(x, self.weight.data, b)
+        shape = (x.shape[0], self.out_features) if getattr(x, "ndim", 0) == 2 else None
+        y = ops.linear_forward(x, self.weight.data, b, relu, self._buffer("y", shape))
+        self._x, self._y, self._relu = (x, y, relu) if self.training else (None, None, False)
+        return y
 
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError("Linear.backward called without a forward in training mode")
-        dx, dw, db = ops.linear_backward(self._x, self.weight.data, dy, self.requires_input_grad)
+        if self._relu:
+            dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
+        need_dx = self.requires_input_grad
+        dx_buf = self._buffer("dx", self._x.shape) if need_dx else None
+        dx, dw, db = ops.linear_backward(self._x, self.weight.data, dy, need_dx,
+                                         out=(dx_buf, None, None))
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -295,32 +362,47 @@ class _Pool2d(Module):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}
 
 
+    def _out_shape(self, x):
+        if getattr(x, "ndim", 0) != 4:
+            return None
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        n, c, h, w = x.shape
+        return (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+
+
 class MaxPool2d(_Pool2d):
-    def forward(self, x):
-        y, indices = ops.maxpool2d_forward(x, self.kernel_size, self.stride)
-        self._x_shape, self._indices = x.shape, indices
+    def forward(self, x, relu=False):
+        shape = self._out_shape(x)
+        out = None
+        if self.reuse_buffers and shape is not None:
+            out = (self._buffer("y", shape), self._buffer("indices", shape, np.int32))
+        y, indices = ops.maxpool2d_forward(x, self.kernel_size, self.stride, relu, out)
+        self._x_shape, self._indices, self._y = x.shape, indices, (y if relu else None)
         return y
 
     def backward(self, dy):
-        return ops.maxpool2d_backward(dy, self._indices, self._x_shape)
+        return ops.maxpool2d_backward(dy, self._indices, self._x_shape, self._y,
+                                      self._buffer("dx", self._x_shape))
 
 
 class AvgPool2d(_Pool2d):
     def forward(self, x):
         self._x_shape = x.shape
-        return ops.avgpool2d_forward(x, self.kernel_size, self.stride)
+        return ops.avgpool2d_forward(x, self.kernel_size, self.stride,
+                                     self._buffer("y", self._out_shape(x)))
 
     def backward(self, dy):
-        return ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride)
+        return ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride,
+                                      self._buffer("dx", self._x_shape))
 
 
 class ReLU(Module):
     def forward(self, x):
-        self._y = ops.relu_forward(x)
+        self._y = ops.relu_forward(x, self._buffer("y", getattr(x, "shape", None)))
         return self._y
 
     def backward(self, dy):
-        return ops.relu_backward(self._y, dy)
+        return ops.relu_backward(self._y, dy, self._buffer("dx", self._y.shape))
 
 
 class Flatten(Module):

@@ -31,6 +31,8 @@ __all__ = [
     "relu_backward",
     "softmax_cross_entropy",
     "sgemm",
+    "set_conv_algorithm",
+    "conv_algorithm",
     "gemm_kernels",
     "gemm_kernel",
     "set_gemm_kernel",
@@ -77,11 +79,16 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False, out=None):
     return _C.conv2d_forward(_f32(x, "x"), _f32(w, "w"), _f32(b, "b"), sh, sw, ph, pw, relu, out)
 
 
-def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True):
-    """Gradients of conv2d: (dx or None, dw, db), given the forward's x, w and dy = dL/dy."""
+def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None):
+    """Gradients of conv2d: (dx or None, dw, db), given the forward's x, w and dy = dL/dy.
+
+    out: optional (dx, dw, db) buffers to write into (dx may be None).
+    """
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
-    return _C.conv2d_backward(_f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), sh, sw, ph, pw, need_dx)
+    dx_out, dw_out, db_out = out if out is not None else (None, None, None)
+    return _C.conv2d_backward(_f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), sh, sw, ph, pw, need_dx,
+                              dx_out, dw_out, db_out)
 
 
 # ---- pool2d -------------------------------------------------------------------------------------
@@ -100,30 +107,43 @@ def _shape4(x_shape):
     return [int(d) for d in shape]
 
 
-def maxpool2d_forward(x, kernel_size, stride=None):
-    """Max-pooling: (y, indices); indices (int32) hold h*W + w of each max in its input plane."""
-    return _C.maxpool2d_forward(_f32(x, "x"), *_pool_args(kernel_size, stride))
+def maxpool2d_forward(x, kernel_size, stride=None, relu=False, out=None):
+    """Max-pooling: (y, indices); indices (int32) hold h*W + w of each max in its input plane.
+
+    relu=True gives max(0, y), the same as pooling a ReLU'd x, at a quarter of the work.
+    out: optional (y, indices) buffers.
+    """
+    y_out, idx_out = out if out is not None else (None, None)
+    return _C.maxpool2d_forward(_f32(x, "x"), *_pool_args(kernel_size, stride), relu, y_out,
+                                idx_out)
 
 
-def maxpool2d_backward(dy, indices, x_shape):
-    """dx of max-pooling: each dy added at the input position its index names."""
+def maxpool2d_backward(dy, indices, x_shape, y=None, out=None):
+    """dx of max-pooling: each dy added at the input position its index names.
+
+    y: the forward output when it was computed with relu=True (dy is masked where y <= 0).
+    """
     indices = np.asarray(indices)
     if indices.dtype != np.int32 and np.issubdtype(indices.dtype, np.integer):
         # Range-check before narrowing, or 2**32 + 5 would wrap to a valid-looking 5.
         if indices.size and (indices.min() < 0 or indices.max() > np.iinfo(np.int32).max):
             raise ValueError("indices out of range for the input plane (see maxpool2d_forward)")
         indices = indices.astype(np.int32)
-    return _C.maxpool2d_backward(_f32(dy, "dy"), np.ascontiguousarray(indices), _shape4(x_shape))
+    return _C.maxpool2d_backward(
+        _f32(dy, "dy"), np.ascontiguousarray(indices), _shape4(x_shape), _f32(y, "y"), out
+    )
 
 
-def avgpool2d_forward(x, kernel_size, stride=None):
+def avgpool2d_forward(x, kernel_size, stride=None, out=None):
     """Average pooling over kernel_size windows (no padding, floor mode)."""
-    return _C.avgpool2d_forward(_f32(x, "x"), *_pool_args(kernel_size, stride))
+    return _C.avgpool2d_forward(_f32(x, "x"), *_pool_args(kernel_size, stride), out)
 
 
-def avgpool2d_backward(dy, x_shape, kernel_size, stride=None):
+def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, out=None):
     """dx of average pooling: each dy spread evenly over its window."""
-    return _C.avgpool2d_backward(_f32(dy, "dy"), _shape4(x_shape), *_pool_args(kernel_size, stride))
+    return _C.avgpool2d_backward(
+        _f32(dy, "dy"), _shape4(x_shape), *_pool_args(kernel_size, stride), out
+    )
 
 
 # ---- linear -------------------------------------------------------------------------------------
@@ -134,9 +154,11 @@ def linear_forward(x, w, b=None, relu=False, out=None):
     return _C.linear_forward(_f32(x, "x"), _f32(w, "w"), _f32(b, "b"), relu, out)
 
 
-def linear_backward(x, w, dy, need_dx=True):
-    """Gradients of linear: (dx or None, dw, db)."""
-    return _C.linear_backward(_f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), need_dx)
+def linear_backward(x, w, dy, need_dx=True, out=None):
+    """Gradients of linear: (dx or None, dw, db); out: optional (dx, dw, db) buffers."""
+    dx_out, dw_out, db_out = out if out is not None else (None, None, None)
+    return _C.linear_backward(_f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), need_dx, dx_out, dw_out,
+                              db_out)
 
 
 # ---- activation ---------------------------------------------------------------------------------
@@ -155,10 +177,10 @@ def relu_backward(y, dy, out=None):
 # ---- loss ---------------------------------------------------------------------------------------
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, out=None):
     """(mean cross-entropy of softmax(logits) against labels, d(mean)/d(logits))."""
     logits = _f32(logits, "logits")
-    loss, dlogits = _C.softmax_cross_entropy(logits, _labels(labels, len(logits)))
+    loss, dlogits = _C.softmax_cross_entropy(logits, _labels(labels, len(logits)), out)
     return float(loss), dlogits
 
 
@@ -168,6 +190,16 @@ def softmax_cross_entropy(logits, labels):
 def sgemm(a, b, trans_a=False, trans_b=False):
     """op(a) @ op(b) on fastcnn's SGEMM (the engine under conv2d and linear)."""
     return _C.sgemm(_f32(a, "a"), _f32(b, "b"), trans_a, trans_b)
+
+
+def set_conv_algorithm(name: str) -> None:
+    """"auto" (default: the indirect NHWC kernels where they apply) or "im2col" (the reference
+    path: im2col + SGEMM, col2im), for tests and benchmarks."""
+    _C.set_conv_algorithm(name)
+
+
+def conv_algorithm() -> str:
+    return _C.conv_algorithm()
 
 
 def gemm_kernels() -> list[str]:

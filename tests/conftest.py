@@ -30,6 +30,17 @@ def gemm_kernel(request):
     ops.set_gemm_kernel(previous)
 
 
+@pytest.fixture(params=["auto", "im2col"])
+def conv_algorithm(request):
+    """Run a conv test on both algorithms: the indirect NHWC kernels and the im2col reference."""
+    from fastcnn import ops
+
+    previous = ops.conv_algorithm()
+    ops.set_conv_algorithm(request.param)
+    yield request.param
+    ops.set_conv_algorithm(previous)
+
+
 @pytest.fixture
 def num_threads():
     """Lets a test change fastcnn's thread count; the previous count is restored afterwards."""

@@ -35,6 +35,13 @@ CASES = [
     (2, 6, 23, 3, 9, 5, 3, 2, (2, 0)),  # tall thin images
     (2, 64, 10, 10, 70, 3, 3, 1, 1),  # long reduction (C*kh*kw = 576), O past 64
     (8, 3, 5, 5, 4, 5, 5, 1, 0),  # batch of 1x1 outputs
+    # Wide enough for the indirect NHWC kernels (out and in channels >= 16):
+    (1, 16, 9, 11, 16, 3, 3, 1, 1),  # batch 1: threads split one image's tiles
+    (3, 20, 13, 7, 24, 5, 3, (2, 1), (2, 1)),  # strided: dx takes the im2col path
+    (2, 33, 8, 9, 40, 3, 3, 1, 0),  # channels just past a register tile
+    (2, 16, 6, 6, 16, 3, 3, 1, 3),  # padding past k-1: dx takes the im2col path
+    (5, 18, 7, 7, 19, 1, 1, 1, 0),  # pointwise
+    (1, 24, 4, 4, 32, 4, 4, 1, 0),  # kernel covers the input: one output pixel
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
@@ -61,7 +68,7 @@ def ref_out_shape(case):
 
 @pytest.mark.parametrize("epilogue", EPILOGUES)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_forward(case, epilogue, gemm_kernel, rng):
+def test_forward(case, epilogue, gemm_kernel, conv_algorithm, rng):
     x, w, b, stride, padding = make(rng, case)
     bias = b if epilogue in ("bias", "bias_relu") else None
     relu = epilogue in ("relu", "bias_relu")
@@ -166,7 +173,7 @@ def test_denormal_flushing_does_not_leak_into_python(rng):
 
 @pytest.mark.parametrize("need_dx", [True, False])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_backward(case, need_dx, gemm_kernel, rng):
+def test_backward(case, need_dx, gemm_kernel, conv_algorithm, rng):
     x, w, _, stride, padding = make(rng, case)
     dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
     dx, dw, db = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding, need_dx=need_dx)

@@ -383,6 +383,18 @@ def test_every_parameter_gradient_matches_float64_finite_differences(batch):
         np.testing.assert_allclose(grads[name], fd, rtol=1e-3, atol=2e-5, err_msg=name)
 
 
+def _ref_pattern(model, x):
+    """The ReLU mask and the max-pool choices of small_net at its current weights (float64)."""
+    params = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = sliding_window_view(xp, (3, 3), axis=(2, 3))
+    h = np.einsum("nchwij,ocij->nohw", win, params["0.weight"])
+    h += params["0.bias"][None, :, None, None]
+    n, c, hh, ww = h.shape
+    pooled = np.maximum(h, 0).reshape(n, c, hh // 2, 2, ww // 2, 2).transpose(0, 1, 2, 4, 3, 5)
+    return h > 0, pooled.reshape(n, c, hh // 2, ww // 2, 4).argmax(-1)
+
+
 def test_float32_finite_differences_through_fastcnn(batch):
     """Central differences of the float64 loss of fastcnn's own float32 logits.
 
@@ -396,9 +408,6 @@ def test_float32_finite_differences_through_fastcnn(batch):
     _, grads = loss_and_grads(model, x, y)
     rng = np.random.default_rng(7)
 
-    def pattern():
-        return model[1]._y > 0, model[2]._indices.copy()
-
     for li, name, eps in ((0, "weight", 1e-3), (0, "bias", 1e-3), (4, "weight", 1e-2),
                           (4, "bias", 1e-2)):
         p = getattr(model[li], name)
@@ -408,18 +417,87 @@ def test_float32_finite_differences_through_fastcnn(batch):
             original = p.data[idx]
             p.data[idx] = original + np.float32(eps)
             up = _ce64(model(x), y)
-            mask_up, ind_up = pattern()
+            mask_up, ind_up = _ref_pattern(model, x)
             p.data[idx] = original - np.float32(eps)
             down = _ce64(model(x), y)
-            mask_down, ind_down = pattern()
+            mask_down, ind_down = _ref_pattern(model, x)
             p.data[idx] = original
             if not (np.array_equal(mask_up, mask_down) and np.array_equal(ind_up, ind_down)):
                 continue
             fd = (up - down) / (2 * eps)
-            an = float(p.grad[idx])
+            an = float(grads[f"{li}.{name}"][idx])
             assert abs(fd - an) <= 1e-4 + 2e-3 * abs(an), (li, name, idx, fd, an)
             checked += 1
         assert checked >= 4, (li, name, checked)
+
+
+def test_sequential_equals_running_its_layers_one_by_one(rng):
+    """However Sequential runs its layers (fused or not), results are those of the plain chain."""
+    def build():
+        nn.manual_seed(9)
+        return nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+            nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 6), nn.ReLU(), nn.Linear(6, 3),
+        )
+
+    x = rng.standard_normal((5, 2, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 3, 5)
+    loss_fn = nn.CrossEntropyLoss()
+    seq = build()
+    out = seq(x)
+    loss_fn(out, y)
+    dx = seq.backward(loss_fn.backward())
+
+    chain = build()
+    h = x
+    for layer in chain:
+        h = layer(h).copy()
+    np.testing.assert_allclose(out, h, rtol=1e-6, atol=1e-6)
+    loss_fn(h, y)
+    g = loss_fn.backward()
+    for layer in reversed(chain.layers):
+        g = layer.backward(g).copy()
+    np.testing.assert_allclose(dx, g, rtol=1e-5, atol=1e-7)
+    for (k, a), b in zip(seq.named_parameters(), chain.parameters()):
+        np.testing.assert_allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_outputs_and_input_gradients_are_not_overwritten_by_the_next_pass(batch, rng):
+    """What forward and backward hand out belongs to the caller: a later pass must not write
+    into it (PyTorch returns new tensors every time)."""
+    x, y = batch
+    x2 = rng.standard_normal(x.shape, dtype=np.float32)
+    model = small_net()
+    loss_fn = nn.CrossEntropyLoss()
+    out1 = model(x)
+    kept_out = out1.copy()
+    loss_fn(out1, y)
+    dx1 = model.backward(loss_fn.backward())
+    kept_dx = dx1.copy()
+    loss_fn(model(x2), y)
+    dx2 = model.backward(loss_fn.backward())
+    np.testing.assert_array_equal(out1, kept_out)
+    assert dx2 is not dx1
+    np.testing.assert_array_equal(dx1, kept_dx)
+
+
+def test_layer_outputs_are_fresh_when_called_directly_after_a_sequential(batch, rng):
+    """Calling model[0] by hand (feature extraction) after the model ran must give arrays that
+    the next call does not overwrite."""
+    x, _ = batch
+    x2 = rng.standard_normal(x.shape, dtype=np.float32)
+    model = small_net()
+    model(x)
+    for i in (0, 1, 2):
+        shape = x.shape if i == 0 else (6, 3, 8, 8)
+        first, second = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+        a = model[i](first)
+        kept = a.copy()
+        b = model[i](second)
+        np.testing.assert_array_equal(a, kept, err_msg=f"layer {i}: output overwritten")
+        assert not np.array_equal(a, b), i
 
 
 # ---- initialisation ------------------------------------------------------------------------------
@@ -530,6 +608,24 @@ def test_cross_entropy_loss_matches_numpy(rng):
     p /= p.sum(1, keepdims=True)
     p[np.arange(5), y] -= 1
     np.testing.assert_allclose(fn.backward(), p / 5, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "layer, n_nan",
+    [
+        (lambda: nn.ReLU(), 1),
+        (lambda: nn.MaxPool2d(2), 1),
+        (lambda: nn.AvgPool2d(2), 1),
+        (lambda: nn.Conv2d(1, 2, 1), 2),
+        (lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), 3),
+    ],
+    ids=["relu", "maxpool", "avgpool", "conv", "linear"],
+)
+def test_nan_propagates_through_layers_like_pytorch(layer, n_nan):
+    """NaN in, NaN out: a layer that maps NaN to a number hides a diverged or corrupt input."""
+    x = np.full((1, 1, 4, 4), 0.5, np.float32)
+    x[0, 0, 1, 2] = np.nan
+    assert np.isnan(layer()(x)).sum() == n_nan
 
 
 def test_to_cpu_returns_model_and_cuda_is_refused_cleanly():

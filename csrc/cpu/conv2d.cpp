@@ -1,18 +1,29 @@
 // conv2d: cross-correlation of an NCHW batch with (O, C, kh, kw) filters, PyTorch's Conv2d.
 //
-// Algorithm: im2col + SGEMM, one image at a time.
-//   forward     y[n] (O x P)     = w (O x CKK) . col[n] (CKK x P)    + bias, ReLU in the epilogue
-//   backward dw dw   (O x CKK)   = sum_n dy[n] (O x P) . col[n]^T (P x CKK)
-//   backward dx dcol (CKK x P)   = w^T (CKK x O) . dy[n] (O x P), then col2im scatters into dx[n]
-// with CKK = C*kh*kw and P = OH*OW. A 1x1 kernel with unit stride and no padding skips im2col:
-// x[n] already is its column matrix. Whole images go to different threads when the batch has
-// enough of them; otherwise each GEMM is split over the threads, so batch 1 uses every core.
-// dw sums images in order n = 0, 1, ... whatever the thread count.
+// Three algorithms; all overwrite their outputs and give thread-count-independent results.
+//
+// "indirect" (the default where it applies): no column matrix is built.
+//   forward   each image is copied once into a zero-bordered NHWC buffer; the convolution
+//             micro-kernel (gemm.h, ConvKernel) reads every tap of a tile of output pixels
+//             straight from it through per-pixel pointers and writes the NCHW output, bias and
+//             ReLU applied on the way out.
+//   dx        for stride 1, dx is the convolution of dy (zero-bordered by k-1-p) with the
+//             flipped, transposed filters: the same kernel again.
+//   dw        one GEMM over the whole batch, dw (O x T*C) = dy (O x N*P) . col (N*P x T*C),
+//             whose packers read dy and the NHWC images directly (no im2col copy), then a
+//             permutation to PyTorch's (O, C, kh, kw). Threads split the output tiles, so every
+//             element of dw is summed over images and pixels in one fixed order.
+// "direct" (few input channels, like an image's 1 or 3): forward and dw loop over taps with the
+//   output pixels of a row in vector lanes; nothing is packed.
+// "im2col" (the reference, and the fallback for small channel counts or strided dx): im2col +
+//   sgemm per image, col2im for dx.
+// with T = kh*kw taps, P = OH*OW output pixels.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "cpu/gemm/gemm.h"
+#include "cpu/gemm/gemm_driver.h"
 #include "cpu/ops.h"
 
 #ifdef FASTCNN_OPENMP
@@ -22,6 +33,37 @@
 namespace fastcnn {
 
 namespace {
+
+ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
+
+// Scratch owned by the calling thread, one vector per purpose, grown once: a training step
+// reuses it and allocates nothing.
+enum Slot { kCol, kPad, kPix, kPacked, kBias, kDw, kSlots };
+float* scratch(Slot slot, size_t n) {
+  thread_local std::vector<float> buf[kSlots];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
+}
+// Runs fn(begin, end) over [0, n) split across `threads` (inline when 1).
+template <class Fn>
+void parallel_range(int64_t n, int threads, Fn fn) {
+#ifdef FASTCNN_OPENMP
+  if (threads > 1 && n > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      DenormalGuard denormals;
+      int64_t b, e;
+      split_range(n, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+      fn(b, e);
+    }
+    return;
+  }
+#endif
+  DenormalGuard denormals;
+  fn(0, n);
+}
+
+// ---- im2col reference path --------------------------------------------------------------------
 
 bool is_pointwise(const Window2d& g) {
   return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
@@ -77,16 +119,8 @@ void col2im(const Window2d& g, const float* col, float* dx) {
   }
 }
 
-// Scratch for column matrices, owned by the calling thread and grown once: a training step
-// reuses it and allocates nothing.
-float* scratch(size_t n) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
-// Runs fn(n, inner_threads) for every image: images spread over the threads when there are at
-// least as many images as threads, else one image at a time with all threads inside the GEMM.
+// Images spread over the threads when there are at least as many as threads; otherwise one
+// image at a time with all threads inside the GEMM.
 template <class Fn>
 void for_each_image(int64_t N, Fn fn) {
   const int T = num_threads();
@@ -104,11 +138,7 @@ void for_each_image(int64_t N, Fn fn) {
   for (int64_t n = 0; n < N; ++n) fn(n, T);
 }
 
-}  // namespace
-
-// ---- forward ----------------------------------------------------------------------------------
-
-void conv2d_forward(const Window2d& g, const float* x, const float* w, const float* b, float* y,
+void forward_im2col(const Window2d& g, const float* x, const float* w, const float* b, float* y,
                     bool relu) {
   const int64_t CKK = g.patch(), P = g.pixels(), in_size = g.C * g.H * g.W;
   GemmEpilogue ep;
@@ -118,7 +148,7 @@ void conv2d_forward(const Window2d& g, const float* x, const float* w, const flo
     const float* xn = x + n * in_size;
     const float* col = xn;
     if (!is_pointwise(g)) {
-      float* buf = scratch(CKK * P);
+      float* buf = scratch(kCol, CKK * P);
       im2col(g, xn, buf);
       col = buf;
     }
@@ -126,16 +156,327 @@ void conv2d_forward(const Window2d& g, const float* x, const float* w, const flo
   });
 }
 
+void dw_im2col(const Window2d& g, const float* x, const float* dy, float* dw) {
+  const int64_t CKK = g.patch(), P = g.pixels(), in_size = g.C * g.H * g.W;
+  const bool pointwise = is_pointwise(g);
+  float* col = pointwise ? nullptr : scratch(kCol, CKK * P);
+  GemmEpilogue ep;
+  DenormalGuard denormals;
+  for (int64_t n = 0; n < g.N; ++n) {  // images in order, each GEMM split over the threads
+    const float* cn = x + n * in_size;
+    if (!pointwise) {
+      im2col(g, cn, col);
+      cn = col;
+    }
+    ep.accumulate = n > 0;
+    sgemm(false, true, g.O, CKK, P, dy + n * g.O * P, P, cn, P, dw, CKK, ep, num_threads());
+  }
+  if (g.N == 0) std::fill(dw, dw + g.O * CKK, 0.f);
+}
+
+void dx_im2col(const Window2d& g, const float* w, const float* dy, float* dx) {
+  const int64_t CKK = g.patch(), P = g.pixels(), in_size = g.C * g.H * g.W;
+  const bool pointwise = is_pointwise(g);
+  for_each_image(g.N, [&](int64_t n, int threads) {
+    float* dxn = dx + n * in_size;
+    float* dcol = pointwise ? dxn : scratch(kCol, CKK * P);
+    sgemm(true, false, CKK, P, g.O, w, CKK, dy + n * g.O * P, P, dcol, P, GemmEpilogue{},
+          threads);
+    if (!pointwise) col2im(g, dcol, dxn);
+  });
+}
+
+// ---- indirect path ----------------------------------------------------------------------------
+
+// A convolution as the indirect kernel sees it: input planes (C, H, W) with a zero border,
+// taps kh x kw, stride, output planes (O, OH, OW).
+struct Indirect {
+  int64_t C, H, W, ph, pw;  // input and its zero border (top/left; bottom/right as needed)
+  int64_t kh, kw, sh, sw;
+  int64_t O, OH, OW;
+  int64_t Hp() const { return std::max(H + 2 * ph, (OH - 1) * sh + kh); }
+  int64_t Wp() const { return std::max(W + 2 * pw, (OW - 1) * sw + kw); }
+  int64_t padded_size() const { return Hp() * Wp() * C; }
+};
+
+// x (C, H, W) -> xp (Hp, Wp, C): NHWC with a zero border.
+void pad_nhwc(const Indirect& cv, const float* x, float* xp) {
+  const int64_t Wp = cv.Wp(), C = cv.C;
+  std::fill(xp, xp + cv.padded_size(), 0.f);
+  for (int64_t h = 0; h < cv.H; ++h) {
+    float* row = xp + ((h + cv.ph) * Wp + cv.pw) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float* src = x + (c * cv.H + h) * cv.W;
+      for (int64_t w = 0; w < cv.W; ++w) row[w * C + c] = src[w];
+    }
+  }
+}
+
+// Offsets (floats) of each tap from a pixel's top-left tap in the padded NHWC image.
+void tap_offsets(const Indirect& cv, int64_t* toff) {
+  for (int64_t ki = 0; ki < cv.kh; ++ki)
+    for (int64_t kj = 0; kj < cv.kw; ++kj) toff[ki * cv.kw + kj] = (ki * cv.Wp() + kj) * cv.C;
+}
+
+// Offset of output pixel p's top-left tap.
+inline int64_t pixel_offset(const Indirect& cv, int64_t p) {
+  return ((p / cv.OW) * cv.sh * cv.Wp() + (p % cv.OW) * cv.sw) * cv.C;
+}
+
+// Tiles [t0, t1) of one image's output (tile t: channel panel t / pixel_tiles, pixel tile
+// t % pixel_tiles). xp: the padded image; Wp: packed filters; bias: padded to whole panels.
+void indirect_tiles(const GemmKernel& k, const Indirect& cv, const float* xp, const int64_t* toff,
+                    const float* Wp, const float* bias, bool relu, float* y, int64_t t0,
+                    int64_t t1) {
+  const int64_t P = cv.OH * cv.OW, T = cv.kh * cv.kw;
+  const int64_t pixel_tiles = (P + k.cmr - 1) / k.cmr;
+  const float* pix[64];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t panel = t / pixel_tiles, p0 = (t % pixel_tiles) * k.cmr;
+    const int m = static_cast<int>(std::min<int64_t>(k.cmr, P - p0));
+    const int n = static_cast<int>(std::min<int64_t>(k.cnr, cv.O - panel * k.cnr));
+    for (int i = 0; i < k.cmr; ++i) pix[i] = xp + pixel_offset(cv, p0 + (i < m ? i : 0));
+    k.conv(T, cv.C, pix, toff, Wp + panel * T * cv.C * k.cnr, bias ? bias + panel * k.cnr : nullptr,
+           relu, y + panel * k.cnr * P + p0, P, m, n);
+  }
+}
+
+// All images: x (N, C, H, W) -> y (N, O, OH, OW).
+void indirect_batch(const GemmKernel& k, const Indirect& cv, int64_t N, const float* x,
+                    const float* Wp, const float* bias, bool relu, float* y) {
+  const int threads = num_threads();
+  const int64_t in_size = cv.C * cv.H * cv.W, out_size = cv.O * cv.OH * cv.OW;
+  const int64_t T = cv.kh * cv.kw, P = cv.OH * cv.OW;
+  const int64_t tiles = (cv.O + k.cnr - 1) / k.cnr * ((P + k.cmr - 1) / k.cmr);
+  std::vector<int64_t> toff(T);
+  tap_offsets(cv, toff.data());
+  if (N >= threads || threads == 1) {  // whole images per thread
+    parallel_range(N, threads, [&](int64_t b, int64_t e) {
+      float* xp = scratch(kPad, cv.padded_size());
+      for (int64_t n = b; n < e; ++n) {
+        pad_nhwc(cv, x + n * in_size, xp);
+        indirect_tiles(k, cv, xp, toff.data(), Wp, bias, relu, y + n * out_size, 0, tiles);
+      }
+    });
+    return;
+  }
+  float* xp = scratch(kPad, cv.padded_size());  // few images: threads split each image's tiles
+  for (int64_t n = 0; n < N; ++n) {
+    pad_nhwc(cv, x + n * in_size, xp);
+    parallel_range(tiles, threads, [&](int64_t b, int64_t e) {
+      indirect_tiles(k, cv, xp, toff.data(), Wp, bias, relu, y + n * out_size, b, e);
+    });
+  }
+}
+
+// Packs filters for the indirect kernel: Wp[panel][(t*C + c)*cnr + j] = filter (o, c, t) with
+// o = panel*cnr + j; `at(o, c, t)` reads the caller's layout. Zero past O.
+template <class At>
+float* pack_filters(const GemmKernel& k, int64_t O, int64_t C, int64_t T, At at) {
+  const int64_t panels = (O + k.cnr - 1) / k.cnr;
+  float* Wp = scratch(kPacked, panels * T * C * k.cnr);
+  for (int64_t q = 0; q < panels; ++q)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < C; ++c) {
+        float* dst = Wp + ((q * T + t) * C + c) * k.cnr;
+        for (int64_t j = 0; j < k.cnr; ++j) {
+          const int64_t o = q * k.cnr + j;
+          dst[j] = o < O ? at(o, c, t) : 0.f;
+        }
+      }
+  return Wp;
+}
+
+void forward_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* w,
+                      const float* b, float* y, bool relu) {
+  const int64_t T = g.kh * g.kw;
+  const float* Wp = pack_filters(k, g.O, g.C, T, [&](int64_t o, int64_t c, int64_t t) {
+    return w[(o * g.C + c) * T + t];
+  });
+  float* bias = nullptr;
+  if (b) {
+    const int64_t padded = (g.O + k.cnr - 1) / k.cnr * k.cnr;
+    bias = scratch(kBias, padded);
+    std::fill(bias, bias + padded, 0.f);
+    std::copy(b, b + g.O, bias);
+  }
+  Indirect cv{g.C, g.H, g.W, g.ph, g.pw, g.kh, g.kw, g.sh, g.sw, g.O, g.OH, g.OW};
+  indirect_batch(k, cv, g.N, x, Wp, bias, relu, y);
+}
+
+// dx = dy (O channels, zero border k-1-p) convolved with the flipped filters; stride 1 only.
+void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const float* dy,
+                 float* dx) {
+  const int64_t T = g.kh * g.kw;
+  const float* Wp = pack_filters(k, g.C, g.O, T, [&](int64_t c, int64_t o, int64_t t) {
+    return w[(o * g.C + c) * T + (T - 1 - t)];
+  });
+  Indirect cv{g.O, g.OH, g.OW, g.kh - 1 - g.ph, g.kw - 1 - g.pw, g.kh, g.kw, 1, 1,
+              g.C, g.H, g.W};
+  indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, dx);
+}
+
+// dw (O, C, kh, kw) = sum over images and pixels of dy (x) col, as one GEMM with K = N*P.
+void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
+                 float* dw) {
+  const int64_t T = g.kh * g.kw, P = g.pixels(), TC = T * g.C;
+  Indirect cv{g.C, g.H, g.W, g.ph, g.pw, g.kh, g.kw, g.sh, g.sw, g.O, g.OH, g.OW};
+  const int64_t img = cv.padded_size(), in_size = g.C * g.H * g.W;
+  const int threads = num_threads();
+
+  float* xp = scratch(kPad, g.N * img);  // every image, NHWC with a zero border
+  parallel_range(g.N, threads, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) pad_nhwc(cv, x + n * in_size, xp + n * img);
+  });
+  std::vector<int64_t> toff(T), col_off(TC), pix_off(P);
+  tap_offsets(cv, toff.data());
+  for (int64_t j = 0; j < TC; ++j) col_off[j] = toff[j / g.C] + j % g.C;
+  for (int64_t p = 0; p < P; ++p) pix_off[p] = pixel_offset(cv, p);
+
+  // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p.
+  auto pack_a = [&](int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* Ap,
+                    int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r0 = q * mr, rows = std::min<int64_t>(mr, mc - r0);
+      float* dst = Ap + q * mr * kc;
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        const int64_t kg = p0 + kk, n = kg / P, p = kg % P;
+        const float* src = dy + (n * g.O + i0 + r0) * P + p;
+        int64_t i = 0;
+        for (; i < rows; ++i) dst[kk * mr + i] = src[i * P];
+        for (; i < mr; ++i) dst[kk * mr + i] = 0.f;
+      }
+    }
+  };
+  // B = col as (N*P x T*C): element (k, j) = padded image n at pixel p, tap j / C, channel j % C.
+  auto pack_b = [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* Bp,
+                    int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c0 = j0 + q * nr, cols = std::min<int64_t>(nr, j0 + nc - c0);
+      const bool one_tap = (c0 % g.C) + cols <= g.C;  // contiguous channels of one tap
+      float* dst = Bp + q * nr * kc;
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        const int64_t kg = p0 + kk, n = kg / P, p = kg % P;
+        const float* base = xp + n * img + pix_off[p];
+        float* d = dst + kk * nr;
+        if (one_tap) {
+          std::memcpy(d, base + col_off[c0], sizeof(float) * cols);
+        } else {
+          for (int64_t j = 0; j < cols; ++j) d[j] = base[col_off[c0 + j]];
+        }
+        for (int64_t j = cols; j < nr; ++j) d[j] = 0.f;
+      }
+    }
+  };
+  float* dw_tc = scratch(kDw, g.O * TC);  // (O, T, C)
+  if (g.N * P == 0) {
+    std::fill(dw, dw + g.O * TC, 0.f);
+    return;
+  }
+  gemm_blocked(k, g.O, TC, g.N * P, pack_a, pack_b, dw_tc, TC, GemmEpilogue{}, threads);
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t t = 0; t < T; ++t) dw[(o * g.C + c) * T + t] = dw_tc[(o * T + t) * g.C + c];
+}
+
+// ---- direct path (few input channels) ----------------------------------------------------------
+
+Direct2d direct_geometry(const Window2d& g) {
+  return Direct2d{g.C,
+                  std::max(g.H + 2 * g.ph, (g.OH - 1) * g.sh + g.kh),
+                  std::max(g.W + 2 * g.pw, (g.OW - 1) * g.sw + g.kw),
+                  g.kh, g.kw, g.sh, g.sw, g.O, g.OH, g.OW};
+}
+
+int64_t direct_image_size(const Direct2d& d) { return d.C * d.Hp * d.Wp + kDirectSlack; }
+
+// x (C, H, W) -> xp (C, Hp, Wp) with a zero border, then kDirectSlack zeros.
+void pad_nchw(const Window2d& g, const Direct2d& d, const float* x, float* xp) {
+  std::fill(xp, xp + direct_image_size(d), 0.f);
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t h = 0; h < g.H; ++h)
+      std::copy(x + (c * g.H + h) * g.W, x + (c * g.H + h + 1) * g.W,
+                xp + (c * d.Hp + h + g.ph) * d.Wp + g.pw);
+}
+
+void forward_direct(const GemmKernel& k, const Window2d& g, const float* x, const float* w,
+                    const float* b, float* y, bool relu) {
+  const Direct2d d = direct_geometry(g);
+  const int64_t in_size = g.C * g.H * g.W, out_size = g.O * g.OH * g.OW, img = direct_image_size(d);
+  const int threads = num_threads();
+  if (g.N >= threads || threads == 1) {
+    parallel_range(g.N, threads, [&](int64_t b0, int64_t b1) {
+      float* xp = scratch(kPad, img);
+      for (int64_t n = b0; n < b1; ++n) {
+        pad_nchw(g, d, x + n * in_size, xp);
+        k.direct_fwd(d, xp, w, b, relu, y + n * out_size, 0, g.O);
+      }
+    });
+    return;
+  }
+  float* xp = scratch(kPad, img);  // few images: threads split the output channels
+  for (int64_t n = 0; n < g.N; ++n) {
+    pad_nchw(g, d, x + n * in_size, xp);
+    parallel_range(g.O, threads, [&](int64_t o0, int64_t o1) {
+      k.direct_fwd(d, xp, w, b, relu, y + n * out_size, o0, o1);
+    });
+  }
+}
+
+void dw_direct(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
+               float* dw) {
+  const Direct2d d = direct_geometry(g);
+  const int64_t in_size = g.C * g.H * g.W, img = direct_image_size(d);
+  const int threads = num_threads();
+  float* xp = scratch(kPad, g.N * img);
+  parallel_range(g.N, threads, [&](int64_t b0, int64_t b1) {
+    for (int64_t n = b0; n < b1; ++n) pad_nchw(g, d, x + n * in_size, xp + n * img);
+  });
+  // Threads split the output channels: each dw element is summed by one thread, in order.
+  parallel_range(g.O, threads, [&](int64_t o0, int64_t o1) {
+    k.direct_dw(d, g.N, xp, img, dy, dw, o0, o1);
+  });
+}
+
+bool use_direct(const GemmKernel& k, const Window2d& g) {
+  return g_algorithm == ConvAlgorithm::kAuto && k.direct_fwd && g.C <= 4 &&
+         g.kw <= kDirectMaxKw && g.kh <= kDirectMaxKw && g.sw <= 3;
+}
+
+bool use_indirect(const GemmKernel& k, int64_t out_channels) {
+  return g_algorithm == ConvAlgorithm::kAuto && k.conv && k.cmr <= 64 &&
+         out_channels * 2 >= k.cnr;
+}
+
+}  // namespace
+
+void set_conv_algorithm(ConvAlgorithm a) { g_algorithm = a; }
+ConvAlgorithm conv_algorithm() { return g_algorithm; }
+
+// ---- forward ----------------------------------------------------------------------------------
+
+void conv2d_forward(const Window2d& g, const float* x, const float* w, const float* b, float* y,
+                    bool relu) {
+  const GemmKernel& k = gemm_active_kernel();
+  if (use_direct(k, g))
+    forward_direct(k, g, x, w, b, y, relu);
+  else if (use_indirect(k, g.O))
+    forward_indirect(k, g, x, w, b, y, relu);
+  else
+    forward_im2col(g, x, w, b, y, relu);
+}
+
 // ---- backward ---------------------------------------------------------------------------------
 
 void conv2d_backward(const Window2d& g, const float* x, const float* w, const float* dy, float* dx,
                      float* dw, float* db) {
-  const int64_t CKK = g.patch(), P = g.pixels(), in_size = g.C * g.H * g.W;
+  const int64_t P = g.pixels();
   const int T = num_threads();
-  DenormalGuard denormals;
+  const GemmKernel& k = gemm_active_kernel();
 
   // db[o] = sum over images and pixels of dy, in a fixed order.
   if (db) {
+    DenormalGuard denormals;
 #ifdef FASTCNN_OPENMP
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1 && g.O * g.N * P > 32768)
 #endif
@@ -151,36 +492,19 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
     }
   }
 
-  // dw: images in order, each GEMM split over the threads.
-  const bool pointwise = is_pointwise(g);
-  float* col = pointwise ? nullptr : scratch(CKK * P);
-  GemmEpilogue ep;
-  for (int64_t n = 0; n < g.N; ++n) {
-    const float* xn = x + n * in_size;
-    const float* cn = xn;
-    if (!pointwise) {
-      im2col(g, xn, col);
-      cn = col;
-    }
-    ep.accumulate = n > 0;
-    sgemm(false, true, g.O, CKK, P, dy + n * g.O * P, P, cn, P, dw, CKK, ep, T);
-  }
-  if (g.N == 0) std::fill(dw, dw + g.O * CKK, 0.f);
+  if (use_direct(k, g))
+    dw_direct(k, g, x, dy, dw);
+  else if (use_indirect(k, g.O))
+    dw_indirect(k, g, x, dy, dw);
+  else
+    dw_im2col(g, x, dy, dw);
 
-  // dx: dcol = w^T . dy[n], scattered back by col2im.
   if (dx) {
-    for_each_image(g.N, [&](int64_t n, int threads) {
-      float* dxn = dx + n * in_size;
-      if (pointwise) {
-        sgemm(true, false, CKK, P, g.O, w, CKK, dy + n * g.O * P, P, dxn, P, GemmEpilogue{},
-              threads);
-        return;
-      }
-      float* dcol = scratch(CKK * P);
-      sgemm(true, false, CKK, P, g.O, w, CKK, dy + n * g.O * P, P, dcol, P, GemmEpilogue{},
-            threads);
-      col2im(g, dcol, dxn);
-    });
+    const bool unit_stride = g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw;
+    if (unit_stride && use_indirect(k, g.C))
+      dx_indirect(k, g, w, dy, dx);
+    else
+      dx_im2col(g, w, dy, dx);
   }
 }
 

@@ -10,6 +10,10 @@
 namespace fastcnn {
 
 // ---- conv2d.cpp -------------------------------------------------------------------------------
+// kAuto: the indirect NHWC kernels where they apply; kIm2col: always the im2col reference path.
+enum class ConvAlgorithm { kAuto, kIm2col };
+void set_conv_algorithm(ConvAlgorithm a);
+ConvAlgorithm conv_algorithm();
 // x: (N, C, H, W); w: (O, C, kh, kw); b: (O,) or null; y: (N, O, OH, OW).
 void conv2d_forward(const Window2d& g, const float* x, const float* w, const float* b, float* y,
                     bool relu);
@@ -19,9 +23,13 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
 
 // ---- pool2d.cpp (g.O == g.C, no padding) ------------------------------------------------------
 // x: (N, C, H, W); y, indices: (N, C, OH, OW); indices hold h*W + w of each max in its plane.
-void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* indices);
-// dy, indices: (N, C, OH, OW); dx: (N, C, H, W).
-void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices, float* dx);
+// relu: y = max(0, max-pool(x)), which equals max-pool(relu(x)): a ReLU before a max-pool is
+// done on the pooled output, a quarter of the size.
+void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* indices, bool relu);
+// dy, indices: (N, C, OH, OW); dx: (N, C, H, W). y: the forward output when it was ReLU'd (dy
+// is then masked by y > 0), else null.
+void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices,
+                        const float* y, float* dx);
 void avgpool2d_forward(const Window2d& g, const float* x, float* y);
 void avgpool2d_backward(const Window2d& g, const float* dy, float* dx);
 

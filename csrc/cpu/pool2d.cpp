@@ -27,43 +27,86 @@ void for_each_plane(const Window2d& g, Fn fn) {
 
 // ---- max: forward, backward -------------------------------------------------------------------
 
-void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* indices) {
-  const int64_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
-  for_each_plane(g, [&](int64_t p) {
-    const float* xp = x + p * in_plane;
-    float* yp = y + p * out_plane;
-    int32_t* ip = indices + p * out_plane;
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const int64_t h0 = oh * g.sh, w0 = ow * g.sw;
-        float best = -std::numeric_limits<float>::infinity();
-        int64_t best_i = h0 * g.W + w0;
-        for (int64_t i = 0; i < g.kh; ++i) {
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t at = (h0 + i) * g.W + w0 + j;
-            const float v = xp[at];
-            // NaN propagates: a NaN wins over any number, like PyTorch.
-            if (v > best || (v != v && best == best)) {
-              best = v;
-              best_i = at;
-            }
-          }
+namespace {
+// Is v a better maximum than best? NaN wins over any number (PyTorch propagates NaN).
+inline bool beats(float v, float best) { return v > best || (v != v && best == best); }
+
+// One plane, any window.
+void maxpool_plane(const Window2d& g, const float* xp, float* yp, int32_t* ip) {
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      const int64_t h0 = oh * g.sh, w0 = ow * g.sw;
+      float best = -std::numeric_limits<float>::infinity();
+      int64_t best_i = h0 * g.W + w0;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t at = (h0 + i) * g.W + w0 + j;
+          if (beats(xp[at], best)) best = xp[at], best_i = at;
         }
-        yp[oh * g.OW + ow] = best;
-        ip[oh * g.OW + ow] = static_cast<int32_t>(best_i);
       }
+      yp[oh * g.OW + ow] = best;
+      ip[oh * g.OW + ow] = static_cast<int32_t>(best_i);
     }
+  }
+}
+
+// One plane, 2x2 windows with stride 2 (SeedNet's): the window unrolled and branch-free (a
+// branch per comparison mispredicts half the time on real activations).
+void maxpool_plane_2x2(const Window2d& g, const float* xp, float* yp, int32_t* ip) {
+  const int32_t W = static_cast<int32_t>(g.W);
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    const float* r0 = xp + 2 * oh * g.W;
+    const float* r1 = r0 + g.W;
+    const int32_t base = static_cast<int32_t>(2 * oh * g.W);
+    float* y = yp + oh * g.OW;
+    int32_t* id = ip + oh * g.OW;
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      const float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+      const int32_t w = static_cast<int32_t>(2 * ow);
+      float best = a;
+      int32_t at = base + w;
+      bool t = beats(b, best);
+      best = t ? b : best, at = t ? base + w + 1 : at;
+      t = beats(c, best);
+      best = t ? c : best, at = t ? base + W + w : at;
+      t = beats(d, best);
+      best = t ? d : best, at = t ? base + W + w + 1 : at;
+      y[ow] = best;
+      id[ow] = at;
+    }
+  }
+}
+}  // namespace
+
+void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* indices, bool relu) {
+  const int64_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
+  const bool two_by_two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2;
+  for_each_plane(g, [&](int64_t p) {
+    float* yp = y + p * out_plane;
+    if (two_by_two)
+      maxpool_plane_2x2(g, x + p * in_plane, yp, indices + p * out_plane);
+    else
+      maxpool_plane(g, x + p * in_plane, yp, indices + p * out_plane);
+    if (relu)
+      for (int64_t o = 0; o < out_plane; ++o) yp[o] = yp[o] > 0.f ? yp[o] : 0.f;
   });
 }
 
-void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices, float* dx) {
+void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices,
+                        const float* y, float* dx) {
   const int64_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
   for_each_plane(g, [&](int64_t p) {
     float* dxp = dx + p * in_plane;
     const float* dyp = dy + p * out_plane;
     const int32_t* ip = indices + p * out_plane;
     std::fill(dxp, dxp + in_plane, 0.f);
-    for (int64_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];
+    if (y) {
+      const float* yp = y + p * out_plane;
+      for (int64_t o = 0; o < out_plane; ++o)
+        if (yp[o] > 0.f) dxp[ip[o]] += dyp[o];
+    } else {
+      for (int64_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];
+    }
   });
 }
 

@@ -23,10 +23,44 @@ namespace fastcnn {
 using MicroKernel = void (*)(int64_t K, const float* Ap, const float* Bp, float* C, int64_t ldc,
                              int m, int n, bool accumulate);
 
+// The convolution micro-kernel ("indirect" convolution, no im2col): one tile of m <= CMR output
+// pixels x n <= CNR output channels of an NCHW output, read straight from an NHWC input.
+//   pix:  CMR pointers, pixel i's top-left tap in the zero-padded NHWC input (C floats each);
+//         all valid (the caller repeats a real pixel past m).
+//   toff: T offsets (in floats) from a pixel's top-left tap to tap t.
+//   Wp:   packed filters for CNR output channels: Wp[(t*C + c)*CNR + j].
+//   bias: CNR values (zero past n) or null; relu: max(0, .) after it.
+//   y:    the tile's first output, y[j*ldy + i] for channel j, pixel i (NCHW planes).
+using ConvKernel = void (*)(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
+                            const float* Wp, const float* bias, bool relu, float* y, int64_t ldy,
+                            int m, int n);
+
+// Direct convolution for few input channels (SeedNet's conv1 has one), where neither im2col nor
+// the indirect kernel has enough work per tap. Geometry of one zero-padded NCHW image:
+struct Direct2d {
+  int64_t C, Hp, Wp;       // padded input planes (with slack after the last row, see below)
+  int64_t kh, kw, sh, sw;  // taps, stride
+  int64_t O, OH, OW;       // output
+};
+// Forward, output channels [o0, o1) of one image: y (O, OH, OW) planes from xp (C, Hp, Wp).
+// Reads up to kDirectSlack floats past the last padded row.
+using DirectFwd = void (*)(const Direct2d& d, const float* xp, const float* w, const float* b,
+                           bool relu, float* y, int64_t o0, int64_t o1);
+// Weight gradient, output channels [o0, o1): dw[o] = sum over the N images (padded, `image`
+// floats apart in xp) and their pixels of dy[n][o] times the input window. kw <= kDirectMaxKw.
+using DirectDw = void (*)(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                          const float* dy, float* dw, int64_t o0, int64_t o1);
+constexpr int64_t kDirectSlack = 64;
+constexpr int64_t kDirectMaxKw = 8;
+
 struct GemmKernel {
   const char* name;  // "avx512", "avx2", "generic"
   int mr, nr;
   MicroKernel fn;
+  int cmr, cnr;  // the convolution kernel's tile: pixels x channels
+  ConvKernel conv;
+  DirectFwd direct_fwd;
+  DirectDw direct_dw;
 };
 
 // Every kernel this build has, best first; `supported` says which this CPU can run.
@@ -54,6 +88,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const fl
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
                      int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                      const GemmEpilogue& epilogue);
+
+// Pack buffers of the calling thread, grown to at least the sizes asked for (never shrunk).
+void gemm_pack_buffers(size_t a_floats, size_t b_floats, float** a, float** b);
 
 // Micro-kernels (defined in kernel_<isa>.cpp; the ISA ones are null in a non-x86 build).
 extern const GemmKernel kGemmGeneric;

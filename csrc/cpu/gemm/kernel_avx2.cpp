@@ -1,5 +1,6 @@
 // AVX2 + FMA micro-kernel: 6 x 16 tile, 12 ymm accumulators; per k, two loads of B and six
 // broadcasts of A feed twelve FMAs. Compiled with -mavx2 -mfma (this file only).
+#include "cpu/gemm/conv_kernel.h"
 #include "cpu/gemm/gemm.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -47,12 +48,13 @@ void kernel_avx2(int64_t K, const float* Ap, const float* Bp, float* C, int64_t 
 }
 }  // namespace
 
-const GemmKernel kGemmAvx2 = {"avx2", MR, NR, kernel_avx2};
+const GemmKernel kGemmAvx2 = {"avx2",           MR, NR, kernel_avx2, 6, 16, conv_kernel_portable<6, 16>,
+                              direct_fwd<8, 8>, direct_dw<8>};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx2 = {"avx2", 6, 16, nullptr};
+const GemmKernel kGemmAvx2 = {"avx2", 6, 16, nullptr, 6, 16, nullptr, nullptr, nullptr};
 }
 #endif

@@ -1,10 +1,13 @@
 // AVX-512 micro-kernel: 8 x 32 tile, 16 zmm accumulators (enough to hide the FMA latency of two
 // pipes); per k, two loads of B and eight broadcasts of A feed sixteen FMAs. M = 32 and 64, the
 // channel counts of SeedNet, are whole multiples of MR. Compiled with -mavx512f (this file only).
+#include "cpu/gemm/conv_kernel.h"
 #include "cpu/gemm/gemm.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include <algorithm>
 
 namespace fastcnn {
 
@@ -39,14 +42,153 @@ void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_
     _mm512_mask_storeu_ps(ci + 16, k1, c[i][1]);
   }
 }
+
+// Convolution: 12 pixels x 32 channels, 24 zmm accumulators. Per (tap, input channel): two
+// loads of packed filters, twelve broadcasts straight from the NHWC input (folded into the
+// FMAs), 24 FMAs. The tile is transposed on the way out, into NCHW planes.
+constexpr int CMR = 12, CNR = 32;
+
+void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
+                 const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int m,
+                 int n) {
+  __m512 c[CMR][2];
+  for (int i = 0; i < CMR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
+  const float* w = Wp;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = toff[t];
+    const float* r[CMR];
+    for (int i = 0; i < CMR; ++i) r[i] = pix[i] + off;
+    for (int64_t k = 0; k < C; ++k, w += CNR) {
+      const __m512 b0 = _mm512_loadu_ps(w);
+      const __m512 b1 = _mm512_loadu_ps(w + 16);
+      for (int i = 0; i < CMR; ++i) {
+        const __m512 a = _mm512_set1_ps(r[i][k]);
+        c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+        c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+      }
+    }
+  }
+  const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  alignas(64) float tile[CMR][CNR];
+  for (int i = 0; i < CMR; ++i) {
+    __m512 v0 = _mm512_add_ps(c[i][0], bias0), v1 = _mm512_add_ps(c[i][1], bias1);
+    if (relu) {  // v > 0 ? v : 0 (NaN -> 0, as the scalar epilogues do)
+      v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_GT_OQ), v0);
+      v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, zero, _CMP_GT_OQ), v1);
+    }
+    _mm512_store_ps(tile[i], v0);
+    _mm512_store_ps(tile[i] + 16, v1);
+  }
+  for (int j = 0; j < n; ++j) {
+    float* yj = y + j * ldy;
+    for (int i = 0; i < m; ++i) yj[i] = tile[i][j];
+  }
+}
+
+// Direct convolution (few input channels, unit stride; see DirectFwd in gemm.h): a row of up
+// to 32 output pixels in two zmm registers (masked at the row's end) times 8 output channels,
+// 16 accumulators; per tap two input loads feed 16 FMAs.
+constexpr int DOB = 8;
+
+// The first n of 16 lanes (n may be <= 0 or > 16).
+inline __mmask16 lane_mask(int64_t n) {
+  if (n <= 0) return 0;
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+void direct_fwd_avx512(const Direct2d& d, const float* xp, const float* w, const float* b,
+                       bool relu, float* y, int64_t o0, int64_t o1) {
+  if (d.sw != 1 || d.C * d.kh * d.kw > 256)
+    return direct_fwd<DOB, 16>(d, xp, w, b, relu, y, o0, o1);
+  const int64_t T = d.kh * d.kw, CT = d.C * T, plane = d.OH * d.OW;
+  alignas(64) float wblk[256 * DOB];
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t o = o0; o < o1; o += DOB) {
+    const int ob = static_cast<int>(std::min<int64_t>(DOB, o1 - o));
+    for (int64_t ct = 0; ct < CT; ++ct)  // filters of this channel block, tap-major
+      for (int q = 0; q < DOB; ++q) wblk[ct * DOB + q] = q < ob ? w[(o + q) * CT + ct] : 0.f;
+    for (int64_t oh = 0; oh < d.OH; ++oh) {
+      for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 32) {
+        const __mmask16 k0 = lane_mask(d.OW - ow0), k1 = lane_mask(d.OW - ow0 - 16);
+        __m512 acc[DOB][2];
+        for (int q = 0; q < DOB; ++q)
+          acc[q][0] = acc[q][1] = (b && q < ob) ? _mm512_set1_ps(b[o + q]) : zero;
+        const float* wt = wblk;
+        for (int64_t c = 0; c < d.C; ++c) {
+          for (int64_t ki = 0; ki < d.kh; ++ki) {
+            const float* xr = xp + (c * d.Hp + oh * d.sh + ki) * d.Wp + ow0;
+            for (int64_t kj = 0; kj < d.kw; ++kj, wt += DOB) {
+              const __m512 x0 = _mm512_maskz_loadu_ps(k0, xr + kj);
+              const __m512 x1 = _mm512_maskz_loadu_ps(k1, xr + kj + 16);
+              for (int q = 0; q < DOB; ++q) {
+                const __m512 wq = _mm512_set1_ps(wt[q]);
+                acc[q][0] = _mm512_fmadd_ps(wq, x0, acc[q][0]);
+                acc[q][1] = _mm512_fmadd_ps(wq, x1, acc[q][1]);
+              }
+            }
+          }
+        }
+        for (int q = 0; q < ob; ++q) {
+          float* yq = y + (o + q) * plane + oh * d.OW + ow0;
+          __m512 v0 = acc[q][0], v1 = acc[q][1];
+          if (relu) {
+            v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_GT_OQ), v0);
+            v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, zero, _CMP_GT_OQ), v1);
+          }
+          _mm512_mask_storeu_ps(yq, k0, v0);
+          _mm512_mask_storeu_ps(yq + 16, k1, v1);
+        }
+      }
+    }
+  }
+}
+
+// Direct weight gradient: for each (o, c, ki), kw x 2 zmm accumulators over every image and
+// output row (dy masked to the row, so lanes past it add exact zeros), then lane sums.
+void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                      const float* dy, float* dw, int64_t o0, int64_t o1) {
+  if (d.sw != 1) return direct_dw<16>(d, N, xp, image, dy, dw, o0, o1);
+  const int64_t plane = d.OH * d.OW;
+  for (int64_t o = o0; o < o1; ++o) {
+    for (int64_t c = 0; c < d.C; ++c) {
+      for (int64_t ki = 0; ki < d.kh; ++ki) {
+        __m512 acc[kDirectMaxKw][2];
+        for (int64_t kj = 0; kj < d.kw; ++kj) acc[kj][0] = acc[kj][1] = _mm512_setzero_ps();
+        for (int64_t n = 0; n < N; ++n) {
+          const float* dyo = dy + (n * d.O + o) * plane;
+          for (int64_t oh = 0; oh < d.OH; ++oh) {
+            const float* xr = xp + n * image + (c * d.Hp + oh * d.sh + ki) * d.Wp;
+            for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 32) {
+              const __mmask16 k0 = lane_mask(d.OW - ow0), k1 = lane_mask(d.OW - ow0 - 16);
+              const __m512 g0 = _mm512_maskz_loadu_ps(k0, dyo + oh * d.OW + ow0);
+              const __m512 g1 = _mm512_maskz_loadu_ps(k1, dyo + oh * d.OW + ow0 + 16);
+              const float* xs = xr + ow0;
+              for (int64_t kj = 0; kj < d.kw; ++kj) {
+                acc[kj][0] = _mm512_fmadd_ps(g0, _mm512_maskz_loadu_ps(k0, xs + kj), acc[kj][0]);
+                acc[kj][1] =
+                    _mm512_fmadd_ps(g1, _mm512_maskz_loadu_ps(k1, xs + kj + 16), acc[kj][1]);
+              }
+            }
+          }
+        }
+        for (int64_t kj = 0; kj < d.kw; ++kj)
+          dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] =
+              _mm512_reduce_add_ps(_mm512_add_ps(acc[kj][0], acc[kj][1]));
+      }
+    }
+  }
+}
 }  // namespace
 
-const GemmKernel kGemmAvx512 = {"avx512", MR, NR, kernel_avx512};
+const GemmKernel kGemmAvx512 = {"avx512",         MR,           NR, kernel_avx512, CMR, CNR,
+                                conv_avx512,      direct_fwd_avx512, direct_dw_avx512};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx512 = {"avx512", 8, 32, nullptr};
+const GemmKernel kGemmAvx512 = {"avx512", 8, 32, nullptr, 12, 32, nullptr, nullptr, nullptr};
 }
 #endif

@@ -1,5 +1,6 @@
 // Portable micro-kernel: 4 x 16 tile in plain C++ (the compiler vectorises the j loop with
 // whatever the baseline ISA offers). Used on CPUs without AVX2 and as a check on the others.
+#include "cpu/gemm/conv_kernel.h"
 #include "cpu/gemm/gemm.h"
 
 namespace fastcnn {
@@ -22,6 +23,10 @@ void kernel_generic(int64_t K, const float* Ap, const float* Bp, float* C, int64
 }
 }  // namespace
 
-const GemmKernel kGemmGeneric = {"generic", MR, NR, kernel_generic};
+const GemmKernel kGemmGeneric = {"generic",          MR,
+                                 NR,                 kernel_generic,
+                                 4,                  16,
+                                 conv_kernel_portable<4, 16>, direct_fwd<4, 8>,
+                                 direct_dw<8>};
 
 }  // namespace fastcnn

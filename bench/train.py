@@ -1,0 +1,538 @@
+"""End-to-end benchmark: SeedNet training and inference, fastcnn against PyTorch, in one run.
+
+    python bench/train.py            # every configuration below (a few minutes)
+    python bench/train.py --quick    # batch 64, all threads, few steps (seconds)
+
+Configurations: 1x28x28 (Fashion-MNIST) at batches 32, 64 and 256 on all cores, batch 64 on one
+thread, and 3x64x64 (the cats-vs-dogs shape) at batch 64 on all cores. In each, the same SeedNet
+(same initial weights, copied from fastcnn into PyTorch), the same fixed random batch and the
+same thread count run on fastcnn, PyTorch (default NCHW) and PyTorch channels_last, alternating
+in rounds; each reports the median of its per-step times. One training step = zero_grad, forward,
+cross-entropy, backward, SGD step (lr 0.01, momentum 0.9); inference = eval-mode forward (PyTorch
+under inference_mode). Before timing, the three are checked to compute the same logits, loss and
+first update ("valid").
+
+Also, in fresh child processes: peak RSS while training SeedNet on real Fashion-MNIST for a
+bounded number of steps (`--rss-child fastcnn|torch`), and the time to import each library.
+Prints one JSON line per measurement, then summary tables and the targets. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import harness  # first: puts this checkout's fastcnn on sys.path when it is built in place
+import numpy as np
+
+# ---- models -------------------------------------------------------------------------------------
+
+
+def torch_seednet(torch, in_channels=1, num_classes=10, image_size=(28, 28)):
+    """fastcnn.models.seednet, layer for layer, so that state dict names ('0.weight', ...) match."""
+    nn = torch.nn
+    h, w = image_size
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * (h // 4) * (w // 4), 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+class FastcnnRunner:
+    """fastcnn's training step and inference, as in `fastcnn bench` (fastcnn/cli.py)."""
+
+    impl = "fastcnn"
+
+    def __init__(self, model, x, y):
+        import fastcnn
+
+        self.model, self.x, self.y = model, x, y
+        model.requires_input_grad = False  # the first conv skips dL/dx
+        self.opt = fastcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.loss_fn = fastcnn.nn.CrossEntropyLoss()
+
+    def mode(self, training: bool):
+        self.model.train(training)
+
+    def step(self) -> float:
+        self.opt.zero_grad()
+        loss = self.loss_fn(self.model(self.x), self.y)
+        self.model.backward(self.loss_fn.backward())
+        self.opt.step()
+        return loss
+
+    def infer(self):
+        return self.model(self.x)
+
+    def first_weight(self):
+        return self.model.layers[0].weight.data
+
+
+class TorchRunner:
+    """PyTorch's training step and inference; channels_last when `cl`."""
+
+    def __init__(self, torch, model, x, y, cl=False):
+        self.torch = torch
+        self.impl = "torch_cl" if cl else "torch"
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)  # once: the data, not the model
+        self.model, self.x, self.y = model, x, y
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def mode(self, training: bool):
+        self.model.train(training)
+
+    def step(self) -> float:
+        self.opt.zero_grad()
+        loss = self.loss_fn(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def infer(self):
+        with self.torch.inference_mode():
+            return self.model(self.x)
+
+    def first_weight(self):
+        return self.model[0].weight.detach().numpy()
+
+
+def make_runners(torch, channels, size, batch, seed=0):
+    """The same SeedNet and the same random batch for every implementation."""
+    import fastcnn
+
+    fastcnn.nn.manual_seed(seed)
+    model = fastcnn.models.seednet(in_channels=channels, num_classes=10, image_size=size)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int64)
+    runners = [FastcnnRunner(model, x, y)]
+    if torch is not None:
+        tmodel = torch_seednet(torch, channels, 10, (size, size))
+        tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+        xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+        runners.append(TorchRunner(torch, copy.deepcopy(tmodel), xt, yt))
+        runners.append(TorchRunner(torch, tmodel, xt, yt, cl=True))
+    return runners
+
+
+def _as_numpy(a):
+    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def check_same(runners) -> tuple[bool, float]:
+    """Same logits (eval), same first loss and same first update everywhere: (ok, max rel err).
+    Leaves every model one SGD step on, which changes nothing in what is timed."""
+    if len(runners) < 2:
+        return None, None
+    errs = []
+    for r in runners:
+        r.mode(False)
+    logits = [_as_numpy(r.infer()) for r in runners]
+    for r in runners:
+        r.mode(True)
+    losses = [r.step() for r in runners]
+    weights = [np.array(r.first_weight()) for r in runners]
+    for group in (logits, [np.float64(v) for v in losses], weights):
+        ref = np.asarray(group[0], dtype=np.float64)
+        scale = max(float(np.abs(ref).max()), 1e-30)
+        for other in group[1:]:
+            errs.append(float(np.abs(np.asarray(other, dtype=np.float64) - ref).max() / scale))
+    err = max(errs)
+    return err < 1e-3, err
+
+
+# ---- timing -------------------------------------------------------------------------------------
+
+
+def time_config(runners, mode, *, rounds, budget_s, min_steps=2, max_steps=50):
+    """Alternates the runners in `rounds` rounds (order rotated each round); in each, one untimed
+    step, then enough timed steps to fill about `budget_s`. Returns {impl: per-step seconds}."""
+    for r in runners:
+        r.mode(mode == "train")
+    fns = {r.impl: (r.step if mode == "train" else r.infer) for r in runners}
+    estimate = {}
+    for impl, fn in fns.items():  # warm-up: first-call allocations, thread pools, JIT kernels
+        fn()
+        t = time.perf_counter()
+        fn()
+        estimate[impl] = time.perf_counter() - t
+    times = {impl: [] for impl in fns}
+    order = list(fns)
+    for k in range(rounds):
+        for impl in order[k % len(order) :] + order[: k % len(order)]:
+            fn = fns[impl]
+            steps = int(min(max_steps, max(min_steps, round(budget_s / max(estimate[impl], 1e-6)))))
+            fn()
+            for _ in range(steps):
+                t = time.perf_counter()
+                fn()
+                times[impl].append(time.perf_counter() - t)
+    return times
+
+
+def run_config(torch, cfg, *, rounds, budget_s):
+    """One configuration, training then inference; emits a JSON line per implementation and
+    returns {(mode, impl): record}."""
+    channels, size, batch, threads = cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"]
+    harness.set_threads(threads, torch)
+    runners = make_runners(torch, channels, size, batch)
+    valid, err = check_same(runners)
+    out = {}
+    for mode in ("train", "infer"):
+        times = time_config(runners, mode, rounds=rounds, budget_s=budget_s)
+        records = {}
+        for impl, ts in times.items():
+            median = statistics.median(ts)
+            records[impl] = {
+                "bench": mode,
+                "impl": impl,
+                "input": f"{channels}x{size}x{size}",
+                "batch": batch,
+                "threads": threads,
+                "median_ms": median * 1e3,
+                "min_ms": min(ts) * 1e3,
+                "steps": len(ts),
+                "images_per_s": batch / median,
+            }
+        mine = records["fastcnn"]
+        mine["valid"], mine["max_rel_err"] = valid, err
+        for ref in ("torch", "torch_cl"):
+            mine[f"ratio_vs_{ref}"] = (
+                records[ref]["median_ms"] / mine["median_ms"] if ref in records else None
+            )
+        for impl in times:
+            harness.emit(records[impl])
+            out[(mode, impl)] = records[impl]
+    return out
+
+
+# ---- child processes: peak RSS and import time --------------------------------------------------
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _rss_peak_mb() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that across
+    fork + exec, so a child of a big parent reports the parent's size as its own peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def rss_child(framework: str, steps: int, batch: int, threads: int) -> None:
+    """In a fresh process: import `framework`, load Fashion-MNIST (through fastcnn.data for both,
+    so both hold the same arrays), train SeedNet for `steps` steps, print peak RSS as JSON."""
+    t0 = time.perf_counter()
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    else:
+        torch = None
+    import fastcnn
+
+    fastcnn.set_num_threads(threads)
+    rss_import = _rss_now_mb()
+    train_set = fastcnn.data.FashionMNIST(train=True)
+    loader = fastcnn.data.DataLoader(
+        train_set, batch_size=batch, shuffle=True, seed=0, drop_last=True
+    )
+    rss_data = _rss_now_mb()
+    peak_loading = _rss_peak_mb()
+    fastcnn.nn.manual_seed(0)
+    model = fastcnn.models.seednet()
+    if torch is not None:
+        tmodel = torch_seednet(torch)
+        tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+        del model
+        opt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+        loss_fn = torch.nn.CrossEntropyLoss()
+    else:
+        model.requires_input_grad = False
+        opt = fastcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loss_fn = fastcnn.nn.CrossEntropyLoss()
+    done, loss = 0, float("nan")
+    while done < steps:
+        for x, y in loader:
+            if torch is not None:
+                opt.zero_grad()
+                out = loss_fn(tmodel(torch.from_numpy(x)), torch.from_numpy(y))
+                out.backward()
+                opt.step()
+                loss = out.item()
+            else:
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                model.backward(loss_fn.backward())
+                opt.step()
+            done += 1
+            if done >= steps:
+                break
+    peak = _rss_peak_mb()
+    print(
+        json.dumps(
+            {
+                "bench": "peak_rss",
+                "impl": framework,
+                "batch": batch,
+                "threads": threads,
+                "steps": done,
+                "peak_rss_mb": round(peak, 1),
+                "rss_after_import_mb": round(rss_import, 1),
+                "rss_after_data_mb": round(rss_data, 1),
+                "peak_rss_loading_mb": round(peak_loading, 1),
+                "rss_end_mb": round(_rss_now_mb(), 1),
+                "final_loss": round(float(loss), 4),
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        ),
+        flush=True,
+    )
+
+
+def measure_rss(framework, steps, batch, threads):
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--rss-child",
+        framework,
+        "--rss-steps",
+        str(steps),
+        "--rss-batch",
+        str(batch),
+        "--threads",
+        str(threads),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=harness.child_env())
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        record = {"bench": "peak_rss", "impl": framework, "error": proc.stderr.strip()[-500:]}
+    else:
+        record = json.loads(lines[-1])
+    harness.emit(record)
+    return record
+
+
+def measure_import(module, repeats):
+    """Seconds to `import module` in a fresh interpreter (median of `repeats` interpreters)."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    times = []
+    for _ in range(repeats):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=harness.child_env()
+        )
+        if proc.returncode != 0:
+            record = {"bench": "import", "impl": module, "error": proc.stderr.strip()[-500:]}
+            harness.emit(record)
+            return record
+        times.append(float(proc.stdout.split()[-1]))
+    record = {
+        "bench": "import",
+        "impl": module,
+        "seconds": statistics.median(times),
+        "repeats": repeats,
+    }
+    harness.emit(record)
+    return record
+
+
+# ---- targets and summary ------------------------------------------------------------------------
+
+
+def _ratio_row(results, label, key, ref, goal):
+    rec = results.get(key)
+    ratio = rec.get(f"ratio_vs_{ref}") if rec else None
+    return [label, ratio, f">= {goal}", None if ratio is None else ratio >= goal]
+
+
+def targets(results, rss, all_threads):
+    t = all_threads
+    rows = [
+        _ratio_row(results, f"train b64 {t}thr vs torch", ("train", 1, 28, 64, t), "torch", 1.5),
+        _ratio_row(
+            results, f"train b64 {t}thr vs torch_cl", ("train", 1, 28, 64, t), "torch_cl", 1.25
+        ),
+        _ratio_row(results, f"train b32 {t}thr vs torch", ("train", 1, 28, 32, t), "torch", 1.3),
+        _ratio_row(results, f"train b256 {t}thr vs torch", ("train", 1, 28, 256, t), "torch", 1.3),
+        _ratio_row(results, f"infer b256 {t}thr vs torch", ("infer", 1, 28, 256, t), "torch", 1.5),
+        _ratio_row(
+            results, f"infer b256 {t}thr vs torch_cl", ("infer", 1, 28, 256, t), "torch_cl", 1.0
+        ),
+        _ratio_row(results, "train b64 1thr vs torch", ("train", 1, 28, 64, 1), "torch", 1.3),
+    ]
+    mine, theirs = (
+        rss.get("fastcnn", {}).get("peak_rss_mb"),
+        rss.get("torch", {}).get("peak_rss_mb"),
+    )
+    share = mine / theirs if mine and theirs else None
+    rows.append(
+        [
+            "peak RSS training, fastcnn / torch",
+            share,
+            "<= 0.333",
+            None if share is None else share <= 1 / 3,
+        ]
+    )
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="batch 64 on all cores, few steps")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="'all cores' thread count (default: os.cpu_count())",
+    )
+    p.add_argument(
+        "--rounds", type=int, help="alternating rounds per configuration (default 5, quick 2)"
+    )
+    p.add_argument(
+        "--no-rss", action="store_true", help="skip the peak-RSS and import-time children"
+    )
+    p.add_argument(
+        "--rss-steps", type=int, help="training steps of each RSS child (default 200, quick 20)"
+    )
+    p.add_argument("--rss-batch", type=int, default=64)
+    p.add_argument("--rss-child", choices=["fastcnn", "torch"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.rss_child:
+        return rss_child(args.rss_child, args.rss_steps or 200, args.rss_batch, args.threads)
+
+    torch = harness.try_import_torch()
+    t_all = args.threads
+    if args.quick:
+        configs = [dict(channels=1, size=28, batch=64, threads=t_all)]
+        rounds, budget, rss_steps, import_repeats = args.rounds or 2, 0.1, args.rss_steps or 20, 1
+    else:
+        configs = [dict(channels=1, size=28, batch=b, threads=t_all) for b in (32, 64, 256)]
+        configs += [
+            dict(channels=1, size=28, batch=64, threads=1),
+            dict(channels=3, size=64, batch=64, threads=t_all),
+        ]
+        rounds, budget, rss_steps, import_repeats = args.rounds or 5, 0.5, args.rss_steps or 200, 3
+
+    harness.emit(harness.machine_info(torch))
+    watch = harness.CpuWatch()
+    if torch is None:
+        print("# torch not importable: fastcnn only, no ratios", flush=True)
+
+    results = {}
+    for cfg in configs:
+        out = run_config(torch, cfg, rounds=rounds, budget_s=budget)
+        for (mode, impl), rec in out.items():
+            if impl == "fastcnn":
+                results[(mode, cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"])] = rec
+            results[(mode, impl, cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"])] = rec
+
+    rss, imports = {}, {}
+    if not args.no_rss:
+        frameworks = ["fastcnn"] + (["torch"] if torch is not None else [])
+        for fw in frameworks:
+            imports[fw] = measure_import(fw, import_repeats)
+        for fw in frameworks:
+            rss[fw] = measure_rss(fw, rss_steps, args.rss_batch, t_all)
+
+    contention = watch.stop()
+    harness.emit(contention)
+
+    # ---- summary
+    rows = []
+    for cfg in configs:
+        for mode in ("train", "infer"):
+            key = (cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"])
+            mine = results[(mode, *key)]
+            ips = {
+                impl: results.get((mode, impl, *key), {}).get("images_per_s")
+                for impl in ("fastcnn", "torch", "torch_cl")
+            }
+            rows.append(
+                [
+                    mode,
+                    mine["input"],
+                    cfg["batch"],
+                    cfg["threads"],
+                    ips["fastcnn"],
+                    ips["torch"],
+                    ips["torch_cl"],
+                    mine["ratio_vs_torch"],
+                    mine["ratio_vs_torch_cl"],
+                    mine["valid"],
+                ]
+            )
+    harness.print_table(
+        "SeedNet images/s (median step; ratio = fastcnn speed / other speed; > 1: fastcnn faster)",
+        [
+            "mode",
+            "input",
+            "batch",
+            "thr",
+            "fastcnn",
+            "torch",
+            "torch_cl",
+            "x torch",
+            "x torch_cl",
+            "valid",
+        ],
+        rows,
+    )
+    if rss or imports:
+        harness.print_table(
+            f"memory and start-up (training on Fashion-MNIST, batch {args.rss_batch}, "
+            f"{rss_steps} steps)",
+            [
+                "library",
+                "import s",
+                "RSS after import MB",
+                "RSS with data MB",
+                "peak while loading MB",
+                "peak RSS MB",
+            ],
+            [
+                [
+                    fw,
+                    imports.get(fw, {}).get("seconds"),
+                    rss.get(fw, {}).get("rss_after_import_mb"),
+                    rss.get(fw, {}).get("rss_after_data_mb"),
+                    rss.get(fw, {}).get("peak_rss_loading_mb"),
+                    rss.get(fw, {}).get("peak_rss_mb"),
+                ]
+                for fw in imports
+            ],
+        )
+    harness.print_table(
+        "targets", ["target", "measured", "goal", "met"], targets(results, rss, t_all)
+    )
+    print(harness.contention_note(contention))
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
