@@ -1,8 +1,12 @@
 """Data sets and the batch loader.
 
-Every data set holds all its samples in memory as `.images`, float32 (N, C, H, W), and `.labels`,
-int64 (N,), so that DataLoader builds a batch with one fancy-indexing copy; `len(ds)`,
-`ds[i] -> (image (C, H, W), label int)` and `.classes` give the usual per-sample view.
+Every data set holds all its samples in memory, with `.labels` int64 (N,). Images that come as
+8-bit pixels (every file format, MNIST, CIFAR-10, uint8 arrays) stay uint8: `.raw` (N, C, H, W),
+a quarter of the memory of float32; DataLoader gathers a batch from `.raw` with one fancy-indexing
+copy and converts just that batch to normalised float32 (`ds.to_float`). Float arrays given to
+ArrayDataset are kept as float32 `.images`. `len(ds)`, `ds[i] -> (image float32 (C, H, W), label
+int)` and `.classes` give the usual per-sample view; `.images`, float32 (N, C, H, W), is still
+there for every data set, but on a uint8 one it is made (and kept) on first access: 4x `.raw`.
 
 - ArrayDataset: arrays you already have.
 - ImageFolder: one sub-folder per class, decoded with Pillow in threads (see transforms.py).
@@ -30,11 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .transforms import (
+    _raw_to_float,
     channel_stats,
     channel_values,
-    decode_image,
+    decode_pixels,
     load_image,
     normalize_,
+    pixel_affine,
     preprocess_array,
     to_size,
 )
@@ -99,27 +105,76 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class _InMemory:
-    """`.images` float32 (N,C,H,W), `.labels` int64 (N,), `.classes`: the shared behaviour."""
+    """The shared behaviour: `.labels` int64 (N,), `.classes`, and the images held either
 
-    images: np.ndarray
+    - as uint8 pixels: `.raw` (N, C, H, W), C-contiguous, with the per-channel normalisation
+      `(raw * (1/255) - mean[c]) * (1/std[c])` in float32 (`to_float`), also given as an affine
+      `.scale`, `.shift` (float32 (C,); see transforms.pixel_affine); or
+    - as float32 `.images` (N, C, H, W) (ArrayDataset built from float arrays; no `.raw`).
+    """
+
     labels: np.ndarray
     classes: list
+    _images = None  # float32 (N, C, H, W): given, or materialised from .raw on first access
+    _norm = None  # (mean, std), float32 (C,) each: how .raw becomes float; None without .raw
+
+    def _set_raw(self, raw: np.ndarray, mean, std) -> None:
+        """Hold uint8 (N, C, H, W) pixels, normalised by mean/std (a float or one per channel)."""
+        c = raw.shape[1]
+        mean, std = channel_values(mean, c, "mean"), channel_values(std, c, "std")
+        self.raw = np.ascontiguousarray(raw, dtype=np.uint8)
+        self._norm = (mean, std)
+        self.scale, self.shift = pixel_affine(mean, std, c)
+        self._images = None
+
+    @property
+    def images(self) -> np.ndarray:
+        """float32 (N, C, H, W), normalised.
+
+        On a data set held as uint8 `.raw`, the first access converts all of it and keeps the
+        copy (4x the memory of `.raw`: 188 MB for Fashion-MNIST's training set). Training does
+        not need it: DataLoader and `ds[i]` convert only the samples they return, bit for bit
+        as this copy holds them.
+        """
+        x = self._images
+        if x is None and self._norm is not None:
+            x = self._images = _raw_to_float(self.raw, *self._norm)
+        return x
+
+    @images.setter
+    def images(self, value) -> None:
+        # Float images replace the uint8 ones: the data set no longer has a .raw.
+        self._images = value
+        self._norm = None
+        for name in ("raw", "scale", "shift"):
+            self.__dict__.pop(name, None)
+
+    def to_float(self, raw) -> np.ndarray:
+        """uint8 pixels (B, C, H, W) (a gather from `.raw`) -> a new float32 array, normalised
+        exactly as this data set's images (same float32 operations, same bits)."""
+        if self._norm is None:
+            raise ValueError(f"{type(self).__name__} holds float images, not uint8 pixels")
+        raw = np.asarray(raw)
+        c = len(self._norm[0])
+        if raw.dtype != np.uint8 or raw.ndim != 4 or raw.shape[1] != c:
+            raise ValueError(
+                f"to_float takes uint8 (B,{c},H,W) pixels, got {raw.dtype} {raw.shape}"
+            )
+        return _raw_to_float(raw, *self._norm)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
         i = operator.index(i)  # ints only: a slice would return a batch under a per-sample API
-        return self.images[i], int(self.labels[i])
+        if self._norm is None:
+            return self.images[i], int(self.labels[i])
+        # One image converted on its own: the float copy of the whole set is never made here.
+        return _raw_to_float(self.raw[i][None], *self._norm)[0], int(self.labels[i])
 
     def __repr__(self) -> str:
-        shape = self.images.shape[1:]
+        shape = (self.images if self._norm is None else self.raw).shape[1:]
         return f"{type(self).__name__}(n={len(self)}, shape={shape}, classes={len(self.classes)})"
-
-
-def _scaled(raw_uint8: np.ndarray) -> np.ndarray:
-    """uint8 (N,C,H,W) -> float32 in [0, 1], contiguous."""
-    return np.multiply(raw_uint8, np.float32(1.0 / 255.0), dtype=np.float32)
 
 
 def _preprocessing(size, channels, mean, std) -> dict:
@@ -151,14 +206,16 @@ def _check_labels(labels, n: int, num_classes: int | None, what: str) -> np.ndar
 class ArrayDataset(_InMemory):
     """Images and labels you already hold in arrays.
 
-    images: uint8 (N,H,W) or (N,H,W,C), scaled to [0, 1] and made NCHW; or float NCHW, taken as
-    is. labels: any integer dtype, >= 0. mean/std (a float or one per channel) normalise.
+    images: uint8 (N,H,W) or (N,H,W,C), kept as uint8 `.raw` (N,C,H,W) (a copy) and converted
+    to float32 in [0, 1] batch by batch; or float NCHW, kept as float32 `.images` (a copy).
+    labels: any integer dtype, >= 0. mean/std (a float or one per channel) normalise.
     """
 
     def __init__(self, images, labels, classes=None, mean=None, std=None):
         images = np.asarray(images)
         if images.size == 0:
             raise ValueError(f"ArrayDataset: images are empty (shape {images.shape})")
+        raw = x = None
         if images.dtype == np.uint8:
             if images.ndim == 3:
                 images = images[:, None]
@@ -168,21 +225,22 @@ class ArrayDataset(_InMemory):
                 raise ValueError(
                     f"ArrayDataset: uint8 images must be (N,H,W) or (N,H,W,C), got {images.shape}"
                 )
-            x = _scaled(images)
+            # A C-contiguous NCHW copy: later writes to the caller's array change nothing here.
+            raw = np.array(images, dtype=np.uint8, order="C")
+            n, c = raw.shape[:2]
             # Raw pixels: predict can redo these steps on new raw images.
-            c = x.shape[1]
-            self.preprocessing = _preprocessing(x.shape[2:], c, [0.0] * c, [1.0] * c)
+            self.preprocessing = _preprocessing(raw.shape[2:], c, [0.0] * c, [1.0] * c)
         elif np.issubdtype(images.dtype, np.floating):
             if images.ndim != 4:
                 raise ValueError(f"ArrayDataset: float images must be NCHW, got {images.shape}")
             # A copy, so that normalising never writes into the caller's array.
             x = np.array(images, dtype=np.float32, order="C")
+            n, c = x.shape[:2]
             self.preprocessing = None  # unknown: the caller prepared these floats
         else:
             raise ValueError(
                 f"ArrayDataset: images must be uint8 or floating point, got dtype {images.dtype}"
             )
-        n = x.shape[0]
         if classes is not None:
             classes = [str(c) for c in classes]
         self.labels = _check_labels(
@@ -191,14 +249,18 @@ class ArrayDataset(_InMemory):
         if classes is None:
             classes = [str(i) for i in range(int(self.labels.max()) + 1)]
         self.classes = classes
+        mean_, std_ = 0.0, 1.0
         if mean is not None or std is not None:
-            c = x.shape[1]
-            mean = channel_values(0.0 if mean is None else mean, c, "mean")
-            std = channel_values(1.0 if std is None else std, c, "std")
-            normalize_(x, mean, std)
+            mean_ = channel_values(0.0 if mean is None else mean, c, "mean")
+            std_ = channel_values(1.0 if std is None else std, c, "std")
+            if x is not None:
+                normalize_(x, mean_, std_)
             if self.preprocessing is not None:
-                self.preprocessing.update(mean=mean.tolist(), std=std.tolist())
-        self.images = x
+                self.preprocessing.update(mean=mean_.tolist(), std=std_.tolist())
+        if raw is not None:
+            self._set_raw(raw, mean_, std_)
+        else:
+            self._images = x
 
 
 class ImageFolder(_InMemory):
@@ -207,7 +269,9 @@ class ImageFolder(_InMemory):
     Images (jpg, jpeg, png, bmp, gif, webp, tif, tiff; any case) are found recursively in each
     class folder; hidden files and folders (".DS_Store", ".ipynb_checkpoints") and files with
     other extensions are ignored. Each is decoded, converted to `channels` (1: 'L', 3: 'RGB'),
-    resized to `image_size` (int or (h, w); aspect ratio not kept), scaled to [0, 1] and
+    resized to `image_size` (int or (h, w); aspect ratio not kept) and kept as uint8 `.raw`
+    (16-bit and float images are resized at full precision, then rounded to 8 bits; load_image
+    does the same, so prediction sees the same pixels). Batches are scaled to [0, 1] and
     normalised per channel by `mean`/`std`, computed from this folder when not given. Pass the
     training set's `mean`, `std` and `classes` when loading a validation folder.
 
@@ -240,21 +304,21 @@ class ImageFolder(_InMemory):
         self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
 
         if mean is None and std is None:
-            mean, std = channel_stats(x)
+            mean, std = channel_stats(x)  # of the pixels scaled to [0, 1]
         mean = channel_values(0.0 if mean is None else mean, channels, "mean")
         std = channel_values(1.0 if std is None else std, channels, "std")
-        self.images = normalize_(x, mean, std)
+        self._set_raw(x, mean, std)
         self.mean, self.std = mean.tolist(), std.tolist()
         self.preprocessing = _preprocessing(size, channels, self.mean, self.std)
 
     def _decode_all(self, size, channels, skip_bad, workers):
         """Decode every sample into one preallocated array -> (array, indices of bad files)."""
-        x = np.empty((len(self.samples), channels) + size, dtype=np.float32)
+        x = np.empty((len(self.samples), channels) + size, dtype=np.uint8)
         bad = set()
 
         def decode(path):
             try:
-                return decode_image(path, size, channels)
+                return decode_pixels(path, size, channels)
             except ValueError as e:
                 if not skip_bad:
                     raise
@@ -415,8 +479,9 @@ def _split_files(directory: str, split: str) -> list:
 class MNIST(_InMemory):
     """MNIST from the four IDX files in `root` (.gz or not): `train-images-idx3-ubyte` etc.
 
-    Images become float32 (N, 1, 28, 28) in [0, 1], then, when `normalize`, are normalised by
-    the training split's mean and std (for the test split too).
+    Images are kept as uint8 `.raw` (N, 1, 28, 28); as float32 (batches, `ds[i]`, `.images`)
+    they are in [0, 1], then, when `normalize`, normalised by the training split's mean and std
+    (for the test split too).
     """
 
     MEAN, STD = MNIST_MEAN, MNIST_STD
@@ -445,9 +510,8 @@ class MNIST(_InMemory):
         self.labels = _check_labels(labels, len(raw), len(self.CLASSES), paths[1])
         self.root = directory
         self.classes = list(self.CLASSES)
-        x = _scaled(raw[:, None])
         mean, std = (self.MEAN, self.STD) if normalize else (0.0, 1.0)
-        self.images = normalize_(x, mean, std)
+        self._set_raw(raw[:, None], mean, std)  # (N, 1, H, W): a view, no copy
         self.preprocessing = _preprocessing(raw.shape[1:], 1, [mean], [std])
 
 
@@ -551,32 +615,43 @@ class CIFAR10(_InMemory):
     """CIFAR-10 from the binary version: `cifar-10-batches-bin/` (or its content) in `root`.
 
     The python version is a set of pickles and is refused: unpickling runs arbitrary code, and
-    fastcnn never unpickles. Images become float32 (N, 3, 32, 32) in [0, 1], normalised by the
-    training set's per-channel mean/std when `normalize`.
+    fastcnn never unpickles. Images are kept as uint8 `.raw` (N, 3, 32, 32); as float32 they are
+    in [0, 1], normalised by the training set's per-channel mean/std when `normalize`.
     """
 
     def __init__(self, root, train=True, normalize=True):
         directory = _cifar_dir(os.fspath(root))
         names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
-        records = []
+        paths, counts = [], []
         for name in names:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"CIFAR10: {path} is missing")
-            data = np.fromfile(path, dtype=np.uint8)
-            if data.size == 0 or data.size % _CIFAR_RECORD:
+            size = os.path.getsize(path)
+            if size == 0 or size % _CIFAR_RECORD:
                 raise ValueError(
-                    f"{path}: {data.size} bytes is not a whole number of {_CIFAR_RECORD}-byte "
+                    f"{path}: {size} bytes is not a whole number of {_CIFAR_RECORD}-byte "
                     "CIFAR-10 records (truncated?)"
                 )
-            records.append(data.reshape(-1, _CIFAR_RECORD))
-        rec = np.concatenate(records)
+            paths.append(path)
+            counts.append(size // _CIFAR_RECORD)
+        # Filled one file at a time: at most one file (30 MB) is held besides the pixels.
+        raw = np.empty((sum(counts), 3, 32, 32), dtype=np.uint8)
+        labels = np.empty(len(raw), dtype=np.uint8)
+        start = 0
+        for path, count in zip(paths, counts):
+            data = np.fromfile(path, dtype=np.uint8)
+            if data.size != count * _CIFAR_RECORD:
+                raise ValueError(f"{path}: the file changed while being read")
+            rec = data.reshape(count, _CIFAR_RECORD)
+            raw[start : start + count] = rec[:, 1:].reshape(count, 3, 32, 32)
+            labels[start : start + count] = rec[:, 0]
+            start += count
         self.root = directory
         self.classes = _cifar_classes(directory)
-        self.labels = _check_labels(rec[:, 0], len(rec), len(self.classes), directory)
-        x = _scaled(rec[:, 1:].reshape(-1, 3, 32, 32))
+        self.labels = _check_labels(labels, len(raw), len(self.classes), directory)
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if normalize else ((0.0,) * 3, (1.0,) * 3)
-        self.images = normalize_(x, mean, std)
+        self._set_raw(raw, mean, std)
         self.preprocessing = _preprocessing((32, 32), 3, mean, std)
 
 
@@ -615,6 +690,11 @@ def _cifar_classes(directory: str) -> list[str]:
 
 class DataLoader:
     """Iterate (images float32 (B,C,H,W), labels int64 (B,)) batches over a data set.
+
+    A data set with uint8 `.raw` (N,C,H,W), `.to_float` and `.labels` (fastcnn's, built from
+    8-bit images): each batch gathers its pixels from `.raw` and converts only them, into a new
+    array (the whole set is never converted). With float `.images` and `.labels` arrays: one
+    gather. Anything else with len and [i]: sample by sample.
 
     shuffle: a new permutation every epoch, drawn from np.random.default_rng((seed, epoch)), so
     a seed gives a repeatable sequence of epochs and `set_epoch(e)` resumes at epoch e. Each
@@ -657,12 +737,20 @@ class DataLoader:
 
     def _batch(self, idx: np.ndarray):
         ds = self.dataset
-        images, labels = getattr(ds, "images", None), getattr(ds, "labels", None)
-        arrays = isinstance(images, np.ndarray) and isinstance(labels, np.ndarray)
-        if arrays and len(images) == len(labels) == len(ds):
-            # One gather per array; fancy indexing returns fresh C-contiguous copies.
-            x = images.take(idx, axis=0)
-            return x.astype(np.float32, copy=False), labels.take(idx).astype(np.int64, copy=False)
+        n = len(ds)
+        labels = getattr(ds, "labels", None)
+        if isinstance(labels, np.ndarray) and len(labels) == n:
+            y = labels.take(idx).astype(np.int64, copy=False)
+            # Checked before .images: on a uint8 data set, touching .images converts all of it.
+            raw, to_float = getattr(ds, "raw", None), getattr(ds, "to_float", None)
+            if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and len(raw) == n:
+                if callable(to_float):
+                    # One gather of B uint8 images, then one float32 conversion of just those.
+                    return to_float(raw.take(idx, axis=0)), y
+            images = getattr(ds, "images", None)
+            if isinstance(images, np.ndarray) and len(images) == n:
+                # One gather; fancy indexing returns a fresh C-contiguous copy.
+                return images.take(idx, axis=0).astype(np.float32, copy=False), y
         pairs = [ds[int(i)] for i in idx]
         x = np.stack([np.asarray(img, dtype=np.float32) for img, _ in pairs])
         return x, np.array([label for _, label in pairs], dtype=np.int64)

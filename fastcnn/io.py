@@ -9,6 +9,7 @@ temporary file, fsyncs it and renames it over the target, so a crash never leave
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -44,7 +45,8 @@ def build(arch) -> nn.Sequential:
         raise ValueError("architecture has no layer list")
     layers = []
     for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or spec.get("type") not in nn.LAYERS:
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str) or kind not in nn.LAYERS:
             raise ValueError(f"layer {i}: unknown layer type {spec!r}")
         config = spec.get("config", {})
         if not isinstance(config, dict):
@@ -56,11 +58,50 @@ def build(arch) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _expected_shapes(arch) -> dict:
+    """Parameter shapes the architecture implies, from its JSON alone (nothing allocated)."""
+    shapes = {}
+    layers = arch.get("layers")
+    for i, spec in enumerate(layers if isinstance(layers, list) else []):
+        config = spec.get("config", {}) if isinstance(spec, dict) else {}
+        if not isinstance(config, dict):
+            continue
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        try:
+            if kind == "Conv2d":
+                k = config["kernel_size"]
+                k = [k, k] if isinstance(k, int) else list(k)
+                shapes[f"{i}.weight"] = (config["out_channels"], config["in_channels"], *k)
+                if config.get("bias", True):
+                    shapes[f"{i}.bias"] = (config["out_channels"],)
+            elif kind == "Linear":
+                shapes[f"{i}.weight"] = (config["out_features"], config["in_features"])
+                if config.get("bias", True):
+                    shapes[f"{i}.bias"] = (config["out_features"],)
+        except (KeyError, TypeError):
+            continue  # build() reports the bad configuration
+    return shapes
+
+
+def _check_shapes(arch, tensors, path) -> None:
+    """The file's tensors must have exactly the architecture's shapes, checked before any layer
+    is built, so a corrupt size is refused instead of allocated."""
+    for name, shape in _expected_shapes(arch).items():
+        if name not in tensors:
+            raise ValueError(f"{path}: weights do not fit the architecture: {name} is missing")
+        if tuple(tensors[name].shape) != tuple(shape):
+            raise ValueError(f"{path}: weights do not fit the architecture: {name} has shape "
+                             f"{tuple(tensors[name].shape)}, the architecture needs {tuple(shape)}")
+
+
 def save(model, path) -> None:
     """Writes `model` (weights, architecture, classes, preprocessing) to `path` atomically."""
     from safetensors.numpy import save_file
 
     path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save the model to {path}: folder {directory} does not exist")
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -74,7 +115,6 @@ def save(model, path) -> None:
     if prep is not None:
         metadata["preprocessing"] = json.dumps(_jsonable(prep))
     tensors = {name: np.ascontiguousarray(p.data) for name, p in model.named_parameters()}
-    directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastcnn-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -121,6 +161,7 @@ def _check_preprocessing(prep, path):
         and all(isinstance(v, int) and v > 0 for v in prep["image_size"])
         and all(isinstance(prep.get(k), list) and len(prep[k]) in (1, prep["channels"])
                 and all(isinstance(v, (int, float)) for v in prep[k]) for k in ("mean", "std"))
+        and all(math.isfinite(v) for v in prep["mean"] + prep["std"])
         and all(v > 0 for v in prep["std"])
     )
     if not ok:
@@ -144,7 +185,11 @@ def load(path) -> nn.Sequential:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fastcnn model file (metadata format is "
                          f"{metadata.get('format')!r})")
-    model = build(_json(metadata, "architecture", path))
+    arch = _json(metadata, "architecture", path)
+    if not isinstance(arch, dict):
+        raise ValueError(f"{path}: corrupt model file (architecture is not a mapping)")
+    _check_shapes(arch, tensors, path)
+    model = build(arch)
     try:
         model.load_state_dict(tensors)
     except (KeyError, ValueError, TypeError) as e:

@@ -73,8 +73,9 @@ class Module:
     training = True
     # False when no one needs dL/d(input) (the network's first layer): the layer then skips it.
     requires_input_grad = True
-    # True while a Sequential runs this layer anywhere but last: its outputs then go into arrays
-    # it keeps and reuses (one set per thread), so a training step allocates no activations.
+    # Set by a Sequential only while it runs this layer for an inner result (never for what the
+    # caller receives): outputs then go into arrays the layer keeps and reuses, one set per
+    # thread, so a training step allocates no activations.
     reuse_buffers = False
 
     def _buffer(self, key, shape, dtype=np.float32):
@@ -229,8 +230,12 @@ class Sequential(Module):
         steps = self._steps()
         self._ran = steps
         for i, (layer, relu) in enumerate(steps):
-            layer.reuse_buffers = i < len(steps) - 1  # the result handed out is always fresh
-            x = layer.forward(x, relu=True) if relu else layer.forward(x)
+            # Inner results go into reused buffers; what the caller gets is always fresh.
+            layer.reuse_buffers = i < len(steps) - 1
+            try:
+                x = layer.forward(x, relu=True) if relu else layer.forward(x)
+            finally:
+                layer.reuse_buffers = False
         return x
 
     def backward(self, grad_out):
@@ -239,8 +244,13 @@ class Sequential(Module):
             raise RuntimeError("Sequential.backward called before forward")
         if steps:
             steps[0][0].requires_input_grad = self.requires_input_grad
-        for layer, _ in reversed(steps):
-            grad_out = layer.backward(grad_out)
+        for i in reversed(range(len(steps))):
+            layer = steps[i][0]
+            layer.reuse_buffers = i > 0  # the input gradient handed out is fresh
+            try:
+                grad_out = layer.backward(grad_out)
+            finally:
+                layer.reuse_buffers = False
         return grad_out
 
     def __repr__(self):
@@ -248,8 +258,19 @@ class Sequential(Module):
         return f"Sequential(\n{inner}\n)"
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+def _int(v, name, minimum):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _pair(v, name="kernel_size", minimum=1):
+    """An int or a pair of ints -> (h, w), each >= minimum; ValueError otherwise."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (v, v)
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return _int(v[0], name, minimum), _int(v[1], name, minimum)
 
 
 def _uniform(shape, bound):
@@ -258,14 +279,11 @@ def _uniform(shape, bound):
 
 class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride, self.padding = (
-            _pair(kernel_size),
-            _pair(stride),
-            _pair(padding),
-        )
-        if self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError("Conv2d channel counts must be >= 1")
+        self.in_channels = _int(in_channels, "in_channels", 1)
+        self.out_channels = _int(out_channels, "out_channels", 1)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
         # PyTorch's default: kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         bound = 1.0 / math.sqrt(fan_in)
@@ -315,9 +333,8 @@ class Conv2d(Module):
 
 class Linear(Module):
     def __init__(self, in_features, out_features, bias=True):
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        if self.in_features < 1 or self.out_features < 1:
-            raise ValueError("Linear feature counts must be >= 1")
+        self.in_features = _int(in_features, "in_features", 1)
+        self.out_features = _int(out_features, "out_features", 1)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform((self.out_features, self.in_features), bound))
         self.bias = Parameter(_uniform((self.out_features,), bound)) if bias else None
@@ -354,8 +371,8 @@ class Linear(Module):
 
 class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None):
-        self.kernel_size = _pair(kernel_size)
-        self.stride = self.kernel_size if stride is None else _pair(stride)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
         self._x_shape = None
 
     def config(self):

@@ -38,6 +38,17 @@ class Optimizer:
     def load_state_dict(self, state: dict) -> None:
         self.lr = float(state.get("lr", self.lr))
 
+    def _check_arrays(self, saved, key, per_element=True):
+        """Saved per-parameter entries must match this optimizer's parameters one for one (and,
+        for arrays, in shape)."""
+        if len(saved) != len(self.params):
+            raise ValueError(f"optimizer state has {len(saved)} '{key}' entries for "
+                             f"{len(self.params)} parameters")
+        for i, (p, a) in enumerate(zip(self.params, saved)):
+            if per_element and a is not None and np.shape(a) != p.data.shape:
+                raise ValueError(f"optimizer state '{key}'[{i}] has shape {np.shape(a)}, "
+                                 f"parameter {i} has {p.data.shape}")
+
 
 def _grad(p: Parameter) -> np.ndarray:
     g = p.grad
@@ -75,6 +86,8 @@ class SGD(Optimizer):
         return state
 
     def load_state_dict(self, state):
+        self._check_arrays(state["buffers"], "buffers")
+        self._check_arrays(state["started"], "started", per_element=False)
         super().load_state_dict(state)
         self.started = [bool(s) for s in state["started"]]
         for mine, saved in zip(self.buffers, state["buffers"]):
@@ -111,6 +124,9 @@ class Adam(Optimizer):
         return state
 
     def load_state_dict(self, state):
+        self._check_arrays(state["steps"], "steps", per_element=False)
+        for key in ("exp_avg", "exp_avg_sq"):
+            self._check_arrays(state[key], key)
         super().load_state_dict(state)
         self.steps = [int(s) for s in state["steps"]]
         for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):

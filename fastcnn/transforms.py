@@ -1,10 +1,13 @@
 """Image preprocessing shared by training and prediction.
 
-One pipeline turns an image into a float32 (C, H, W) array: decode with Pillow, apply the EXIF
-rotation, convert to 'L' or 'RGB', resize with an antialiased bilinear filter, scale to [0, 1].
-Datasets then normalise by per-channel mean/std. `load_image` and `preprocess_array` run the same
-steps for one file or for raw uint8 arrays, so a saved model sees at prediction time exactly what
-it saw in training. Only numpy, Pillow and the standard library are used here.
+One pipeline turns an image into uint8 pixels (C, H, W): decode with Pillow, apply the EXIF
+rotation, convert to 'L' or 'RGB', resize with an antialiased bilinear filter (16-bit and float
+sources are resized at full precision, then quantised to 8 bits). Pixels become float32 as
+`(raw * (1/255) - mean[c]) * (1/std[c])`, per-channel mean/std. The data sets keep the uint8
+pixels and convert batches with `raw_to_float`; `load_image` and `preprocess_array` run the same
+steps, with the same float32 operations in the same order, for one file or for raw uint8 arrays,
+so a saved model sees at prediction time bit for bit what it saw in training. Only numpy, Pillow
+and the standard library are used here.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def channel_values(value, channels: int, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def pil_to_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-    """A Pillow image -> float32 (channels, h, w) in [0, 1]."""
+def pil_to_uint8(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A Pillow image -> uint8 (channels, h, w), C-contiguous: the pixels the data sets keep."""
     h, w = size
     if img.mode in _HIGH_DEPTH_MODES:
         # 16/32-bit grey: convert("L") would clip values above 255 instead of scaling them.
@@ -65,7 +68,10 @@ def pil_to_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.n
         img = Image.fromarray(np.clip(arr, 0.0, 1.0).astype(np.float32))  # mode 'F'
         if img.size != (w, h):
             img = img.resize((w, h), Image.BILINEAR)
+        # Resized at full precision, then quantised to 8 bits (rounded to nearest): the data sets
+        # hold uint8 pixels (4x less memory than float32), and prediction rounds the same way.
         grey = np.asarray(img, dtype=np.float32)
+        grey = np.rint(np.clip(grey, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
         return np.repeat(grey[None], channels, axis=0)
 
     # Palette transparency must go through RGBA (Pillow warns otherwise); alpha is then dropped,
@@ -78,12 +84,17 @@ def pil_to_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.n
     if img.size != (w, h):
         # Pillow's BILINEAR widens its support when shrinking, so this is antialiased.
         img = img.resize((w, h), Image.BILINEAR)
-    arr = np.asarray(img).astype(np.float32) * _SCALE_8BIT
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None].copy() if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def decode_image(path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """Read one image file -> float32 (channels, h, w) in [0, 1]; ValueError naming the file."""
+def pil_to_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A Pillow image -> float32 (channels, h, w) in [0, 1] (pil_to_uint8, scaled by 1/255)."""
+    return np.multiply(pil_to_uint8(img, size, channels), _SCALE_8BIT, dtype=np.float32)
+
+
+def decode_pixels(path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read one image file -> uint8 (channels, h, w); ValueError naming the file."""
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -98,7 +109,7 @@ def decode_image(path, size: tuple[int, int], channels: int) -> np.ndarray:
                 img.draft("L" if channels == 1 else "RGB", (side, side))
             if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: phone photos
                 img = ImageOps.exif_transpose(img)  # are stored sideways plus this tag
-            return pil_to_array(img, size, channels)
+            return pil_to_uint8(img, size, channels)
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: image too large, refused as a decompression bomb ({e})") from e
     except Exception as e:
@@ -107,15 +118,23 @@ def decode_image(path, size: tuple[int, int], channels: int) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
+def decode_image(path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read one image file -> float32 (channels, h, w) in [0, 1]; ValueError naming the file."""
+    return np.multiply(decode_pixels(path, size, channels), _SCALE_8BIT, dtype=np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # normalisation
 # ---------------------------------------------------------------------------------------------
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of float NCHW images, accumulated in float64.
+    """Per-channel mean and (population) std of NCHW images, accumulated in float64.
 
-    Works in chunks of ~4M values so a large data set needs no float64 copy of itself.
+    images: float (taken as they are), or uint8 raw pixels, which are scaled to [0, 1] first
+    exactly as the data sets scale them (float32 `raw * (1/255)`), so the statistics of a data
+    set's `.raw` equal those of its unnormalised float images. Works in chunks of ~4M values so
+    a large data set needs no float copy of itself.
     """
     n, c = images.shape[:2]
     per_image = max(1, int(np.prod(images.shape[1:])))
@@ -123,7 +142,10 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     total = np.zeros(c)
     total_sq = np.zeros(c)
     for i in range(0, n, step):
-        x = images[i : i + step].astype(np.float64)
+        x = images[i : i + step]
+        if x.dtype == np.uint8:
+            x = np.multiply(x, _SCALE_8BIT, dtype=np.float32)
+        x = x.astype(np.float64)
         total += x.sum(axis=(0, 2, 3))
         total_sq += np.square(x).sum(axis=(0, 2, 3))
     count = max(1, n * images.shape[2] * images.shape[3])
@@ -136,14 +158,70 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def normalize_(images: np.ndarray, mean, std) -> np.ndarray:
-    """(x - mean) / std per channel, in place on float32 NCHW images; returns images."""
+    """(x - mean) / std per channel, in place on float32 NCHW images; returns images.
+
+    Computed as `x -= mean[c]; x *= 1/std[c]` in float32, the rounding `raw_to_float` repeats.
+    """
     c = images.shape[1]
-    mean = channel_values(mean, c, "mean")
-    std = channel_values(std, c, "std")
-    for k in range(c):
-        images[:, k] -= mean[k]
-        images[:, k] *= np.float32(1.0) / std[k]
+    _normalize(images, channel_values(mean, c, "mean"), channel_values(std, c, "std"))
     return images
+
+
+def _normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
+    """In place, float32 (N, C, H, W); mean/std already float32 (C,) (channel_values)."""
+    for k in range(x.shape[1]):
+        if mean[k] == 0 and std[k] == 1:
+            continue  # x - 0 and x * 1 are exact: skipping them changes no bit
+        xk = x[:, k]
+        np.subtract(xk, mean[k], out=xk)
+        np.multiply(xk, np.float32(1.0) / std[k], out=xk)
+
+
+# Convert in slices of this many float32 values (1 MiB): each is scaled and normalised while it
+# is still in cache, and a batch of up to this size is one slice.
+_CONVERT_CHUNK = 1 << 18
+
+
+def raw_to_float(raw: np.ndarray, mean=0.0, std=1.0) -> np.ndarray:
+    """uint8 pixels (N, C, H, W) -> a new float32 array `(raw * (1/255) - mean[c]) * (1/std[c])`.
+
+    The same float32 operations in the same order as `pil_to_array` followed by `normalize_`, so
+    the result is bit-identical to that two-step path (and to load_image / preprocess_array).
+    The conversion of uint8 to float32 is fused into the first multiply; the work goes in slices
+    of ~1 MiB so that converting a whole data set makes no temporary copy.
+    mean/std: a float or one per channel.
+    """
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or raw.ndim != 4:
+        raise ValueError(f"raw_to_float takes uint8 (N,C,H,W) pixels, got {raw.dtype} {raw.shape}")
+    c = raw.shape[1]
+    return _raw_to_float(raw, channel_values(mean, c, "mean"), channel_values(std, c, "std"))
+
+
+def _raw_to_float(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """raw_to_float without the argument checks (the data sets' hot path)."""
+    out = np.empty(raw.shape, dtype=np.float32)
+    n = raw.shape[0]
+    step = max(1, _CONVERT_CHUNK // max(1, raw[:1].size))
+    for i in range(0, n, step):
+        o = out[i : i + step]
+        np.multiply(raw[i : i + step], _SCALE_8BIT, out=o, dtype=np.float32)
+        _normalize(o, mean, std)
+    return out
+
+
+def pixel_affine(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, shift), float32 (C,), with raw * scale + shift = (raw/255 - mean) / std.
+
+    Exact in real arithmetic (scale = 1/(255 std), shift = -mean/std, rounded once from float64).
+    In float32, `raw * scale + shift` rounds twice where `raw_to_float` rounds three times, so
+    it can differ from the data sets' images by one unit in the last place (about a third of
+    the 256 values do for Fashion-MNIST's mean/std). Use it where that does not matter (folding
+    the normalisation into another operation); fastcnn's own conversion is `raw_to_float`.
+    """
+    mean = channel_values(mean, channels, "mean").astype(np.float64)
+    std = channel_values(std, channels, "std").astype(np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,10 +233,8 @@ def load_image(path, image_size, channels=3, mean=None, std=None) -> np.ndarray:
     """One image file -> float32 (1, C, H, W), preprocessed exactly as ImageFolder does."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    x = decode_image(path, to_size(image_size), channels)[None].copy()
-    if mean is not None or std is not None:
-        normalize_(x, 0.0 if mean is None else mean, 1.0 if std is None else std)
-    return x
+    raw = decode_pixels(path, to_size(image_size), channels)[None]
+    return raw_to_float(raw, 0.0 if mean is None else mean, 1.0 if std is None else std)
 
 
 def preprocess_array(images, preprocessing: dict) -> np.ndarray:
@@ -188,14 +264,13 @@ def preprocess_array(images, preprocessing: dict) -> np.ndarray:
 
     n, h, w, c = a.shape
     if (h, w) == size and (c == channels or (c == 1 and channels == 3)):
-        # Already the right size: no Pillow round trip (same arithmetic as pil_to_array).
-        x = np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) * _SCALE_8BIT
+        raw = a.transpose(0, 3, 1, 2)  # already the right size: no Pillow round trip
         if c != channels:
-            x = np.repeat(x, channels, axis=1)
+            raw = np.repeat(raw, channels, axis=1)
     else:
-        x = np.empty((n, channels) + size, dtype=np.float32)
+        raw = np.empty((n, channels) + size, dtype=np.uint8)
         for i in range(n):
             img = Image.fromarray(a[i, :, :, 0] if c == 1 else a[i])
-            x[i] = pil_to_array(img, size, channels)
+            raw[i] = pil_to_uint8(img, size, channels)
     mean, std = preprocessing.get("mean"), preprocessing.get("std")
-    return normalize_(x, 0.0 if mean is None else mean, 1.0 if std is None else std)
+    return raw_to_float(raw, 0.0 if mean is None else mean, 1.0 if std is None else std)

@@ -181,11 +181,13 @@ def test_image_folder_pixel_values(tmp_path):
     raw = ImageFolder(root, 4, mean=0.0, std=1.0)  # given mean/std: no statistics, [0, 1] kept
     assert raw.classes == ["clear", "half", "red"]
     np.testing.assert_allclose(raw.images[2], [[[1.0]], [[0.0]], [[0.0]]] * np.ones((3, 4, 4)))
-    # 16-bit grey is scaled by 65535, not clipped at 255.
-    np.testing.assert_allclose(raw.images[1], 32768 / 65535, rtol=1e-5)
+    # 16-bit grey is scaled by 65535, not clipped at 255, then rounded to 8 bits (the data set
+    # keeps uint8 pixels): 32768 / 65535 * 255 = 127.502 -> 128.
+    assert raw.raw.dtype == np.uint8 and (raw.raw[1] == 128).all()
+    np.testing.assert_allclose(raw.images[1], 128 / 255, rtol=1e-6)
     np.testing.assert_allclose(raw.images[0][1], 1.0)  # alpha is dropped, colour kept
     grey = ImageFolder(root, 4, channels=1, mean=0.5, std=0.25)
-    np.testing.assert_allclose(grey.images[1], (32768 / 65535 - 0.5) / 0.25, rtol=1e-4)
+    np.testing.assert_allclose(grey.images[1], (128 / 255 - 0.5) / 0.25, rtol=1e-4)
     assert grey.mean == [0.5] and grey.std == [0.25]
 
 

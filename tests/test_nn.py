@@ -208,7 +208,8 @@ def test_load_state_dict_non_strict_loads_what_matches():
 
 
 def test_train_and_eval_propagate_to_every_submodule():
-    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), nn.Flatten(), nn.Linear(2, 2))
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), nn.Flatten(),
+                          nn.Linear(2, 2))
     assert model.eval() is model
     assert all(m.training is False for m in model.modules())
     assert len(list(model.modules())) == 6
@@ -366,7 +367,8 @@ def test_reference_forward_matches_fastcnn(batch):
     params = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
     np.testing.assert_allclose(model(x), _ref_forward(params, x.astype(np.float64)),
                                rtol=1e-5, atol=1e-5)
-    assert abs(nn.CrossEntropyLoss()(model(x), y) - ref_loss(params, x.astype(np.float64), y)) < 1e-5
+    loss = nn.CrossEntropyLoss()(model(x), y)
+    assert abs(loss - ref_loss(params, x.astype(np.float64), y)) < 1e-5
 
 
 def test_every_parameter_gradient_matches_float64_finite_differences(batch):
@@ -487,7 +489,6 @@ def test_layer_outputs_are_fresh_when_called_directly_after_a_sequential(batch, 
     """Calling model[0] by hand (feature extraction) after the model ran must give arrays that
     the next call does not overwrite."""
     x, _ = batch
-    x2 = rng.standard_normal(x.shape, dtype=np.float32)
     model = small_net()
     model(x)
     for i in (0, 1, 2):

@@ -73,7 +73,11 @@ SGD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kw", SGD_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def _ids(kw):
+    return ",".join(f"{k}={v}" for k, v in kw.items())
+
+
+@pytest.mark.parametrize("kw", SGD_CASES, ids=_ids)
 def test_sgd_matches_pytorch_rule(kw, rng):
     params = make_params(rng)
     p0 = [p.data.copy() for p in params]
@@ -95,7 +99,7 @@ ADAM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kw", ADAM_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("kw", ADAM_CASES, ids=_ids)
 def test_adam_matches_pytorch_rule(kw, rng):
     params = make_params(rng)
     p0 = [p.data.copy() for p in params]

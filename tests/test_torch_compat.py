@@ -157,7 +157,7 @@ def test_adam_steps_match_torch(rng):
     _compare(start, ours, theirs, outliers=1e-3, outlier_bound=3e-3)
 
 
-# ---- single layers, forward and backward ----------------------------------------------------------
+# ---- single layers, forward and backward --------------------------------------------------------
 
 
 def _layer_vs_torch(ours, theirs, x, rng, params=()):

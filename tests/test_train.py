@@ -255,6 +255,13 @@ def test_evaluate_matches_a_hand_computation(trained, test_arrays):
     assert fastcnn.evaluate(model, data.DataLoader(ds, batch_size=7)) == pytest.approx(scores)
 
 
+def test_evaluate_refuses_labels_out_of_range(trained):
+    model, _ = trained
+    x = np.zeros((3, 1, SIZE, SIZE), np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        fastcnn.evaluate(model, (x, np.array([0, 9, 1])))
+
+
 # ---- predict ------------------------------------------------------------------------------------
 
 
@@ -296,6 +303,16 @@ def test_predict_raw_uint8_applies_the_models_preprocessing(trained, train_set):
     assert fastcnn.predict(model, big).argmax() == train_set.labels[2]
 
 
+def test_predict_refuses_wrong_shapes(trained):
+    model, _ = trained
+    with pytest.raises(ValueError, match="channel"):
+        fastcnn.predict(model, np.zeros((2, 3, SIZE, SIZE), np.float32))
+    with pytest.raises(ValueError):
+        fastcnn.predict(model, np.zeros((0, 1, SIZE, SIZE), np.float32))
+    with pytest.raises(ValueError):
+        fastcnn.predict(model, np.zeros((SIZE, SIZE), np.float32))  # float needs (C, H, W)
+
+
 def test_predict_raw_uint8_needs_preprocessing(train_set):
     model = tiny_net()
     with pytest.raises(ValueError, match="preprocessing"):
@@ -333,7 +350,7 @@ def test_predict_missing_or_broken_file_raises_value_error(trained, tmp_path):
         fastcnn.predict(model, bad)
 
 
-# ---- an image folder, end to end -----------------------------------------------------------------
+# ---- an image folder, end to end ----------------------------------------------------------------
 
 
 def _folder_image(rng, side):
@@ -396,7 +413,7 @@ def test_image_folder_end_to_end(tmp_path):
     assert files  # silence unused
 
 
-# ---- the full data set (slow) ---------------------------------------------------------------------
+# ---- the full data set (slow) -------------------------------------------------------------------
 
 
 FASHION = "/usr/share/datasets/fashion-mnist"

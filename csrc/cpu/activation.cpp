@@ -1,5 +1,6 @@
 // Element-wise activations. ReLU's backward reads the forward output y (y > 0 exactly where
-// x > 0), so a layer need not keep its input.
+// x > 0), so a layer need not keep its input. NaN propagates, as in PyTorch: relu(NaN) = NaN and
+// its gradient passes (every ReLU in fastcnn, fused or not, follows these two rules).
 #include "cpu/ops.h"
 
 namespace fastcnn {
@@ -14,14 +15,14 @@ void relu_forward(int64_t n, const float* x, float* y) {
 #ifdef FASTCNN_OPENMP
 #pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > kParallelMin)
 #endif
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];
 }
 
 void relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
 #ifdef FASTCNN_OPENMP
 #pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > kParallelMin)
 #endif
-  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= 0.f ? 0.f : dy[i];
 }
 
 }  // namespace fastcnn

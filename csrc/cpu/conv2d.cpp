@@ -236,8 +236,15 @@ void indirect_tiles(const GemmKernel& k, const Indirect& cv, const float* xp, co
     const int m = static_cast<int>(std::min<int64_t>(k.cmr, P - p0));
     const int n = static_cast<int>(std::min<int64_t>(k.cnr, cv.O - panel * k.cnr));
     for (int i = 0; i < k.cmr; ++i) pix[i] = xp + pixel_offset(cv, p0 + (i < m ? i : 0));
-    k.conv(T, cv.C, pix, toff, Wp + panel * T * cv.C * k.cnr, bias ? bias + panel * k.cnr : nullptr,
-           relu, y + panel * k.cnr * P + p0, P, m, n);
+    // Tap rows that fall in the zero border for every pixel of the tile are skipped: the
+    // tile's output rows oh1..oh2 need tap rows ki with ph <= oh*sh + ki < H + ph.
+    const int64_t oh1 = p0 / cv.OW, oh2 = (p0 + m - 1) / cv.OW;
+    const int64_t ki0 = std::clamp<int64_t>(cv.ph - oh2 * cv.sh, 0, cv.kh);
+    const int64_t ki1 = std::clamp<int64_t>(cv.H + cv.ph - oh1 * cv.sh, ki0, cv.kh);
+    const int64_t t0_tap = ki0 * cv.kw;
+    k.conv((ki1 - ki0) * cv.kw, cv.C, pix, toff + t0_tap,
+           Wp + (panel * T + t0_tap) * cv.C * k.cnr, bias ? bias + panel * k.cnr : nullptr, relu,
+           y + panel * k.cnr * P + p0, P, m, n);
   }
 }
 

@@ -42,7 +42,7 @@ void linear_backward(int64_t N, int64_t in, int64_t out, const float* x, const f
                      const float* dy, float* dx, float* dw, float* db);
 
 // ---- activation.cpp ---------------------------------------------------------------------------
-// x, y: n elements. relu_backward: dx = dy where y > 0, else 0.
+// x, y: n elements. relu: y = x < 0 ? 0 : x; backward: dx = y <= 0 ? 0 : dy (NaN passes).
 void relu_forward(int64_t n, const float* x, float* y);
 void relu_backward(int64_t n, const float* y, const float* dy, float* dx);
 

@@ -88,7 +88,7 @@ void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* ind
     else
       maxpool_plane(g, x + p * in_plane, yp, indices + p * out_plane);
     if (relu)
-      for (int64_t o = 0; o < out_plane; ++o) yp[o] = yp[o] > 0.f ? yp[o] : 0.f;
+      for (int64_t o = 0; o < out_plane; ++o) yp[o] = yp[o] < 0.f ? 0.f : yp[o];
   });
 }
 
@@ -103,7 +103,7 @@ void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indic
     if (y) {
       const float* yp = y + p * out_plane;
       for (int64_t o = 0; o < out_plane; ++o)
-        if (yp[o] > 0.f) dxp[ip[o]] += dyp[o];
+        if (!(yp[o] <= 0.f)) dxp[ip[o]] += dyp[o];
     } else {
       for (int64_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];
     }

@@ -67,7 +67,7 @@ void direct_fwd(const Direct2d& d, const float* xp, const float* w, const float*
         }
         for (int q = 0; q < ob; ++q) {
           float* yq = y + (o + q) * plane + oh * d.OW + ow0;
-          for (int v = 0; v < vw; ++v) yq[v] = relu && !(acc[q][v] > 0.f) ? 0.f : acc[q][v];
+          for (int v = 0; v < vw; ++v) yq[v] = relu && acc[q][v] < 0.f ? 0.f : acc[q][v];
         }
       }
     }

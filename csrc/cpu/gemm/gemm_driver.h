@@ -41,7 +41,7 @@ inline void gemm_epilogue(const GemmEpilogue& ep, float* C, int64_t ldc, int64_t
     const float* bc = ep.bias_col ? ep.bias_col + j0 : nullptr;
     for (int j = 0; j < n; ++j) {
       const float v = c[j] + br + (bc ? bc[j] : 0.f);
-      c[j] = ep.relu ? (v > 0.f ? v : 0.f) : v;
+      c[j] = ep.relu && v < 0.f ? 0.f : v;
     }
   }
 }

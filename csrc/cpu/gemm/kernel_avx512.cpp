@@ -74,9 +74,9 @@ void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* t
   alignas(64) float tile[CMR][CNR];
   for (int i = 0; i < CMR; ++i) {
     __m512 v0 = _mm512_add_ps(c[i][0], bias0), v1 = _mm512_add_ps(c[i][1], bias1);
-    if (relu) {  // v > 0 ? v : 0 (NaN -> 0, as the scalar epilogues do)
-      v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_GT_OQ), v0);
-      v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, zero, _CMP_GT_OQ), v1);
+    if (relu) {  // v < 0 ? 0 : v (NaN passes, as in every fastcnn ReLU)
+      v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ), v0);
+      v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, zero, _CMP_NLT_UQ), v1);
     }
     _mm512_store_ps(tile[i], v0);
     _mm512_store_ps(tile[i] + 16, v1);
@@ -134,8 +134,8 @@ void direct_fwd_avx512(const Direct2d& d, const float* xp, const float* w, const
           float* yq = y + (o + q) * plane + oh * d.OW + ow0;
           __m512 v0 = acc[q][0], v1 = acc[q][1];
           if (relu) {
-            v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_GT_OQ), v0);
-            v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, zero, _CMP_GT_OQ), v1);
+            v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ), v0);
+            v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, zero, _CMP_NLT_UQ), v1);
           }
           _mm512_mask_storeu_ps(yq, k0, v0);
           _mm512_mask_storeu_ps(yq + 16, k1, v1);
