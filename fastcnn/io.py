@@ -189,7 +189,10 @@ def load(path) -> nn.Sequential:
     if not isinstance(arch, dict):
         raise ValueError(f"{path}: corrupt model file (architecture is not a mapping)")
     _check_shapes(arch, tensors, path)
-    model = build(arch)
+    try:
+        model = build(arch)
+    except ValueError as e:
+        raise ValueError(f"{path}: corrupt model file: {e}") from e
     try:
         model.load_state_dict(tensors)
     except (KeyError, ValueError, TypeError) as e:

@@ -85,8 +85,17 @@ def fit(
     if optimizer is None:
         optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
-    model.requires_input_grad = False  # nothing needs d(loss)/d(image)
     history = []
+    wanted_input_grad = model.requires_input_grad
+    model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
+    try:
+        _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history)
+    finally:
+        model.requires_input_grad = wanted_input_grad
+    return history
+
+
+def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history):
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -131,7 +140,6 @@ def fit(
             from .io import save
 
             save(model, checkpoint)
-    return history
 
 
 def _progress(total, desc, enabled):

@@ -595,3 +595,208 @@ def test_loader_passes_dataset_errors_on(prefetch):
 def test_loader_rejects_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match="batch_size"):
         DataLoader(numbered(), batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# uint8 pixels: `.raw`, converted batch by batch; `.images` made only on request
+# ---------------------------------------------------------------------------------------------
+
+
+def _image_folder(root, rng):
+    for i in range(20):
+        img = Image.fromarray(rng.integers(0, 256, (int(rng.integers(8, 30)), 17, 3), np.uint8))
+        img = [img, img.convert("L"), img.convert("P"), img.convert("RGBA")][i % 4]
+        save(root / ("ab"[i % 2]) / f"{i}.{'jpg' if i % 5 == 0 and i % 4 < 2 else 'png'}", img)
+    return ImageFolder(root, (10, 12))
+
+
+def _mnist(root, rng, cls=MNIST, **kwargs):
+    write_mnist(root, rng, n_train=70)
+    return cls(root, **kwargs)
+
+
+UINT8_SETS = {
+    "array-grey": lambda root, rng: ArrayDataset(
+        rng.integers(0, 256, (70, 9, 7), dtype=np.uint8), rng.integers(0, 3, 70)),
+    "array-rgb-normalised": lambda root, rng: ArrayDataset(
+        rng.integers(0, 256, (70, 6, 5, 3), dtype=np.uint8), rng.integers(0, 4, 70),
+        mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3]),
+    "mnist": _mnist,
+    "fashion-mnist-unnormalised": lambda root, rng: _mnist(
+        root, rng, FashionMNIST, download=False, normalize=False),
+    "cifar10": lambda root, rng: (write_cifar(root / "cifar-10-batches-bin", rng, n=14),
+                                  CIFAR10(root))[1],
+    "image-folder": _image_folder,
+}  # fmt: skip
+
+
+def materialised(ds):
+    """The float32 copy of the whole set that `.images` caches, or None if never made."""
+    return ds._images
+
+
+@pytest.mark.parametrize("name", UINT8_SETS)
+def test_uint8_data_sets_keep_raw_pixels_and_never_convert_all(name, tmp_path, rng):
+    ds = UINT8_SETS[name](tmp_path, rng)
+    raw = ds.raw
+    assert raw.dtype == np.uint8 and raw.ndim == 4 and raw.flags.c_contiguous
+    assert len(raw) == len(ds) == len(ds.labels)
+    c = raw.shape[1]
+    for a in (ds.scale, ds.shift):
+        assert a.dtype == np.float32 and a.shape == (c,)
+    assert str(raw.shape[1:]) in repr(ds)
+    x, y = ds[3]
+    assert x.dtype == np.float32 and x.shape == raw.shape[1:] and y == ds.labels[3]
+    assert ds[-1][0].shape == raw.shape[1:]
+    for prefetch in (True, False):
+        seen = 0
+        for xb, yb in DataLoader(ds, batch_size=16, shuffle=True, seed=1, prefetch=prefetch):
+            assert xb.dtype == np.float32 and xb.flags.c_contiguous and xb.shape[1:] == x.shape
+            assert yb.dtype == np.int64
+            seen += len(yb)
+        assert seen == len(ds)
+    assert materialised(ds) is None  # len, repr, ds[i] and the loader never made the float copy
+    assert ds.raw is raw and raw.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", UINT8_SETS)
+def test_uint8_batches_are_bit_identical_to_the_materialised_images(name, tmp_path, rng):
+    ds = UINT8_SETS[name](tmp_path, rng)
+    batches = list(DataLoader(ds, batch_size=16, shuffle=True, seed=3))
+    singles = {i: ds[i][0] for i in (0, 5, len(ds) - 1)}
+    assert materialised(ds) is None
+    images = ds.images  # now the whole set is converted, once
+    assert images.dtype == np.float32 and images.flags.c_contiguous
+    assert images.shape == ds.raw.shape and ds.images is images  # cached
+    order = np.random.default_rng((3, 0)).permutation(len(ds))  # epoch 0 of seed 3
+    for k, (xb, yb) in enumerate(batches):
+        idx = order[16 * k : 16 * (k + 1)]
+        np.testing.assert_array_equal(xb.view(np.uint32), images[idx].view(np.uint32))
+        np.testing.assert_array_equal(yb, ds.labels[idx])
+    for i, x in singles.items():
+        np.testing.assert_array_equal(x.view(np.uint32), images[i].view(np.uint32))
+    # The affine form is the same map (float32 rounding aside).
+    affine = ds.raw * ds.scale[:, None, None] + ds.shift[:, None, None]
+    np.testing.assert_allclose(affine, images, rtol=1e-6, atol=1e-6)
+
+
+def test_uint8_array_dataset_copies_the_caller_pixels(rng):
+    pixels = rng.integers(0, 256, (4, 3, 3), dtype=np.uint8)
+    ds = ArrayDataset(pixels, [0, 1, 2, 3])
+    before = ds[1][0].copy()
+    pixels[:] = 0
+    np.testing.assert_array_equal(ds[1][0], before)
+
+
+def test_float_array_dataset_has_no_raw():
+    ds = numbered(4)
+    assert not hasattr(ds, "raw") and not hasattr(ds, "scale")
+    assert ds.images is ds.images and ds.images.dtype == np.float32
+    with pytest.raises(ValueError, match="float images"):
+        ds.to_float(np.zeros((1, 2, 3, 3), np.uint8))
+
+
+def test_assigning_images_replaces_the_raw_pixels(rng):
+    ds = ArrayDataset(rng.integers(0, 256, (6, 2, 2), dtype=np.uint8), np.arange(6))
+    ds.images = np.full((6, 1, 2, 2), 7.0, np.float32)
+    assert not hasattr(ds, "raw")
+    x, _ = next(iter(DataLoader(ds, batch_size=6)))
+    assert (x == 7.0).all() and (ds[2][0] == 7.0).all()
+
+
+def test_to_float_checks_its_input(rng):
+    ds = ArrayDataset(rng.integers(0, 256, (6, 2, 2, 3), dtype=np.uint8), np.arange(6))
+    for bad in (np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.uint8),
+                np.zeros((3, 2, 2), np.uint8)):  # fmt: skip
+        with pytest.raises(ValueError, match="uint8"):
+            ds.to_float(bad)
+
+
+def test_raw_to_float_is_the_two_step_pipeline_bit_for_bit(rng):
+    # 200 images of 3x32x32 span several of raw_to_float's ~1 MiB slices.
+    raw = rng.integers(0, 256, (200, 3, 32, 32), dtype=np.uint8)
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    expected = transforms.normalize_(
+        np.multiply(raw, np.float32(1 / 255), dtype=np.float32), mean, std
+    )
+    got = transforms.raw_to_float(raw, mean, std)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    part = transforms.raw_to_float(raw[::7, :, 3:], mean, std)  # strided input
+    np.testing.assert_array_equal(part.view(np.uint32), expected[::7, :, 3:].view(np.uint32))
+    plain = transforms.raw_to_float(raw[:2])  # no mean/std: [0, 1]
+    np.testing.assert_array_equal(plain, raw[:2] * np.float32(1 / 255))
+    with pytest.raises(ValueError, match="uint8"):
+        transforms.raw_to_float(raw.astype(np.float32))
+    with pytest.raises(ValueError, match="mean"):
+        transforms.raw_to_float(raw, [0.1, 0.2], 1.0)
+
+
+def test_channel_stats_of_raw_pixels_match_the_float_images(rng):
+    raw = rng.integers(0, 256, (30, 3, 8, 8), dtype=np.uint8)
+    floats = np.multiply(raw, np.float32(1 / 255), dtype=np.float32)
+    assert transforms.channel_stats(raw) == transforms.channel_stats(floats)
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(REAL, "train-images-idx3-ubyte.gz")),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_real_fashion_mnist_stays_uint8_through_an_epoch():
+    train = FashionMNIST(REAL, train=True, download=False)
+    assert train.raw.shape == (60000, 1, 28, 28) and train.raw.dtype == np.uint8
+    for _ in DataLoader(train, batch_size=64, shuffle=True, seed=0):
+        pass
+    assert materialised(train) is None
+    kept = sum(v.nbytes for v in vars(train).values() if isinstance(v, np.ndarray))
+    # raw (47 MB) + labels + per-channel scale/shift; the float32 images would be 188 MB more
+    assert train.raw.nbytes + train.labels.nbytes <= kept < 60e6
+
+
+PEAK_MEMORY_SCRIPT = """
+import sys
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+from fastcnn.data import DataLoader, FashionMNIST
+base = rss("VmRSS:")
+train = FashionMNIST(sys.argv[1], train=True, download=False)
+test = FashionMNIST(sys.argv[1], train=False, download=False)
+for loader in (DataLoader(train, 64, shuffle=True, seed=0), DataLoader(test, 64)):
+    for batch in loader:
+        pass
+print(rss("VmHWM:") - base)
+"""
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(REAL, "train-images-idx3-ubyte.gz"))
+    or not os.path.isfile("/proc/self/status"),
+    reason="needs Debian's dataset-fashion-mnist and Linux's /proc",
+)
+def test_real_fashion_mnist_peak_memory():
+    """Loading both splits and an epoch over each adds ~56 MB (the uint8 pixels) to the peak.
+
+    The float32 copies would add 219 MB; reading a .gz file in chunks joined at the end, 47 MB.
+    """
+    import subprocess
+    import sys
+
+    import fastcnn
+
+    env = dict(os.environ)
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(fastcnn.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_SCRIPT, REAL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    grown = int(result.stdout.split()[-1])
+    assert grown < 80e6, f"peak memory grew by {grown / 1e6:.0f} MB"

@@ -550,11 +550,24 @@ def test_successive_layers_get_different_weights():
     assert not np.array_equal(a.weight.data, b.weight.data)
 
 
-def test_bad_layer_arguments():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(0, 4, 3),
+        lambda: nn.Conv2d(1, 4, 0),
+        lambda: nn.Conv2d(1, 4, (3, 3, 3)),
+        lambda: nn.Conv2d(1, 4, 3, stride=0),
+        lambda: nn.Conv2d(1, 4, 3, padding=-1),
+        lambda: nn.Conv2d(1, 4, 2.5),
+        lambda: nn.Linear(4, 0),
+        lambda: nn.MaxPool2d(0),
+        lambda: nn.MaxPool2d(2, stride=0),
+        lambda: nn.AvgPool2d((2, 2, 2)),
+    ],
+)
+def test_bad_layer_arguments_are_refused_at_construction(make):
     with pytest.raises(ValueError):
-        nn.Conv2d(0, 4, 3)
-    with pytest.raises(ValueError):
-        nn.Linear(4, 0)
+        make()
 
 
 # ---- seednet ------------------------------------------------------------------------------------

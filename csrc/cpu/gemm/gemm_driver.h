@@ -27,7 +27,7 @@
 
 namespace fastcnn {
 
-constexpr int64_t kGemmKC = 256;   // B panel (KC x NR) stays in L1
+constexpr int64_t kGemmKC = 192;   // B panel (KC x NR) stays in L1
 constexpr int64_t kGemmMC = 192;   // A block (MC x KC) stays in L2; a multiple of every MR
 constexpr int64_t kGemmNC = 3072;  // B block (KC x NC) stays in L3; a multiple of every NR
 
@@ -53,10 +53,10 @@ inline void split_range(int64_t n, int parts, int part, int64_t* begin, int64_t*
   *end = *begin + base + (part < extra ? 1 : 0);
 }
 
+// The loops themselves; `threads` share every block (packing, then tiles, with barriers).
 template <class PackA, class PackB>
-void gemm_blocked(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const PackA& pack_a,
-                  const PackB& pack_b, float* C, int64_t ldc, const GemmEpilogue& ep,
-                  int threads) {
+void gemm_run(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const PackA& pack_a,
+              const PackB& pack_b, float* C, int64_t ldc, const GemmEpilogue& ep, int threads) {
   const int mr = kern.mr, nr = kern.nr;
   const int64_t kc_max = std::min(kGemmKC, K);
   const int64_t mc_max = std::min(kGemmMC, (M + mr - 1) / mr * mr);
@@ -116,6 +116,38 @@ void gemm_blocked(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const
   }
 #endif
   body(0, 1);
+}
+
+template <class PackA, class PackB>
+void gemm_blocked(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const PackA& pack_a,
+                  const PackB& pack_b, float* C, int64_t ldc, const GemmEpilogue& ep,
+                  int threads) {
+  const int mr = kern.mr, nr = kern.nr;
+#ifdef FASTCNN_OPENMP
+  // A short A (one MC block, the usual case in a CNN: M is a channel count or a batch) with
+  // enough columns: each thread computes its own slice of columns from start to end with its
+  // own pack buffers, never waiting on the others (A is packed by both, it is small).
+  const int64_t all_panels = (N + nr - 1) / nr;
+  if (threads > 1 && M <= kGemmMC && all_panels >= 2 * threads) {
+#pragma omp parallel num_threads(threads)
+    {
+      int64_t q0, q1;
+      split_range(all_panels, omp_get_num_threads(), omp_get_thread_num(), &q0, &q1);
+      const int64_t j0 = q0 * nr, cols = std::min(N, q1 * nr) - j0;
+      if (cols > 0) {
+        auto pack_b_slice = [&](int64_t p0, int64_t kc, int64_t jj, int64_t nc, int nr_,
+                                float* Bp, int64_t b0, int64_t b1) {
+          pack_b(p0, kc, j0 + jj, nc, nr_, Bp, b0, b1);
+        };
+        GemmEpilogue slice = ep;
+        if (slice.bias_col) slice.bias_col += j0;
+        gemm_run(kern, M, cols, K, pack_a, pack_b_slice, C + j0, ldc, slice, 1);
+      }
+    }
+    return;
+  }
+#endif
+  gemm_run(kern, M, N, K, pack_a, pack_b, C, ldc, ep, threads);
 }
 
 }  // namespace fastcnn

@@ -130,7 +130,9 @@ void direct_fwd_avx512(const Direct2d& d, const float* xp, const float* w, const
             }
           }
         }
-        for (int q = 0; q < ob; ++q) {
+#pragma GCC unroll 8
+        for (int q = 0; q < DOB; ++q) {  // constant bounds keep acc in registers
+          if (q >= ob) break;
           float* yq = y + (o + q) * plane + oh * d.OW + ow0;
           __m512 v0 = acc[q][0], v1 = acc[q][1];
           if (relu) {
@@ -145,17 +147,18 @@ void direct_fwd_avx512(const Direct2d& d, const float* xp, const float* w, const
   }
 }
 
-// Direct weight gradient: for each (o, c, ki), kw x 2 zmm accumulators over every image and
-// output row (dy masked to the row, so lanes past it add exact zeros), then lane sums.
-void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t image,
-                      const float* dy, float* dw, int64_t o0, int64_t o1) {
-  if (d.sw != 1) return direct_dw<16>(d, N, xp, image, dy, dw, o0, o1);
+// Direct weight gradient: for each (o, c, ki), KW x 2 zmm accumulators over every image and
+// output row (dy masked to the row, so lanes past it add exact zeros), then lane sums. KW is a
+// template parameter so the accumulators stay in registers.
+template <int KW>
+void direct_dw_avx512_kw(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                         const float* dy, float* dw, int64_t o0, int64_t o1) {
   const int64_t plane = d.OH * d.OW;
   for (int64_t o = o0; o < o1; ++o) {
     for (int64_t c = 0; c < d.C; ++c) {
       for (int64_t ki = 0; ki < d.kh; ++ki) {
-        __m512 acc[kDirectMaxKw][2];
-        for (int64_t kj = 0; kj < d.kw; ++kj) acc[kj][0] = acc[kj][1] = _mm512_setzero_ps();
+        __m512 acc[KW][2];
+        for (int kj = 0; kj < KW; ++kj) acc[kj][0] = acc[kj][1] = _mm512_setzero_ps();
         for (int64_t n = 0; n < N; ++n) {
           const float* dyo = dy + (n * d.O + o) * plane;
           for (int64_t oh = 0; oh < d.OH; ++oh) {
@@ -165,7 +168,7 @@ void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t ima
               const __m512 g0 = _mm512_maskz_loadu_ps(k0, dyo + oh * d.OW + ow0);
               const __m512 g1 = _mm512_maskz_loadu_ps(k1, dyo + oh * d.OW + ow0 + 16);
               const float* xs = xr + ow0;
-              for (int64_t kj = 0; kj < d.kw; ++kj) {
+              for (int kj = 0; kj < KW; ++kj) {
                 acc[kj][0] = _mm512_fmadd_ps(g0, _mm512_maskz_loadu_ps(k0, xs + kj), acc[kj][0]);
                 acc[kj][1] =
                     _mm512_fmadd_ps(g1, _mm512_maskz_loadu_ps(k1, xs + kj + 16), acc[kj][1]);
@@ -173,11 +176,26 @@ void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t ima
             }
           }
         }
-        for (int64_t kj = 0; kj < d.kw; ++kj)
+        for (int kj = 0; kj < KW; ++kj)
           dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] =
               _mm512_reduce_add_ps(_mm512_add_ps(acc[kj][0], acc[kj][1]));
       }
     }
+  }
+}
+
+void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                      const float* dy, float* dw, int64_t o0, int64_t o1) {
+  switch (d.sw == 1 ? d.kw : 0) {
+    case 1: return direct_dw_avx512_kw<1>(d, N, xp, image, dy, dw, o0, o1);
+    case 2: return direct_dw_avx512_kw<2>(d, N, xp, image, dy, dw, o0, o1);
+    case 3: return direct_dw_avx512_kw<3>(d, N, xp, image, dy, dw, o0, o1);
+    case 4: return direct_dw_avx512_kw<4>(d, N, xp, image, dy, dw, o0, o1);
+    case 5: return direct_dw_avx512_kw<5>(d, N, xp, image, dy, dw, o0, o1);
+    case 6: return direct_dw_avx512_kw<6>(d, N, xp, image, dy, dw, o0, o1);
+    case 7: return direct_dw_avx512_kw<7>(d, N, xp, image, dy, dw, o0, o1);
+    case 8: return direct_dw_avx512_kw<8>(d, N, xp, image, dy, dw, o0, o1);
+    default: return direct_dw<16>(d, N, xp, image, dy, dw, o0, o1);
   }
 }
 }  // namespace
