@@ -31,10 +31,16 @@ std::string shape_str(const Shape& s) {
   return os.str();
 }
 
-Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
+Shape shape_of(const py::array& a) {
+  return Shape(a.shape(), a.shape() + a.ndim());
+}
 
-[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
-[[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
+[[noreturn]] void value_error(const std::string& msg) {
+  throw py::value_error(msg);
+}
+[[noreturn]] void type_error(const std::string& msg) {
+  throw py::type_error(msg);
+}
 
 // Checks that `a` is a C-contiguous float32 array of `ndim` dimensions (ndim < 0: any).
 const float* in_f32(const py::array& a, const char* name, int ndim) {
@@ -44,8 +50,8 @@ const float* in_f32(const py::array& a, const char* name, int ndim) {
   if (!(a.flags() & py::array::c_style))
     value_error(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
   if (ndim >= 0 && a.ndim() != ndim)
-    value_error(std::string(name) + " must have " + std::to_string(ndim) + " dimensions, got shape " +
-                shape_str(shape_of(a)));
+    value_error(std::string(name) + " must have " + std::to_string(ndim) +
+                " dimensions, got shape " + shape_str(shape_of(a)));
   return static_cast<const float*>(a.data());
 }
 
@@ -77,12 +83,14 @@ F32 make_out(const std::optional<py::array>& out, const Shape& shape, const char
   return F32(shape);
 }
 
-float* data(F32& a) { return a.mutable_data(); }
+float* data(F32& a) {
+  return a.mutable_data();
+}
 
 void check_window(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
   if (kh < 1 || kw < 1)
-    value_error("kernel_size must be >= 1, got (" + std::to_string(kh) + ", " +
-                std::to_string(kw) + ")");
+    value_error("kernel_size must be >= 1, got (" + std::to_string(kh) + ", " + std::to_string(kw) +
+                ")");
   if (sh < 1 || sw < 1)
     value_error("stride must be >= 1, got (" + std::to_string(sh) + ", " + std::to_string(sw) +
                 ")");
@@ -137,8 +145,8 @@ const float* optional_bias(const std::optional<py::array>& b, int64_t n) {
   if (!b) return nullptr;
   const float* p = in_f32(*b, "b", 1);
   if (b->shape(0) != n)
-    value_error("b must have shape (" + std::to_string(n) + ",) to match the output features, got " +
-                shape_str(shape_of(*b)));
+    value_error("b must have shape (" + std::to_string(n) +
+                ",) to match the output features, got " + shape_str(shape_of(*b)));
   return p;
 }
 
@@ -311,9 +319,8 @@ F32 linear_forward(const py::array& x, const py::array& w, const std::optional<p
   return y;
 }
 
-py::tuple linear_backward(const py::array& x, const py::array& w, const py::array& dy,
-                          bool need_dx, const OptArray& dx_out, const OptArray& dw_out,
-                          const OptArray& db_out) {
+py::tuple linear_backward(const py::array& x, const py::array& w, const py::array& dy, bool need_dx,
+                          const OptArray& dx_out, const OptArray& dw_out, const OptArray& db_out) {
   linear_check(x, w);
   const int64_t N = x.shape(0), in = x.shape(1), outf = w.shape(0);
   const float* dyp = in_f32(dy, "dy", 2);
@@ -370,8 +377,10 @@ py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels
                                 const OptArray& out) {
   const float* zp = in_f32(logits, "logits", 2);
   const int64_t N = logits.shape(0), K = logits.shape(1);
-  if (N < 1) value_error("logits must hold at least one row, got shape " + shape_str(shape_of(logits)));
-  if (K < 1) value_error("logits must have at least one class, got shape " + shape_str(shape_of(logits)));
+  if (N < 1)
+    value_error("logits must hold at least one row, got shape " + shape_str(shape_of(logits)));
+  if (K < 1)
+    value_error("logits must have at least one class, got shape " + shape_str(shape_of(logits)));
   if (labels.ndim() != 1 || labels.shape(0) != N)
     value_error("labels must have shape (" + std::to_string(N) + ",) to match logits " +
                 shape_str(shape_of(logits)) + ", got " + shape_str(shape_of(labels)));
@@ -380,8 +389,8 @@ py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels
   const int64_t* lp = static_cast<const int64_t*>(labels.data());
   for (int64_t i = 0; i < N; ++i)
     if (lp[i] < 0 || lp[i] >= K)
-      value_error("labels out of range: labels[" + std::to_string(i) + "] = " +
-                  std::to_string(lp[i]) + ", but logits have " + std::to_string(K) +
+      value_error("labels out of range: labels[" + std::to_string(i) +
+                  "] = " + std::to_string(lp[i]) + ", but logits have " + std::to_string(K) +
                   " classes (valid: 0.." + std::to_string(K - 1) + ")");
   F32 d = make_out(out, {N, K}, "out", {&logits, &labels});
   float* dp = data(d);
@@ -504,16 +513,17 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("conv_algorithm", [] {
     return std::string(fastcnn::conv_algorithm() == fastcnn::ConvAlgorithm::kAuto ? "auto"
-                                                                                   : "im2col");
+                                                                                  : "im2col");
   });
   m.def("gemm_kernels", &fastcnn::gemm_supported_kernels);
   m.def("gemm_kernel", [] { return std::string(fastcnn::gemm_active_kernel().name); });
   m.def("set_gemm_kernel", [](const std::string& name) {
     if (!fastcnn::gemm_set_kernel(name)) {
       std::string have;
-      for (const auto& k : fastcnn::gemm_supported_kernels()) have += (have.empty() ? "" : ", ") + k;
-      value_error("GEMM kernel '" + name + "' is unknown or unsupported on this CPU (available: " +
-                  have + ")");
+      for (const auto& k : fastcnn::gemm_supported_kernels())
+        have += (have.empty() ? "" : ", ") + k;
+      value_error("GEMM kernel '" + name +
+                  "' is unknown or unsupported on this CPU (available: " + have + ")");
     }
   });
 #ifdef FASTCNN_OPENMP

@@ -24,12 +24,18 @@ def _load_data(spec, image_size, channels, *, train=True, reference=None, seed=0
     if spec == DEFAULT_DATA:
         return data.FashionMNIST(train=train), (data.FashionMNIST(train=False) if train else None)
     if not os.path.isdir(spec):
-        raise FileNotFoundError(f"DATA must be '{DEFAULT_DATA}' or an image folder; {spec} is neither")
+        raise FileNotFoundError(
+            f"DATA must be '{DEFAULT_DATA}' or an image folder; {spec} is neither"
+        )
     prep = getattr(reference, "preprocessing", None)
     kw = {"image_size": image_size, "channels": channels}
     if prep is not None:
-        kw = {"image_size": prep["image_size"], "channels": prep["channels"],
-              "mean": prep["mean"], "std": prep["std"]}
+        kw = {
+            "image_size": prep["image_size"],
+            "channels": prep["channels"],
+            "mean": prep["mean"],
+            "std": prep["std"],
+        }
     classes = getattr(reference, "classes", None)
     sub = {name: os.path.join(spec, name) for name in ("train", "val", "test")}
     if os.path.isdir(sub["train"]) and train:
@@ -38,8 +44,14 @@ def _load_data(spec, image_size, channels, *, train=True, reference=None, seed=0
         val_set = None
         if val_dir:
             p = train_set.preprocessing
-            val_set = data.ImageFolder(val_dir, p["image_size"], p["channels"], mean=p["mean"],
-                                       std=p["std"], classes=train_set.classes)
+            val_set = data.ImageFolder(
+                val_dir,
+                p["image_size"],
+                p["channels"],
+                mean=p["mean"],
+                std=p["std"],
+                classes=train_set.classes,
+            )
         return train_set, val_set
     if not train:
         folder = next((sub[n] for n in ("test", "val") if os.path.isdir(sub[n])), spec)
@@ -74,17 +86,28 @@ def cmd_train(args):
     t0 = time.perf_counter()
     train_set, val_set = _load_data(args.data, image_size, channels, seed=args.seed)
     x0 = train_set.images
-    print(f"data: {len(train_set)} training images {tuple(x0.shape[1:])}, "
-          f"{len(train_set.classes)} classes"
-          + (f", {len(val_set)} test images" if val_set is not None else "")
-          + f" ({time.perf_counter() - t0:.1f} s)", flush=True)
+    print(
+        f"data: {len(train_set)} training images {tuple(x0.shape[1:])}, "
+        f"{len(train_set.classes)} classes"
+        + (f", {len(val_set)} test images" if val_set is not None else "")
+        + f" ({time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
     nn.manual_seed(args.seed)
     model = models.ARCHITECTURES[args.arch](
         in_channels=x0.shape[1], num_classes=len(train_set.classes), image_size=x0.shape[2:]
     )
-    history = fastcnn.fit(model, train_set, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, momentum=args.momentum, val=val_set, seed=args.seed,
-                          progress=not args.quiet)
+    history = fastcnn.fit(
+        model,
+        train_set,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        val=val_set,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     fastcnn.save(model, args.out)
     last = history[-1]
     total = sum(r["seconds"] for r in history)
@@ -100,8 +123,10 @@ def cmd_eval(args):
     model = fastcnn.load(args.model)
     dataset, _ = _load_data(args.data, None, None, train=False, reference=model)
     scores = fastcnn.evaluate(model, dataset)
-    print(f"{args.data}: {len(dataset)} images, loss {scores['loss']:.4f}, "
-          f"accuracy {scores['accuracy']:.4f}")
+    print(
+        f"{args.data}: {len(dataset)} images, loss {scores['loss']:.4f}, "
+        f"accuracy {scores['accuracy']:.4f}"
+    )
 
 
 def cmd_predict(args):
@@ -138,10 +163,14 @@ def cmd_bench(args):
         opt.step()
         times.append(time.perf_counter() - t)
     median = float(np.median(times[3:]))
-    print(f"seednet training, batch {args.batch_size}, {fastcnn.get_num_threads()} threads, "
-          f"{fastcnn.ops.gemm_kernel()} GEMM: {median * 1e3:.1f} ms/step, "
-          f"{args.batch_size / median:,.0f} images/s (median of {args.steps})")
-    print("full benchmarks, side by side with PyTorch: python bench/kernels.py; python bench/train.py")
+    print(
+        f"seednet training, batch {args.batch_size}, {fastcnn.get_num_threads()} threads, "
+        f"{fastcnn.ops.gemm_kernel()} GEMM: {median * 1e3:.1f} ms/step, "
+        f"{args.batch_size / median:,.0f} images/s (median of {args.steps})"
+    )
+    print(
+        "full benchmarks, side by side with PyTorch: python bench/kernels.py; python bench/train.py"
+    )
 
 
 def cmd_info(args):
@@ -150,8 +179,10 @@ def cmd_info(args):
     from . import _C, cuda
 
     print(f"fastcnn {fastcnn.__version__}")
-    print(f"gemm kernel: {fastcnn.ops.gemm_kernel()} (supported here: "
-          f"{', '.join(fastcnn.ops.gemm_kernels())})")
+    print(
+        f"gemm kernel: {fastcnn.ops.gemm_kernel()} (supported here: "
+        f"{', '.join(fastcnn.ops.gemm_kernels())})"
+    )
     print(f"threads: {fastcnn.get_num_threads()} (OpenMP: {'yes' if _C.has_openmp else 'no'})")
     print(f"cuda: {'available' if cuda.is_available() else 'not available (CPU build)'}")
 
@@ -162,8 +193,12 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and save it")
-    t.add_argument("data", nargs="?", default=DEFAULT_DATA,
-                   help=f"'{DEFAULT_DATA}' (default) or an image folder with one sub-folder per class")
+    t.add_argument(
+        "data",
+        nargs="?",
+        default=DEFAULT_DATA,
+        help=f"'{DEFAULT_DATA}' (default) or an image folder with one sub-folder per class",
+    )
     t.add_argument("--arch", default="seednet", choices=["seednet"])
     t.add_argument("--image-size", type=int, help="side in pixels (default 28 / 64 for folders)")
     t.add_argument("--channels", type=int, choices=[1, 3], help="1 grey, 3 RGB")

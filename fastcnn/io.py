@@ -39,7 +39,9 @@ def architecture(model) -> dict:
 def build(arch) -> nn.Sequential:
     """Rebuilds a model from architecture(); ValueError for anything unexpected."""
     if not isinstance(arch, dict) or arch.get("type") != "Sequential":
-        raise ValueError(f"unknown architecture {arch.get('type') if isinstance(arch, dict) else arch!r}")
+        raise ValueError(
+            f"unknown architecture {arch.get('type') if isinstance(arch, dict) else arch!r}"
+        )
     specs = arch.get("layers")
     if not isinstance(specs, list) or not specs:
         raise ValueError("architecture has no layer list")
@@ -90,8 +92,10 @@ def _check_shapes(arch, tensors, path) -> None:
         if name not in tensors:
             raise ValueError(f"{path}: weights do not fit the architecture: {name} is missing")
         if tuple(tensors[name].shape) != tuple(shape):
-            raise ValueError(f"{path}: weights do not fit the architecture: {name} has shape "
-                             f"{tuple(tensors[name].shape)}, the architecture needs {tuple(shape)}")
+            raise ValueError(
+                f"{path}: weights do not fit the architecture: {name} has shape "
+                f"{tuple(tensors[name].shape)}, the architecture needs {tuple(shape)}"
+            )
 
 
 def save(model, path) -> None:
@@ -101,7 +105,9 @@ def save(model, path) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save the model to {path}: folder {directory} does not exist")
+        raise FileNotFoundError(
+            f"cannot save the model to {path}: folder {directory} does not exist"
+        )
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -159,8 +165,12 @@ def _check_preprocessing(prep, path):
         and isinstance(prep.get("image_size"), list)
         and len(prep["image_size"]) == 2
         and all(isinstance(v, int) and v > 0 for v in prep["image_size"])
-        and all(isinstance(prep.get(k), list) and len(prep[k]) in (1, prep["channels"])
-                and all(isinstance(v, (int, float)) for v in prep[k]) for k in ("mean", "std"))
+        and all(
+            isinstance(prep.get(k), list)
+            and len(prep[k]) in (1, prep["channels"])
+            and all(isinstance(v, (int, float)) for v in prep[k])
+            for k in ("mean", "std")
+        )
         and all(math.isfinite(v) for v in prep["mean"] + prep["std"])
         and all(v > 0 for v in prep["std"])
     )
@@ -183,8 +193,9 @@ def load(path) -> nn.Sequential:
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a readable .safetensors model file ({e})") from e
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a fastcnn model file (metadata format is "
-                         f"{metadata.get('format')!r})")
+        raise ValueError(
+            f"{path}: not a fastcnn model file (metadata format is {metadata.get('format')!r})"
+        )
     arch = _json(metadata, "architecture", path)
     if not isinstance(arch, dict):
         raise ValueError(f"{path}: corrupt model file (architecture is not a mapping)")
@@ -198,8 +209,9 @@ def load(path) -> nn.Sequential:
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: weights do not fit the architecture: {e}") from e
     classes = _json(metadata, "classes", path, required=False)
-    if classes is not None and not (isinstance(classes, list)
-                                    and all(isinstance(c, str) for c in classes)):
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    ):
         raise ValueError(f"{path}: corrupt model file (classes must be a list of names)")
     model.classes = classes
     model.preprocessing = _check_preprocessing(_json(metadata, "preprocessing", path, False), path)

@@ -215,7 +215,12 @@ class Sequential(Module):
         while i < len(layers):
             layer, after = layers[i], layers[i + 1 : i + 3]
             relu_next = len(after) > 0 and type(after[0]) is ReLU
-            if type(layer) is Conv2d and relu_next and len(after) > 1 and isinstance(after[1], MaxPool2d):
+            if (
+                type(layer) is Conv2d
+                and relu_next
+                and len(after) > 1
+                and isinstance(after[1], MaxPool2d)
+            ):
                 steps += [(layer, False), (after[1], True)]
                 i += 3
             elif type(layer) in (Conv2d, Linear) and relu_next:
@@ -293,8 +298,15 @@ class Conv2d(Module):
 
     def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
-        y = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, relu,
-                               self._buffer("y", self._out_shape(x)))
+        y = ops.conv2d_forward(
+            x,
+            self.weight.data,
+            b,
+            self.stride,
+            self.padding,
+            relu,
+            self._buffer("y", self._out_shape(x)),
+        )
         self._x, self._y, self._relu = (x, y, relu) if self.training else (None, None, False)
         return y
 
@@ -303,8 +315,12 @@ class Conv2d(Module):
         if getattr(x, "ndim", 0) != 4:
             return None  # let the op report the bad input
         h, w = x.shape[2:]
-        return (x.shape[0], self.out_channels, (h + 2 * ph - kh) // sh + 1,
-                (w + 2 * pw - kw) // sw + 1)
+        return (
+            x.shape[0],
+            self.out_channels,
+            (h + 2 * ph - kh) // sh + 1,
+            (w + 2 * pw - kw) // sw + 1,
+        )
 
     def backward(self, dy):
         if self._x is None:
@@ -313,8 +329,15 @@ class Conv2d(Module):
             dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
         need_dx = self.requires_input_grad
         dx_buf = self._buffer("dx", self._x.shape) if need_dx else None
-        dx, dw, db = ops.conv2d_backward(self._x, self.weight.data, dy, self.stride, self.padding,
-                                         need_dx, out=(dx_buf, None, None))
+        dx, dw, db = ops.conv2d_backward(
+            self._x,
+            self.weight.data,
+            dy,
+            self.stride,
+            self.padding,
+            need_dx,
+            out=(dx_buf, None, None),
+        )
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -354,8 +377,9 @@ class Linear(Module):
             dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
         need_dx = self.requires_input_grad
         dx_buf = self._buffer("dx", self._x.shape) if need_dx else None
-        dx, dw, db = ops.linear_backward(self._x, self.weight.data, dy, need_dx,
-                                         out=(dx_buf, None, None))
+        dx, dw, db = ops.linear_backward(
+            self._x, self.weight.data, dy, need_dx, out=(dx_buf, None, None)
+        )
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -378,7 +402,6 @@ class _Pool2d(Module):
     def config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}
 
-
     def _out_shape(self, x):
         if getattr(x, "ndim", 0) != 4:
             return None
@@ -398,19 +421,22 @@ class MaxPool2d(_Pool2d):
         return y
 
     def backward(self, dy):
-        return ops.maxpool2d_backward(dy, self._indices, self._x_shape, self._y,
-                                      self._buffer("dx", self._x_shape))
+        return ops.maxpool2d_backward(
+            dy, self._indices, self._x_shape, self._y, self._buffer("dx", self._x_shape)
+        )
 
 
 class AvgPool2d(_Pool2d):
     def forward(self, x):
         self._x_shape = x.shape
-        return ops.avgpool2d_forward(x, self.kernel_size, self.stride,
-                                     self._buffer("y", self._out_shape(x)))
+        return ops.avgpool2d_forward(
+            x, self.kernel_size, self.stride, self._buffer("y", self._out_shape(x))
+        )
 
     def backward(self, dy):
-        return ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride,
-                                      self._buffer("dx", self._x_shape))
+        return ops.avgpool2d_backward(
+            dy, self._x_shape, self.kernel_size, self.stride, self._buffer("dx", self._x_shape)
+        )
 
 
 class ReLU(Module):

@@ -87,8 +87,9 @@ def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None):
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     dx_out, dw_out, db_out = out if out is not None else (None, None, None)
-    return _C.conv2d_backward(_f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), sh, sw, ph, pw, need_dx,
-                              dx_out, dw_out, db_out)
+    return _C.conv2d_backward(
+        _f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), sh, sw, ph, pw, need_dx, dx_out, dw_out, db_out
+    )
 
 
 # ---- pool2d -------------------------------------------------------------------------------------
@@ -114,8 +115,9 @@ def maxpool2d_forward(x, kernel_size, stride=None, relu=False, out=None):
     out: optional (y, indices) buffers.
     """
     y_out, idx_out = out if out is not None else (None, None)
-    return _C.maxpool2d_forward(_f32(x, "x"), *_pool_args(kernel_size, stride), relu, y_out,
-                                idx_out)
+    return _C.maxpool2d_forward(
+        _f32(x, "x"), *_pool_args(kernel_size, stride), relu, y_out, idx_out
+    )
 
 
 def maxpool2d_backward(dy, indices, x_shape, y=None, out=None):
@@ -157,8 +159,9 @@ def linear_forward(x, w, b=None, relu=False, out=None):
 def linear_backward(x, w, dy, need_dx=True, out=None):
     """Gradients of linear: (dx or None, dw, db); out: optional (dx, dw, db) buffers."""
     dx_out, dw_out, db_out = out if out is not None else (None, None, None)
-    return _C.linear_backward(_f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), need_dx, dx_out, dw_out,
-                              db_out)
+    return _C.linear_backward(
+        _f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), need_dx, dx_out, dw_out, db_out
+    )
 
 
 # ---- activation ---------------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def sgemm(a, b, trans_a=False, trans_b=False):
 
 
 def set_conv_algorithm(name: str) -> None:
-    """"auto" (default: the indirect NHWC kernels where they apply) or "im2col" (the reference
+    """ "auto" (default: the indirect NHWC kernels where they apply) or "im2col" (the reference
     path: im2col + SGEMM, col2im), for tests and benchmarks."""
     _C.set_conv_algorithm(name)
 

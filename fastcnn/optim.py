@@ -42,12 +42,16 @@ class Optimizer:
         """Saved per-parameter entries must match this optimizer's parameters one for one (and,
         for arrays, in shape)."""
         if len(saved) != len(self.params):
-            raise ValueError(f"optimizer state has {len(saved)} '{key}' entries for "
-                             f"{len(self.params)} parameters")
+            raise ValueError(
+                f"optimizer state has {len(saved)} '{key}' entries for "
+                f"{len(self.params)} parameters"
+            )
         for i, (p, a) in enumerate(zip(self.params, saved)):
             if per_element and a is not None and np.shape(a) != p.data.shape:
-                raise ValueError(f"optimizer state '{key}'[{i}] has shape {np.shape(a)}, "
-                                 f"parameter {i} has {p.data.shape}")
+                raise ValueError(
+                    f"optimizer state '{key}'[{i}] has shape {np.shape(a)}, "
+                    f"parameter {i} has {p.data.shape}"
+                )
 
 
 def _grad(p: Parameter) -> np.ndarray:
@@ -67,7 +71,11 @@ class SGD(Optimizer):
             raise ValueError("momentum and weight_decay must be >= 0")
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), nesterov
+        self.momentum, self.weight_decay, self.nesterov = (
+            float(momentum),
+            float(weight_decay),
+            nesterov,
+        )
         self.buffers = [np.zeros_like(p.data) if momentum else None for p in self.params]
         self.started = [False] * len(self.params)
 
@@ -75,8 +83,16 @@ class SGD(Optimizer):
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            _C.sgd_step(p.data, _grad(p), self.buffers[i], self.lr, self.momentum,
-                        self.weight_decay, self.nesterov, not self.started[i])
+            _C.sgd_step(
+                p.data,
+                _grad(p),
+                self.buffers[i],
+                self.lr,
+                self.momentum,
+                self.weight_decay,
+                self.nesterov,
+                not self.started[i],
+            )
             self.started[i] = True
 
     def state_dict(self):
@@ -113,8 +129,18 @@ class Adam(Optimizer):
             if p.grad is None:
                 continue
             self.steps[i] += 1
-            _C.adam_step(p.data, _grad(p), self.exp_avg[i], self.exp_avg_sq[i], self.lr,
-                         self.beta1, self.beta2, self.eps, self.weight_decay, self.steps[i])
+            _C.adam_step(
+                p.data,
+                _grad(p),
+                self.exp_avg[i],
+                self.exp_avg_sq[i],
+                self.lr,
+                self.beta1,
+                self.beta2,
+                self.eps,
+                self.weight_decay,
+                self.steps[i],
+            )
 
     def state_dict(self):
         state = super().state_dict()
@@ -129,5 +155,7 @@ class Adam(Optimizer):
             self._check_arrays(state[key], key)
         super().load_state_dict(state)
         self.steps = [int(s) for s in state["steps"]]
-        for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+        for mine, saved in zip(
+            self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]
+        ):
             np.copyto(mine, saved)

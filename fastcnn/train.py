@@ -89,7 +89,9 @@ def fit(
     wanted_input_grad = model.requires_input_grad
     model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
     try:
-        _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history)
+        _epochs(
+            model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history
+        )
     finally:
         model.requires_input_grad = wanted_input_grad
     return history
@@ -117,8 +119,12 @@ def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, che
             seen += len(y)
             if bar is not None:
                 rate = seen / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                img_s=f"{rate:,.0f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{total_loss / seen:.4f}",
+                    acc=f"{correct / seen:.4f}",
+                    img_s=f"{rate:,.0f}",
+                    refresh=False,
+                )
                 bar.update(1)
         seconds = time.perf_counter() - start
         if bar is not None:
@@ -149,12 +155,18 @@ def _progress(total, desc, enabled):
         from tqdm import tqdm
     except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
         return None
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
-                disable=not sys.stderr.isatty() and not os.environ.get("FASTCNN_PROGRESS"))
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="batch",
+        leave=False,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty() and not os.environ.get("FASTCNN_PROGRESS"),
+    )
 
 
 def _print_epoch(r, epochs):
-    line = (f"epoch {r['epoch']}/{epochs}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}")
+    line = f"epoch {r['epoch']}/{epochs}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}"
     if "val_accuracy" in r:
         line += f", val_loss {r['val_loss']:.4f}, val_accuracy {r['val_accuracy']:.4f}"
     line += f" ({r['seconds']:.1f} s, {r['images_per_second']:,.0f} images/s)"
@@ -197,15 +209,23 @@ def _as_batch(model, images) -> np.ndarray:
         images = [images]
     if isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, os.PathLike)):
         if prep is None:
-            raise ValueError("predicting from image files needs the model's preprocessing "
-                             "(train with fit() on a data set, or set model.preprocessing)")
-        return np.concatenate([load_image(p, prep["image_size"], prep["channels"], prep["mean"],
-                                          prep["std"]) for p in images])
+            raise ValueError(
+                "predicting from image files needs the model's preprocessing "
+                "(train with fit() on a data set, or set model.preprocessing)"
+            )
+        return np.concatenate(
+            [
+                load_image(p, prep["image_size"], prep["channels"], prep["mean"], prep["std"])
+                for p in images
+            ]
+        )
     a = np.asarray(images)
     if a.dtype == np.uint8:
         if prep is None:
-            raise ValueError("raw uint8 images need the model's preprocessing "
-                             "(set model.preprocessing, or pass float32 NCHW arrays)")
+            raise ValueError(
+                "raw uint8 images need the model's preprocessing "
+                "(set model.preprocessing, or pass float32 NCHW arrays)"
+            )
         return preprocess_array(a, prep)
     if not np.issubdtype(a.dtype, np.floating):
         raise TypeError(f"images must be uint8 (raw) or float (preprocessed NCHW), got {a.dtype}")

@@ -17,7 +17,7 @@ struct Window2d {
   int64_t N = 0, C = 0, H = 0, W = 0;  // input
   int64_t O = 0;                       // output channels
   int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
-  int64_t OH = 0, OW = 0;              // output
+  int64_t OH = 0, OW = 0;  // output
 
   // The one output-size formula in fastcnn.
   static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p) {

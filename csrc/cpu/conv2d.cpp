@@ -193,8 +193,7 @@ void dx_im2col(const Window2d& g, const float* w, const float* dy, float* dx) {
   for_each_image(g.N, [&](int64_t n, int threads) {
     float* dxn = dx + n * in_size;
     float* dcol = pointwise ? dxn : scratch(kCol, CKK * P);
-    sgemm(true, false, CKK, P, g.O, w, CKK, dy + n * g.O * P, P, dcol, P, GemmEpilogue{},
-          threads);
+    sgemm(true, false, CKK, P, g.O, w, CKK, dy + n * g.O * P, P, dcol, P, GemmEpilogue{}, threads);
     if (!pointwise) col2im(g, dcol, dxn);
   });
 }
@@ -255,9 +254,8 @@ void indirect_tiles(const GemmKernel& k, const Indirect& cv, const float* xp, co
     const int64_t ki0 = std::clamp<int64_t>(cv.ph - oh2 * cv.sh, 0, cv.kh);
     const int64_t ki1 = std::clamp<int64_t>(cv.H + cv.ph - oh1 * cv.sh, ki0, cv.kh);
     const int64_t t0_tap = ki0 * cv.kw;
-    k.conv((ki1 - ki0) * cv.kw, cv.C, pix, toff + t0_tap,
-           Wp + (panel * T + t0_tap) * cv.C * k.cnr, bias ? bias + panel * k.cnr : nullptr, relu,
-           y + panel * k.cnr * P + p0, P, m, n);
+    k.conv((ki1 - ki0) * cv.kw, cv.C, pix, toff + t0_tap, Wp + (panel * T + t0_tap) * cv.C * k.cnr,
+           bias ? bias + panel * k.cnr : nullptr, relu, y + panel * k.cnr * P + p0, P, m, n);
   }
 }
 
@@ -310,9 +308,8 @@ float* pack_filters(const GemmKernel& k, int64_t O, int64_t C, int64_t T, At at)
 void forward_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* w,
                       const float* b, float* y, bool relu) {
   const int64_t T = g.kh * g.kw;
-  const float* Wp = pack_filters(k, g.O, g.C, T, [&](int64_t o, int64_t c, int64_t t) {
-    return w[(o * g.C + c) * T + t];
-  });
+  const float* Wp = pack_filters(
+      k, g.O, g.C, T, [&](int64_t o, int64_t c, int64_t t) { return w[(o * g.C + c) * T + t]; });
   float* bias = nullptr;
   if (b) {
     const int64_t padded = (g.O + k.cnr - 1) / k.cnr * k.cnr;
@@ -331,8 +328,7 @@ void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const f
   const float* Wp = pack_filters(k, g.C, g.O, T, [&](int64_t c, int64_t o, int64_t t) {
     return w[(o * g.C + c) * T + (T - 1 - t)];
   });
-  Indirect cv{g.O, g.OH, g.OW, g.kh - 1 - g.ph, g.kw - 1 - g.pw, g.kh, g.kw, 1, 1,
-              g.C, g.H, g.W};
+  Indirect cv{g.O, g.OH, g.OW, g.kh - 1 - g.ph, g.kw - 1 - g.pw, g.kh, g.kw, 1, 1, g.C, g.H, g.W};
   indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, dx);
 }
 
@@ -354,8 +350,8 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   for (int64_t p = 0; p < P; ++p) pix_off[p] = pixel_offset(cv, p);
 
   // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p.
-  auto pack_a = [&](int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* Ap,
-                    int64_t q0, int64_t q1) {
+  auto pack_a = [&](int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* Ap, int64_t q0,
+                    int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t r0 = q * mr, rows = std::min<int64_t>(mr, mc - r0);
       float* dst = Ap + q * mr * kc;
@@ -369,8 +365,8 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     }
   };
   // B = col as (N*P x T*C): element (k, j) = padded image n at pixel p, tap j / C, channel j % C.
-  auto pack_b = [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* Bp,
-                    int64_t q0, int64_t q1) {
+  auto pack_b = [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* Bp, int64_t q0,
+                    int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t c0 = j0 + q * nr, cols = std::min<int64_t>(nr, j0 + nc - c0);
       const bool one_tap = (c0 % g.C) + cols <= g.C;  // contiguous channels of one tap
@@ -405,10 +401,18 @@ Direct2d direct_geometry(const Window2d& g) {
   return Direct2d{g.C,
                   std::max(g.H + 2 * g.ph, (g.OH - 1) * g.sh + g.kh),
                   std::max(g.W + 2 * g.pw, (g.OW - 1) * g.sw + g.kw),
-                  g.kh, g.kw, g.sh, g.sw, g.O, g.OH, g.OW};
+                  g.kh,
+                  g.kw,
+                  g.sh,
+                  g.sw,
+                  g.O,
+                  g.OH,
+                  g.OW};
 }
 
-int64_t direct_image_size(const Direct2d& d) { return d.C * d.Hp * d.Wp + kDirectSlack; }
+int64_t direct_image_size(const Direct2d& d) {
+  return d.C * d.Hp * d.Wp + kDirectSlack;
+}
 
 // x (C, H, W) -> xp (C, Hp, Wp) with a zero border, then kDirectSlack zeros.
 void pad_nchw(const Window2d& g, const Direct2d& d, const float* x, float* xp) {
@@ -443,8 +447,7 @@ void forward_direct(const GemmKernel& k, const Window2d& g, const float* x, cons
   }
 }
 
-void dw_direct(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
-               float* dw) {
+void dw_direct(const GemmKernel& k, const Window2d& g, const float* x, const float* dy, float* dw) {
   const Direct2d d = direct_geometry(g);
   const int64_t in_size = g.C * g.H * g.W, img = direct_image_size(d);
   const int threads = num_threads();
@@ -453,25 +456,27 @@ void dw_direct(const GemmKernel& k, const Window2d& g, const float* x, const flo
     for (int64_t n = b0; n < b1; ++n) pad_nchw(g, d, x + n * in_size, xp + n * img);
   });
   // Threads split the output channels: each dw element is summed by one thread, in order.
-  parallel_range(g.O, threads, [&](int64_t o0, int64_t o1) {
-    k.direct_dw(d, g.N, xp, img, dy, dw, o0, o1);
-  });
+  parallel_range(g.O, threads,
+                 [&](int64_t o0, int64_t o1) { k.direct_dw(d, g.N, xp, img, dy, dw, o0, o1); });
 }
 
 bool use_direct(const GemmKernel& k, const Window2d& g) {
-  return g_algorithm == ConvAlgorithm::kAuto && k.direct_fwd && g.C <= 4 &&
-         g.kw <= kDirectMaxKw && g.kh <= kDirectMaxKw && g.sw <= 3;
+  return g_algorithm == ConvAlgorithm::kAuto && k.direct_fwd && g.C <= 4 && g.kw <= kDirectMaxKw &&
+         g.kh <= kDirectMaxKw && g.sw <= 3;
 }
 
 bool use_indirect(const GemmKernel& k, int64_t out_channels) {
-  return g_algorithm == ConvAlgorithm::kAuto && k.conv && k.cmr <= 64 &&
-         out_channels * 2 >= k.cnr;
+  return g_algorithm == ConvAlgorithm::kAuto && k.conv && k.cmr <= 64 && out_channels * 2 >= k.cnr;
 }
 
 }  // namespace
 
-void set_conv_algorithm(ConvAlgorithm a) { g_algorithm = a; }
-ConvAlgorithm conv_algorithm() { return g_algorithm; }
+void set_conv_algorithm(ConvAlgorithm a) {
+  g_algorithm = a;
+}
+ConvAlgorithm conv_algorithm() {
+  return g_algorithm;
+}
 
 // ---- forward ----------------------------------------------------------------------------------
 

@@ -28,8 +28,8 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
 void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* indices, bool relu);
 // dy, indices: (N, C, OH, OW); dx: (N, C, H, W). y: the forward output when it was ReLU'd (dy
 // is then masked by y > 0), else null.
-void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices,
-                        const float* y, float* dx);
+void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices, const float* y,
+                        float* dx);
 void avgpool2d_forward(const Window2d& g, const float* x, float* y);
 void avgpool2d_backward(const Window2d& g, const float* dy, float* dx);
 

@@ -29,7 +29,9 @@ void for_each_plane(const Window2d& g, Fn fn) {
 
 namespace {
 // Is v a better maximum than best? NaN wins over any number (PyTorch propagates NaN).
-inline bool beats(float v, float best) { return v > best || (v != v && best == best); }
+inline bool beats(float v, float best) {
+  return v > best || (v != v && best == best);
+}
 
 // One plane, any window.
 void maxpool_plane(const Window2d& g, const float* xp, float* yp, int32_t* ip) {
@@ -92,8 +94,8 @@ void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* ind
   });
 }
 
-void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices,
-                        const float* y, float* dx) {
+void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices, const float* y,
+                        float* dx) {
   const int64_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
   for_each_plane(g, [&](int64_t p) {
     float* dxp = dx + p * in_plane;

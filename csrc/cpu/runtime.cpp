@@ -1,8 +1,8 @@
 // Thread count and the denormal guard (see common.h).
-#include "cpu/common.h"
-
 #include <cstdlib>
 #include <thread>
+
+#include "cpu/common.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
@@ -34,7 +34,9 @@ int num_threads() {
 #endif
 }
 
-void set_num_threads(int n) { g_threads = n < 1 ? 1 : n; }
+void set_num_threads(int n) {
+  g_threads = n < 1 ? 1 : n;
+}
 
 DenormalGuard::DenormalGuard() {
 #ifdef FASTCNN_X86

@@ -1,18 +1,19 @@
 // sgemm(): the driver of gemm_driver.h with packers for strided row-major matrices, plus the
 // triple-loop reference.
 #include "cpu/gemm/gemm.h"
-#include "cpu/gemm/gemm_driver.h"
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "cpu/gemm/gemm_driver.h"
+
 namespace fastcnn {
 
 namespace {
 // Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) into panels of mr rows, k-major.
-void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
-            int64_t kc, int mr, float* Ap, int64_t panel_begin, int64_t panel_end) {
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+            int mr, float* Ap, int64_t panel_begin, int64_t panel_end) {
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
     const int64_t r0 = panel * mr;
     const int64_t rows = std::min<int64_t>(mr, mc - r0);
@@ -35,8 +36,8 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
 }
 
 // Packs rows [p0, p0+kc) x cols [j0, j0+nc) of op(B) into panels of nr columns, k-major.
-void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0,
-            int64_t nc, int nr, float* Bp, int64_t panel_begin, int64_t panel_end) {
+void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nc,
+            int nr, float* Bp, int64_t panel_begin, int64_t panel_end) {
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
     const int64_t c0 = panel * nr;
     const int64_t cols = std::min<int64_t>(nr, nc - c0);
@@ -89,9 +90,9 @@ void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
   for (int64_t i = 0; i < M; ++i) gemm_epilogue(ep, C, ldc, i, 0, 1, static_cast<int>(N));
 }
 
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-           int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-           const GemmEpilogue& ep, int threads) {
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float* C, int64_t ldc, const GemmEpilogue& ep,
+           int threads) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {  // empty sum: C = 0 (or unchanged), then the epilogue
     if (!ep.accumulate)

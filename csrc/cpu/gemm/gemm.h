@@ -80,9 +80,9 @@ struct GemmEpilogue {
 
 // A: M x K (lda) or, if trans_a, K x M; B: K x N (ldb) or, if trans_b, N x K; C: M x N (ldc).
 // threads: how many OpenMP threads this call may use (1 inside an outer parallel region).
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-           int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-           const GemmEpilogue& epilogue, int threads);
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float* C, int64_t ldc, const GemmEpilogue& epilogue,
+           int threads);
 
 // The triple loop: the oracle and the path for shapes too small to be worth packing.
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,

@@ -120,9 +120,8 @@ void gemm_run(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const Pac
 
 template <class PackA, class PackB>
 void gemm_blocked(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const PackA& pack_a,
-                  const PackB& pack_b, float* C, int64_t ldc, const GemmEpilogue& ep,
-                  int threads) {
-  const int mr = kern.mr, nr = kern.nr;
+                  const PackB& pack_b, float* C, int64_t ldc, const GemmEpilogue& ep, int threads) {
+  const int nr = kern.nr;
 #ifdef FASTCNN_OPENMP
   // A short A (one MC block, the usual case in a CNN: M is a channel count or a batch) with
   // enough columns: each thread computes its own slice of columns from start to end with its
@@ -135,10 +134,9 @@ void gemm_blocked(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const
       split_range(all_panels, omp_get_num_threads(), omp_get_thread_num(), &q0, &q1);
       const int64_t j0 = q0 * nr, cols = std::min(N, q1 * nr) - j0;
       if (cols > 0) {
-        auto pack_b_slice = [&](int64_t p0, int64_t kc, int64_t jj, int64_t nc, int nr_,
-                                float* Bp, int64_t b0, int64_t b1) {
-          pack_b(p0, kc, j0 + jj, nc, nr_, Bp, b0, b1);
-        };
+        auto pack_b_slice = [&](int64_t p0, int64_t kc, int64_t jj, int64_t nc, int nr_, float* Bp,
+                                int64_t b0,
+                                int64_t b1) { pack_b(p0, kc, j0 + jj, nc, nr_, Bp, b0, b1); };
         GemmEpilogue slice = ep;
         if (slice.bias_col) slice.bias_col += j0;
         gemm_run(kern, M, cols, K, pack_a, pack_b_slice, C + j0, ldc, slice, 1);

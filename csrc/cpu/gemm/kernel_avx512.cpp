@@ -14,8 +14,8 @@ namespace fastcnn {
 namespace {
 constexpr int MR = 8, NR = 32;
 
-void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_t ldc, int m,
-                   int n, bool accumulate) {
+void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_t ldc, int m, int n,
+                   bool accumulate) {
   __m512 c[MR][2];
   for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
@@ -91,6 +91,15 @@ void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* t
 // to 32 output pixels in two zmm registers (masked at the row's end) times 8 output channels,
 // 16 accumulators; per tap two input loads feed 16 FMAs.
 constexpr int DOB = 8;
+
+// Sum of the 16 lanes, in lane order.
+inline float lane_sum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0.f;
+  for (float x : t) s += x;
+  return s;
+}
 
 // The first n of 16 lanes (n may be <= 0 or > 16).
 inline __mmask16 lane_mask(int64_t n) {
@@ -178,30 +187,39 @@ void direct_dw_avx512_kw(const Direct2d& d, int64_t N, const float* xp, int64_t 
         }
         for (int kj = 0; kj < KW; ++kj)
           dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] =
-              _mm512_reduce_add_ps(_mm512_add_ps(acc[kj][0], acc[kj][1]));
+              lane_sum(_mm512_add_ps(acc[kj][0], acc[kj][1]));
       }
     }
   }
 }
 
-void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t image,
-                      const float* dy, float* dw, int64_t o0, int64_t o1) {
+void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t image, const float* dy,
+                      float* dw, int64_t o0, int64_t o1) {
   switch (d.sw == 1 ? d.kw : 0) {
-    case 1: return direct_dw_avx512_kw<1>(d, N, xp, image, dy, dw, o0, o1);
-    case 2: return direct_dw_avx512_kw<2>(d, N, xp, image, dy, dw, o0, o1);
-    case 3: return direct_dw_avx512_kw<3>(d, N, xp, image, dy, dw, o0, o1);
-    case 4: return direct_dw_avx512_kw<4>(d, N, xp, image, dy, dw, o0, o1);
-    case 5: return direct_dw_avx512_kw<5>(d, N, xp, image, dy, dw, o0, o1);
-    case 6: return direct_dw_avx512_kw<6>(d, N, xp, image, dy, dw, o0, o1);
-    case 7: return direct_dw_avx512_kw<7>(d, N, xp, image, dy, dw, o0, o1);
-    case 8: return direct_dw_avx512_kw<8>(d, N, xp, image, dy, dw, o0, o1);
-    default: return direct_dw<16>(d, N, xp, image, dy, dw, o0, o1);
+    case 1:
+      return direct_dw_avx512_kw<1>(d, N, xp, image, dy, dw, o0, o1);
+    case 2:
+      return direct_dw_avx512_kw<2>(d, N, xp, image, dy, dw, o0, o1);
+    case 3:
+      return direct_dw_avx512_kw<3>(d, N, xp, image, dy, dw, o0, o1);
+    case 4:
+      return direct_dw_avx512_kw<4>(d, N, xp, image, dy, dw, o0, o1);
+    case 5:
+      return direct_dw_avx512_kw<5>(d, N, xp, image, dy, dw, o0, o1);
+    case 6:
+      return direct_dw_avx512_kw<6>(d, N, xp, image, dy, dw, o0, o1);
+    case 7:
+      return direct_dw_avx512_kw<7>(d, N, xp, image, dy, dw, o0, o1);
+    case 8:
+      return direct_dw_avx512_kw<8>(d, N, xp, image, dy, dw, o0, o1);
+    default:
+      return direct_dw<16>(d, N, xp, image, dy, dw, o0, o1);
   }
 }
 }  // namespace
 
-const GemmKernel kGemmAvx512 = {"avx512",         MR,           NR, kernel_avx512, CMR, CNR,
-                                conv_avx512,      direct_fwd_avx512, direct_dw_avx512};
+const GemmKernel kGemmAvx512 = {
+    "avx512", MR, NR, kernel_avx512, CMR, CNR, conv_avx512, direct_fwd_avx512, direct_dw_avx512};
 
 }  // namespace fastcnn
 
