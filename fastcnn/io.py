@@ -3,7 +3,15 @@ to rebuild and use the model (layer list, class names, preprocessing).
 
 Loading never runs code from the file: the architecture is a JSON list of layer names from
 nn.LAYERS and their constructor arguments, checked before anything is built. Saving writes a
-temporary file, fsyncs it and renames it over the target, so a crash never leaves half a file.
+temporary file in the target's folder, fsyncs it and renames it over the target, so a crash
+never leaves half a file.
+
+Training checkpoints (save_checkpoint / load_checkpoint) are model files with more in them: the
+optimizer's per-parameter arrays as tensors named `optimizer.<i>.<key>` (i: the parameter's
+position in the optimizer, key: the optimizer's state_dict key, e.g. `buffers`, `exp_avg`), and
+in the metadata, as JSON, the optimizer's type, hyper-parameters and scalar state
+(`optimizer`) and the training state (`checkpoint`: epoch, history, seed, data-loader epoch...).
+fastcnn.load() reads a checkpoint as the model it holds. No pickle, ever.
 """
 
 from __future__ import annotations
@@ -17,10 +25,12 @@ import numpy as np
 
 from . import __version__, nn
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "save_checkpoint", "load_checkpoint", "Checkpoint"]
 
 FORMAT = "fastcnn"
 FORMAT_VERSION = "1"
+CHECKPOINT_VERSION = 1
+OPTIMIZER_PREFIX = "optimizer."
 
 
 def architecture(model) -> dict:
@@ -98,16 +108,8 @@ def _check_shapes(arch, tensors, path) -> None:
             )
 
 
-def save(model, path) -> None:
-    """Writes `model` (weights, architecture, classes, preprocessing) to `path` atomically."""
-    from safetensors.numpy import save_file
-
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"cannot save the model to {path}: folder {directory} does not exist"
-        )
+def _model_payload(model):
+    """(tensors, metadata) of a model file."""
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -121,6 +123,18 @@ def save(model, path) -> None:
     if prep is not None:
         metadata["preprocessing"] = json.dumps(_jsonable(prep))
     tensors = {name: np.ascontiguousarray(p.data) for name, p in model.named_parameters()}
+    return tensors, metadata
+
+
+def _write_atomically(path, tensors, metadata, what) -> None:
+    """safetensors file at `path`: written to a temporary file in the same folder, fsynced, then
+    renamed over `path` (and the folder fsynced), so `path` is always the old or the new file."""
+    from safetensors.numpy import save_file
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save {what} to {path}: folder {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".fastcnn-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -132,6 +146,22 @@ def save(model, path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # make the rename itself durable (POSIX); not possible everywhere (Windows)
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save(model, path) -> None:
+    """Writes `model` (weights, architecture, classes, preprocessing) to `path` atomically."""
+    tensors, metadata = _model_payload(model)
+    _write_atomically(path, tensors, metadata, "the model")
 
 
 def _jsonable(value):
@@ -179,8 +209,8 @@ def _check_preprocessing(prep, path):
     return prep
 
 
-def load(path) -> nn.Sequential:
-    """Reads a model written by save(); ValueError naming the problem for any bad file."""
+def _read(path):
+    """(metadata, tensors) of a fastcnn .safetensors file; ValueError for anything else."""
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
@@ -196,9 +226,15 @@ def load(path) -> nn.Sequential:
         raise ValueError(
             f"{path}: not a fastcnn model file (metadata format is {metadata.get('format')!r})"
         )
+    return metadata, tensors
+
+
+def _model_from(metadata, tensors, path) -> nn.Sequential:
     arch = _json(metadata, "architecture", path)
     if not isinstance(arch, dict):
         raise ValueError(f"{path}: corrupt model file (architecture is not a mapping)")
+    if "checkpoint" in metadata:  # a training checkpoint: the optimizer's arrays are not weights
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     _check_shapes(arch, tensors, path)
     try:
         model = build(arch)
@@ -217,3 +253,153 @@ def load(path) -> nn.Sequential:
     model.preprocessing = _check_preprocessing(_json(metadata, "preprocessing", path, False), path)
     model.eval()
     return model
+
+
+def load(path) -> nn.Sequential:
+    """Reads a model written by save() (or the model in a save_checkpoint() file); ValueError
+    naming the problem for any bad file."""
+    metadata, tensors = _read(path)
+    return _model_from(metadata, tensors, os.fspath(path))
+
+
+# ---- training checkpoints -----------------------------------------------------------------------
+
+
+def _hyperparameters(optimizer) -> dict:
+    """The optimizer's scalar settings (lr, momentum, betas, eps, weight_decay, nesterov...)."""
+    return {
+        k: v
+        for k, v in sorted(vars(optimizer).items())
+        if not k.startswith("_") and isinstance(v, (bool, int, float))
+    }
+
+
+def _parameter_names(model, optimizer) -> list:
+    """For each of the optimizer's parameters, its name in the model (None if not the model's)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names.get(id(p)) for p in optimizer.params]
+
+
+def _plain(value, what):
+    """A JSON value made of bool/int/float/str/None and lists/dicts of them; TypeError else."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, what) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, what) for k, v in value.items()}
+    raise TypeError(f"{what}: cannot store a {type(value).__name__} in a checkpoint")
+
+
+def save_checkpoint(path, model, optimizer, *, epoch, history, **training) -> None:
+    """Writes a training checkpoint to `path` atomically (one .safetensors file, no pickle).
+
+    It holds the model as save() writes it (so load(path) returns the model), the optimizer's
+    state (optimizer.state_dict(): lists of per-parameter arrays become tensors
+    `optimizer.<i>.<key>`, everything else JSON), its type and hyper-parameters, and the training
+    state: epoch (epochs done), history (fit's per-epoch records) and any other JSON-able
+    keywords (fit stores seed, loader_epoch, batch_size, samples...).
+    """
+    tensors, metadata = _model_payload(model)
+    arrays, scalars, present = {}, {}, {}
+    for key, value in optimizer.state_dict().items():
+        if isinstance(value, (list, tuple)) and any(isinstance(v, np.ndarray) for v in value):
+            if len(value) != len(optimizer.params):
+                raise ValueError(
+                    f"optimizer state '{key}' has {len(value)} entries for "
+                    f"{len(optimizer.params)} parameters"
+                )
+            present[key] = [v is not None for v in value]
+            for i, v in enumerate(value):
+                if v is not None:
+                    arrays[f"{OPTIMIZER_PREFIX}{i}.{key}"] = np.ascontiguousarray(v)
+        else:
+            scalars[key] = _plain(value, f"optimizer state '{key}'")
+    clash = sorted(set(arrays) & set(tensors))
+    if clash:
+        raise ValueError(f"model parameter names clash with optimizer state: {clash}")
+    tensors.update(arrays)
+    metadata["optimizer"] = json.dumps(
+        {
+            "type": type(optimizer).__name__,
+            "hyperparameters": _hyperparameters(optimizer),
+            "parameters": _parameter_names(model, optimizer),
+            "state": scalars,
+            "arrays": present,
+        }
+    )
+    state = {"version": CHECKPOINT_VERSION, "epoch": int(epoch), "history": history}
+    state.update(training)
+    metadata["checkpoint"] = json.dumps(_plain(state, "training state"))
+    _write_atomically(path, tensors, metadata, "the checkpoint")
+
+
+class Checkpoint:
+    """What load_checkpoint() read: `model` (as load() builds it), `optimizer_type`,
+    `hyperparameters`, `parameter_names`, `optimizer_state` (ready for
+    optimizer.load_state_dict), `epoch`, `history` and `training` (every training-state key)."""
+
+    def __init__(self, path, model, optimizer, training):
+        self.path = path
+        self.model = model
+        self.optimizer_type = optimizer["type"]
+        self.hyperparameters = optimizer["hyperparameters"]
+        self.parameter_names = optimizer["parameters"]
+        self.optimizer_state = optimizer["state"]
+        self.training = training
+        self.epoch = training["epoch"]
+        self.history = training["history"]
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Reads a file written by save_checkpoint(); ValueError naming the problem for a corrupt
+    file, or a model file that holds no training state."""
+    path = os.fspath(path)
+    metadata, tensors = _read(path)
+    if "checkpoint" not in metadata or "optimizer" not in metadata:
+        raise ValueError(
+            f"{path}: a model file without training state (written by fastcnn.save, not by "
+            "fit(checkpoint=...)); training cannot resume from it"
+        )
+    model = _model_from(metadata, tensors, path)
+    training = _json(metadata, "checkpoint", path)
+    opt = _json(metadata, "optimizer", path)
+    bad = f"{path}: corrupt checkpoint"
+    if not (
+        isinstance(training, dict)
+        and isinstance(training.get("epoch"), int)
+        and training["epoch"] >= 1
+        and isinstance(training.get("history"), list)
+        and len(training["history"]) == training["epoch"]
+        and all(isinstance(r, dict) for r in training["history"])
+    ):
+        raise ValueError(f"{bad} (bad training state)")
+    if training.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint version {training.get('version')!r} is not supported "
+            f"(this fastcnn reads version {CHECKPOINT_VERSION})"
+        )
+    if not (
+        isinstance(opt, dict)
+        and isinstance(opt.get("type"), str)
+        and isinstance(opt.get("hyperparameters"), dict)
+        and isinstance(opt.get("parameters"), list)
+        and isinstance(opt.get("state"), dict)
+        and isinstance(opt.get("arrays"), dict)
+    ):
+        raise ValueError(f"{bad} (bad optimizer metadata)")
+    n = len(opt["parameters"])
+    state = dict(opt["state"])
+    for key, present in opt["arrays"].items():
+        if not (isinstance(present, list) and len(present) == n):
+            raise ValueError(f"{bad} (optimizer state '{key}' does not list {n} parameters)")
+        entries = []
+        for i, there in enumerate(present):
+            name = f"{OPTIMIZER_PREFIX}{i}.{key}"
+            if there and name not in tensors:
+                raise ValueError(f"{bad} (tensor {name} is missing)")
+            entries.append(tensors[name] if there else None)
+        state[key] = entries
+    return Checkpoint(path, model, dict(opt, state=state), training)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -67,25 +70,48 @@ def fit(
     seed=0,
     progress=True,
     checkpoint=None,
+    resume=False,
 ):
     """Trains `model` on `train` for `epochs` epochs of shuffled mini-batches; returns the history.
 
     train/val: a data set (anything with len, [i], ideally .images/.labels arrays), a DataLoader,
     or an (images, labels) pair. optimizer defaults to SGD(lr, momentum). seed fixes the shuffle
-    order, so a seeded run repeats exactly. checkpoint: a path the model is saved to after every
-    epoch (atomically). Returns one dict per epoch: loss, accuracy, val_loss, val_accuracy,
-    seconds, images_per_second.
+    order, so a seeded run repeats exactly. Returns one dict per epoch: epoch, loss, accuracy,
+    val_loss, val_accuracy, seconds, images_per_second.
+
+    checkpoint: a path written after every epoch (atomically: a crash leaves the previous
+    epoch's file) with the model (fastcnn.load reads it), the optimizer's state, the history and
+    where the shuffling stands; it is not written when the weights are no longer finite.
+    resume=True: if that file exists, training continues from it (weights, optimizer state,
+    history, shuffle order) and runs the remaining epochs, ending bit for bit where an
+    uninterrupted run would have; the architecture, optimizer type and hyper-parameters, batch
+    size, seed and data-set size must be those of the run that wrote it (ValueError otherwise).
+    If the file does not exist, training starts from scratch. The returned history includes the
+    restored epochs.
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        folder = os.path.dirname(os.path.abspath(checkpoint))
+        if not os.path.isdir(folder):  # fail now, not after the first epoch
+            raise FileNotFoundError(
+                f"cannot write the checkpoint {checkpoint}: folder {folder} does not exist"
+            )
     loader = _loader(train, batch_size, shuffle=True, seed=seed)
     val_loader = None if val is None else _loader(val, max(batch_size, 256))
     _remember_data(model, loader.dataset)
     _check_classes(model, loader)
     if optimizer is None:
         optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    loss_fn = nn.CrossEntropyLoss()
     history = []
+    if resume and os.path.exists(checkpoint):
+        _resume(checkpoint, model, optimizer, loader, epochs, history)
+        if progress:
+            print(f"resuming from {checkpoint} after epoch {len(history)}/{epochs}", flush=True)
+    loss_fn = nn.CrossEntropyLoss()
     wanted_input_grad = model.requires_input_grad
     model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
     try:
@@ -97,8 +123,105 @@ def fit(
     return history
 
 
+def _training_state(loader):
+    """What, besides weights and optimizer, a resumed run needs to repeat the shuffling (and
+    what it must agree on to end where an uninterrupted run would)."""
+    classes = getattr(loader.dataset, "classes", None)
+    return {
+        "loader_epoch": loader.epoch,
+        "seed": loader.seed,
+        "batch_size": loader.batch_size,
+        "shuffle": bool(loader.shuffle),
+        "drop_last": bool(loader.drop_last),
+        "samples": len(loader.dataset),
+        "classes": None if classes is None else [str(c) for c in classes],
+    }
+
+
+def _resume(path, model, optimizer, loader, epochs, history):
+    """Loads the checkpoint at `path` into model, optimizer, loader and history, after checking
+    that it belongs to this run (ValueError naming the difference; nothing changed then)."""
+    from . import io
+
+    ckpt = io.load_checkpoint(path)
+    problem = _resume_problem(ckpt, model, optimizer, loader)
+    if problem:
+        raise ValueError(f"cannot resume from {path}: {problem}")
+    if ckpt.epoch > epochs:
+        raise ValueError(
+            f"cannot resume from {path}: it holds {ckpt.epoch} epochs of training, "
+            f"more than epochs={epochs}"
+        )
+    try:  # the optimizer checks its state before changing anything; the weights fit (above)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        model.load_state_dict(ckpt.model.state_dict())
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"cannot resume from {path}: {e}") from e
+    loader.set_epoch(ckpt.training["loader_epoch"])
+    history[:] = ckpt.history
+
+
+def _resume_problem(ckpt, model, optimizer, loader):
+    """Why `ckpt` cannot continue this run, or None."""
+    from . import io
+
+    saved_arch = json.loads(json.dumps(io.architecture(ckpt.model)))
+    try:
+        arch = json.loads(json.dumps(io.architecture(model)))
+    except TypeError:
+        arch = None  # not a Sequential: the parameter shapes below decide
+    if arch is not None and arch != saved_arch:
+        return f"the architecture differs: {_first_difference(saved_arch, arch)}"
+    saved = {k: v.shape for k, v in ckpt.model.state_dict().items()}
+    mine = {k: p.data.shape for k, p in model.named_parameters()}
+    if saved != mine:
+        return f"the parameters differ: checkpoint {saved}, model {mine}"
+    kind = type(optimizer).__name__
+    if ckpt.optimizer_type != kind:
+        return f"it was trained with {ckpt.optimizer_type}, this run uses {kind}"
+    hyper = io._hyperparameters(optimizer)
+    if ckpt.hyperparameters != hyper:
+        keys = sorted(set(ckpt.hyperparameters) | set(hyper))
+        diff = [
+            f"{k} {ckpt.hyperparameters.get(k)!r} there, {hyper.get(k)!r} here"
+            for k in keys
+            if ckpt.hyperparameters.get(k) != hyper.get(k)
+        ]
+        return f"the {kind} settings differ: " + "; ".join(diff)
+    if ckpt.parameter_names != io._parameter_names(model, optimizer):
+        return "the optimizer updates different parameters than the run that wrote it"
+    want = _training_state(loader)
+    have = ckpt.training
+    if not isinstance(have.get("loader_epoch"), int):
+        return "it records no data-loader epoch"
+    for key, what in (
+        ("samples", "training images"),
+        ("classes", "classes"),
+        ("batch_size", "batch size"),
+        ("seed", "shuffle seed"),
+        ("shuffle", "shuffling"),
+        ("drop_last", "drop_last"),
+    ):
+        if have.get(key) != want[key]:
+            return f"the {what} differ: {have.get(key)!r} there, {want[key]!r} here"
+    return None
+
+
+def _first_difference(saved, mine):
+    a, b = saved.get("layers", []), mine.get("layers", [])
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"layer {i} is {_layer(x)} in the checkpoint, {_layer(y)} in the model"
+    return f"the checkpoint has {len(a)} layers, the model {len(b)}"
+
+
+def _layer(spec):
+    args = ", ".join(f"{k}={v}" for k, v in spec.get("config", {}).items())
+    return f"{spec.get('type')}({args})"
+
+
 def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history):
-    for epoch in range(1, epochs + 1):
+    for epoch in range(len(history) + 1, epochs + 1):
         model.train()
         start = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
@@ -143,9 +266,23 @@ def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, che
         if progress:
             _print_epoch(record, epochs)
         if checkpoint is not None:
-            from .io import save
+            _save_checkpoint(checkpoint, model, optimizer, loader, history, epoch)
 
-            save(model, checkpoint)
+
+def _save_checkpoint(path, model, optimizer, loader, history, epoch):
+    from . import io
+
+    for name, p in model.named_parameters():
+        if not np.isfinite(p.data).all():
+            # The last batch's step overflowed: keep the previous epoch's checkpoint.
+            raise FloatingPointError(
+                f"the weights ({name}) are no longer finite at the end of epoch {epoch}: "
+                f"training diverged; try a lower learning rate (lr is {optimizer.lr}); "
+                f"the checkpoint {path} was left as it was"
+            )
+    io.save_checkpoint(
+        path, model, optimizer, epoch=epoch, history=history, **_training_state(loader)
+    )
 
 
 def _progress(total, desc, enabled):
@@ -174,23 +311,49 @@ def _print_epoch(r, epochs):
 
 
 def evaluate(model, data, batch_size=256) -> dict:
-    """Mean loss and accuracy of `model` on `data` (a data set, DataLoader or (images, labels))."""
+    """Mean loss and accuracy of `model` on `data` (a data set, DataLoader or (images, labels)).
+
+    Runs the model in eval mode and leaves it in the mode it found, also when several threads
+    evaluate it at once."""
     loader = _loader(data, batch_size)
-    was_training = model.training
-    model.eval()
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
-    try:
+    with _eval_mode(model):
         for x, y in loader:
             logits = model(x)
             total_loss += loss_fn(logits, y) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ValueError("evaluate: the data set is empty")
     return {"loss": total_loss / seen, "accuracy": correct / seen}
+
+
+# Models being evaluated: id(model) -> [evaluations running, the mode to restore after the last].
+# The first evaluation remembers the mode and switches to eval; the last one restores it. (A
+# plain save/restore per call would let a thread that started while another had switched to
+# eval "restore" eval mode on a model that was training.)
+_evaluating: dict = {}
+_evaluating_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    key = id(model)
+    with _evaluating_lock:
+        entry = _evaluating.get(key)
+        if entry is None:
+            entry = _evaluating[key] = [0, model.training]
+            model.eval()
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _evaluating_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _evaluating[key]
+                model.train(entry[1])
 
 
 def _softmax(logits):
