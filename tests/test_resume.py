@@ -580,10 +580,11 @@ def test_sigkill_mid_epoch_then_resume_in_a_new_process(tmp_path):
         assert tensors[name] == want_tensors[name], name
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_corrupts_the_checkpoint(tmp_path):
     """Many short epochs, so that kills also land while a checkpoint is being written: after
     each kill the file loads, and the run resumed again and again ends like the reference."""
-    epochs, n = 12, 500  # 300 training images: 10 batches an epoch
+    epochs, n = 12, 3000  # 1800 training images: 60 batches an epoch, so kills land mid-run
     reference_path = tmp_path / "reference.safetensors"
     _finish(_start(tmp_path, reference_path, epochs, "fresh", "", n))
 

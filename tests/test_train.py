@@ -212,18 +212,17 @@ def test_checkpoint_is_written_and_loadable_after_every_epoch(train_set, tmp_pat
     path = tmp_path / "ckpt.safetensors"
     model = tiny_net()
     saved = []
-    real_save = io.save
+    real_save = io.save_checkpoint
 
-    def save_and_check(m, p):
-        real_save(m, p)
+    def save_and_check(p, m, opt, **training):
+        real_save(p, m, opt, **training)
         loaded = fastcnn.load(p)
         for k, v in m.state_dict().items():
             np.testing.assert_array_equal(loaded.state_dict()[k], v)
         assert loaded.classes == CLASSES
         saved.append(os.fspath(p))
 
-    monkeypatch.setattr(io, "save", save_and_check)
-    monkeypatch.setattr(fastcnn.train, "save", save_and_check, raising=False)  # if imported so
+    monkeypatch.setattr(io, "save_checkpoint", save_and_check)
     fastcnn.fit(model, train_set, epochs=3, batch_size=64, lr=0.05, checkpoint=path,
                 progress=False)
     assert saved == [os.fspath(path)] * 3
