@@ -74,16 +74,28 @@ class Module:
     # False when no one needs dL/d(input) (the network's first layer): the layer then skips it.
     requires_input_grad = True
     # Set by a Sequential only while it runs this layer for an inner result (never for what the
-    # caller receives): outputs then go into arrays the layer keeps and reuses, one set per
-    # thread, so a training step allocates no activations.
-    reuse_buffers = False
+    # caller receives): outputs then go into arrays the layer keeps and reuses, so a training
+    # step allocates no activations. Flag and arrays are per thread, so concurrent predictions
+    # (and two Sequentials sharing a layer) never hand out one another's buffers.
+    @property
+    def reuse_buffers(self) -> bool:
+        return getattr(self._thread_state(), "reuse", False)
+
+    @reuse_buffers.setter
+    def reuse_buffers(self, value: bool) -> None:
+        self._thread_state().reuse = bool(value)
+
+    def _thread_state(self):
+        try:
+            return self.__dict__["_per_thread"]
+        except KeyError:
+            return self.__dict__.setdefault("_per_thread", threading.local())
 
     def _buffer(self, key, shape, dtype=np.float32):
         """A reusable output array when reuse_buffers is set, else None (the op allocates)."""
         if not self.reuse_buffers or shape is None or min(shape, default=1) < 1:
             return None  # nothing to reuse, or a bad input the op itself will report
-        local = self.__dict__.setdefault("_thread_buffers", threading.local())
-        buffers = local.__dict__.setdefault("arrays", {})
+        buffers = self._thread_state().__dict__.setdefault("arrays", {})
         buf = buffers.get(key)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
             buf = buffers[key] = np.empty(shape, dtype)
