@@ -26,9 +26,13 @@ PY_EXE="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 BUILD="${FASTCNN_SANITIZE_BUILD:-$ROOT/build/asan}"
 SANITIZERS="${FASTCNN_SANITIZERS:-address,undefined}"
 JOBS="${FASTCNN_SANITIZE_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+# The kernel tests, the optimizer kernels (test_optim), the fused layer sequences and reused
+# buffers (test_nn), and non-finite values through every kernel (test_bad_inputs).
 TESTS="${FASTCNN_SANITIZE_TESTS:-tests/test_conv2d.py tests/test_pool2d.py tests/test_linear.py \
 tests/test_activation.py tests/test_loss.py tests/test_gemm.py tests/test_errors.py \
-tests/test_threads.py}"
+tests/test_threads.py tests/test_optim.py tests/test_nn.py \
+tests/test_bad_inputs.py::test_conv2d_propagates_nonfinite \
+tests/test_bad_inputs.py::test_ops_propagate_nonfinite}"
 
 CC_FOR_RUNTIME="${CXX:-g++}"
 if ! "$CC_FOR_RUNTIME" --version 2>/dev/null | grep -qi 'g++\|gcc'; then
@@ -74,8 +78,9 @@ fi
 # ---- stage a copy of the package with the sanitized extension --------------------------------
 STAGE="$(mktemp -d "${TMPDIR:-/tmp}/fastcnn-sanitize.XXXXXX")"
 trap 'rm -rf "$STAGE"' EXIT
-mkdir -p "$STAGE/site/fastcnn" "$STAGE/cwd"
-for f in "$ROOT"/fastcnn/*.py; do cp "$f" "$STAGE/site/fastcnn/"; done
+mkdir -p "$STAGE/site" "$STAGE/cwd"
+cp -R "$ROOT/fastcnn" "$STAGE/site/fastcnn"
+rm -rf "$STAGE/site/fastcnn"/_C*.so "$STAGE/site/fastcnn/__pycache__"  # the copies, not the tree's
 cp "${so[0]}" "$STAGE/site/fastcnn/"
 
 export PYTHONPATH="$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -88,12 +93,51 @@ check_initialization_order=1:detect_stack_use_after_return=1\
 ${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:report_error_type=1\
 ${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
-# pytest captures file descriptor 2, and an aborted run loses what was captured: the reports go
-# to files instead (one per process, named .PID), kept in the build folder and printed below.
+# An aborted pytest loses what it captured from file descriptor 2, so pytest captures at the
+# Python level only (--capture=sys, below) and reports written to fd 2 reach this script's
+# stderr. ASan also writes each report to a file (one per process, .PID), kept in the build
+# folder and printed at the end. (UBSan ignores log_path while libasan is loaded: its reports
+# are on stderr only.)
 LOGS="$BUILD/sanitizer-logs"
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 export ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$LOGS/asan"
 export UBSAN_OPTIONS="$UBSAN_OPTIONS:log_path=$LOGS/ubsan"
+
+# ---- self-test: a planted bug must be reported, or "no findings" would mean nothing ----------
+CANARY="$STAGE/canary"
+mkdir -p "$CANARY"
+cat > "$CANARY/canary.cpp" <<'CPP'
+#include <climits>
+#include <cstdlib>
+extern "C" int canary_heap(int i) {  // i = 4: reads one int past the allocation
+  int* p = static_cast<int*>(std::malloc(4 * sizeof(int)));
+  int v = p[i];
+  std::free(p);
+  return v;
+}
+extern "C" int canary_ub(int i) { return INT_MAX + i; }  // i = 1: signed overflow
+CPP
+canary() {  # canary SANITIZER FUNCTION ARG PATTERN: the planted bug must stop python, logged
+  local san="$1" log="$CANARY/$2"
+  shift
+  # One sanitizer per canary: UBSan's object-size check would otherwise halt on the heap read
+  # before ASan reports it.
+  "$CC_FOR_RUNTIME" -shared -fPIC -g -O1 -fsanitize="$san" -o "$CANARY/lib$san.so" \
+    "$CANARY/canary.cpp"
+  if (ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$log" LD_PRELOAD="$PRELOAD" "$PY_EXE" -c \
+    'import ctypes, sys; getattr(ctypes.CDLL(sys.argv[1]), sys.argv[2])(int(sys.argv[3]))' \
+    "$CANARY/lib$san.so" "$1" "$2") >"$log.stderr" 2>&1; then
+    echo "sanitize.sh: self-test failed: $1($2) ran to the end; the setup is broken" >&2
+    exit 2
+  fi
+  if ! cat "$log".* 2>/dev/null | grep -q "$3"; then
+    echo "sanitize.sh: self-test failed: no '$3' report from $1($2); the setup is broken" >&2
+    exit 2
+  fi
+}
+case ",$SANITIZERS," in *,address,*) canary address canary_heap 4 heap-buffer-overflow ;; esac
+case ",$SANITIZERS," in *,undefined,*) canary undefined canary_ub 1 "signed integer overflow" ;; esac
+echo "sanitize.sh: self-test: planted bugs are reported"
 
 cd "$STAGE/cwd"
 # The interpreter must pick up the staged package and its sanitized extension, nothing else.
@@ -109,7 +153,7 @@ test_paths=()
 for t in $TESTS; do test_paths+=("$ROOT/$t"); done
 status=0
 LD_PRELOAD="$PRELOAD" "$PY_EXE" -m pytest -c "$ROOT/pyproject.toml" --rootdir "$ROOT" \
-  -p no:cacheprovider -q "${test_paths[@]}" "$@" || status=$?
+  -p no:cacheprovider --capture=sys -q "${test_paths[@]}" "$@" || status=$?
 t2=$(date +%s)
 reports=("$LOGS"/*)
 if [ -e "${reports[0]}" ]; then

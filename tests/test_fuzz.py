@@ -31,8 +31,11 @@ import fastcnn
 from fastcnn import nn
 from fastcnn.data import read_idx
 
-FAST = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SLOW = settings(FAST, max_examples=2000)
 WATCHDOG_S = 20.0  # far above any honest answer here (milliseconds), far below "hung"
 
@@ -90,8 +93,7 @@ def fuzz_test(body, n_fast, **strategies):
     """The property `body` twice: a bounded variant and a 10x longer one marked slow."""
     fast = FAST if n_fast == FAST.max_examples else settings(FAST, max_examples=n_fast)
     slow = settings(SLOW, max_examples=10 * n_fast)
-    return (fast(given(**strategies)(body)),
-            pytest.mark.slow(slow(given(**strategies)(body))))
+    return (fast(given(**strategies)(body)), pytest.mark.slow(slow(given(**strategies)(body))))
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +124,23 @@ def idx_files(draw):
     ndim = draw(st.one_of(st.integers(1, 4), st.integers(0, 255)))
     small = st.integers(0, 5)
     lying = st.sampled_from([2**32 - 1, 2**31, 2**16, 1000])
-    dims = draw(st.lists(st.one_of(small, small, small, lying), min_size=min(ndim, 6),
-                         max_size=min(ndim, 6)))
+    dims = draw(
+        st.lists(
+            st.one_of(small, small, small, lying), min_size=min(ndim, 6), max_size=min(ndim, 6)
+        )
+    )
     dims += [1] * (ndim - len(dims))  # up to 255 dimensions, most of them 1
     valid_header = code in IDX_DTYPES and ndim >= 1
     itemsize = np.dtype(IDX_DTYPES.get(code, "u1")).itemsize
     expected = math.prod(dims) * itemsize
-    delta = draw(st.one_of(st.just(0), st.just(0), st.integers(-9, 9),
-                           st.sampled_from([-expected, 1 - expected, 4096])))
+    delta = draw(
+        st.one_of(
+            st.just(0),
+            st.just(0),
+            st.integers(-9, 9),
+            st.sampled_from([-expected, 1 - expected, 4096]),
+        )
+    )
     size = expected + delta
     if size < 0 or size > 1 << 16:
         size = draw(st.integers(0, 64))
@@ -155,8 +166,9 @@ def check_idx(path, expected):
         assert expected is not None, f"an invalid IDX file was accepted: {arr.dtype} {arr.shape}"
         if expected is not ...:
             assert arr.shape == expected.shape and arr.dtype == expected.dtype.newbyteorder("=")
-            np.testing.assert_array_equal(arr.view(np.uint8), expected.astype(arr.dtype)
-                                          .view(np.uint8))
+            np.testing.assert_array_equal(
+                arr.view(np.uint8), expected.astype(arr.dtype).view(np.uint8)
+            )
     else:
         assert expected is None or expected is ..., f"a valid IDX file was refused: {err}"
     return err
@@ -169,7 +181,8 @@ def _idx_random_bytes(workdir, content, gz):
 
 
 test_idx_random_bytes, test_idx_random_bytes_long = fuzz_test(
-    _idx_random_bytes, 200, content=st.binary(max_size=300), gz=st.booleans())
+    _idx_random_bytes, 200, content=st.binary(max_size=300), gz=st.booleans()
+)
 
 
 def _idx_structured(workdir, case, gz):
@@ -184,7 +197,8 @@ def _idx_structured(workdir, case, gz):
 
 
 test_idx_structured, test_idx_structured_long = fuzz_test(
-    _idx_structured, 200, case=idx_files(), gz=st.booleans())
+    _idx_structured, 200, case=idx_files(), gz=st.booleans()
+)
 
 
 @st.composite
@@ -194,8 +208,9 @@ def gzip_mutations(draw):
     dims = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
     code = draw(st.sampled_from(sorted(IDX_DTYPES)))
     itemsize = np.dtype(IDX_DTYPES[code]).itemsize
-    packed = bytearray(gzip.compress(idx_header(code, dims)
-                                     + rng.bytes(math.prod(dims) * itemsize)))
+    packed = bytearray(
+        gzip.compress(idx_header(code, dims) + rng.bytes(math.prod(dims) * itemsize))
+    )
     kind = draw(st.sampled_from(["flip", "cut", "append"]))
     if kind == "flip":
         for _ in range(draw(st.integers(1, 4))):
@@ -214,7 +229,8 @@ def _idx_gzip_mutated(workdir, content):
 
 
 test_idx_gzip_mutated, test_idx_gzip_mutated_long = fuzz_test(
-    _idx_gzip_mutated, 150, content=gzip_mutations())
+    _idx_gzip_mutated, 150, content=gzip_mutations()
+)
 
 
 def test_idx_missing_file_is_file_not_found(tmp_path):
@@ -309,10 +325,11 @@ def _model_byte_flips(workdir, original, flips, in_header):
 
 
 test_model_byte_flips, test_model_byte_flips_long = fuzz_test(
-    _model_byte_flips, 200,
-    flips=st.lists(st.tuples(st.integers(0, 2**20), st.integers(1, 255)), min_size=1,
-                   max_size=6),
-    in_header=st.booleans())
+    _model_byte_flips,
+    200,
+    flips=st.lists(st.tuples(st.integers(0, 2**20), st.integers(1, 255)), min_size=1, max_size=6),
+    in_header=st.booleans(),
+)
 
 
 def _model_truncated_or_extended(workdir, original, keep, junk):
@@ -325,8 +342,11 @@ def _model_truncated_or_extended(workdir, original, keep, junk):
 
 
 test_model_truncated, test_model_truncated_long = fuzz_test(
-    _model_truncated_or_extended, 150, keep=st.integers(0, 2**16),
-    junk=st.one_of(st.just(b""), st.just(b""), st.binary(min_size=1, max_size=64)))
+    _model_truncated_or_extended,
+    150,
+    keep=st.integers(0, 2**16),
+    junk=st.one_of(st.just(b""), st.just(b""), st.binary(min_size=1, max_size=64)),
+)
 
 
 def _model_header_length(workdir, original, value, relative):
@@ -340,10 +360,15 @@ def _model_header_length(workdir, original, value, relative):
 
 
 test_model_header_length, test_model_header_length_long = fuzz_test(
-    _model_header_length, 150,
-    value=st.one_of(st.integers(-64, 64), st.integers(0, 2**64 - 1),
-                    st.sampled_from([0, 1, 2**31, 2**32, 2**63, 2**64 - 1])),
-    relative=st.booleans())
+    _model_header_length,
+    150,
+    value=st.one_of(
+        st.integers(-64, 64),
+        st.integers(0, 2**64 - 1),
+        st.sampled_from([0, 1, 2**31, 2**32, 2**63, 2**64 - 1]),
+    ),
+    relative=st.booleans(),
+)
 
 
 # Values to put where the model file had something sensible. No int between 2**20 and 2**62:
@@ -351,15 +376,20 @@ test_model_header_length, test_model_header_length_long = fuzz_test(
 # gigabytes when it runs; that finding is pinned by its own test below instead.
 nasty_ints = st.sampled_from([0, -1, -(2**63) - 1, 2**63, 2**64, 10**30, 10**400, 10**400])
 json_scalars = st.one_of(
-    st.integers(-3, 40), nasty_ints, nasty_ints,
+    st.integers(-3, 40),
+    nasty_ints,
+    nasty_ints,
     st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(), st.none(), st.text(max_size=6),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=6),
     st.sampled_from(sorted(nn.LAYERS) + ["Sequential", "__import__", "os.system"]),
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 # Metadata text that is not what the field should hold: junk, and JSON nested deeper than
@@ -409,8 +439,9 @@ def edit(value, path, action, new):
     return value
 
 
-METADATA_TARGETS = ["architecture"] * 5 + ["preprocessing"] * 3 + [
-    "classes", "format", "format_version", "extra"]
+METADATA_TARGETS = (
+    ["architecture"] * 5 + ["preprocessing"] * 3 + ["classes", "format", "format_version", "extra"]
+)
 
 
 @st.composite
@@ -443,8 +474,11 @@ def header_edits(draw, header):
         entry = header[draw(st.sampled_from(tensors))]
         field = draw(st.sampled_from(["dtype", "shape", "data_offsets"]))
         if field == "dtype":
-            entry["dtype"] = draw(st.sampled_from(
-                ["F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3", "f32", "XYZ"]))
+            entry["dtype"] = draw(
+                st.sampled_from(
+                    ["F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3", "f32", "XYZ"]
+                )
+            )
         else:
             values = entry[field]
             choice = draw(st.one_of(st.integers(-2, 70), st.sampled_from([2**32, 2**63])))
@@ -465,7 +499,8 @@ def _model_header_edits(workdir, original, data):
 
 
 test_model_header_edits, test_model_header_edits_long = fuzz_test(
-    _model_header_edits, 200, data=st.data())
+    _model_header_edits, 200, data=st.data()
+)
 
 
 def test_model_missing_file_is_file_not_found(tmp_path):
@@ -513,28 +548,41 @@ def _set(path, new):
     return change
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="io._check_preprocessing: math.isfinite() on a JSON int > 1e308")
+@pytest.mark.xfail(
+    strict=True,
+    raises=OverflowError,
+    reason="io._check_preprocessing: math.isfinite() on a JSON int > 1e308",
+)
 def test_known_huge_int_in_preprocessing(workdir, original):
     path = edited_model(workdir, "mean-int", "preprocessing", _set(["mean", 0], 10**400))
     with pytest.raises(ValueError, match="preprocessing"):
         fastcnn.load(path)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="io._json: json.loads raises RecursionError on deep nesting")
+@pytest.mark.xfail(
+    strict=True,
+    raises=RecursionError,
+    reason="io._json: json.loads raises RecursionError on deep nesting",
+)
 def test_known_deeply_nested_metadata(workdir, original):
     path = edited_model(workdir, "deep", "classes", lambda v: "[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="classes"):
         fastcnn.load(path)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="nn._int accepts ints beyond int64; the op's binding then refuses "
-                   "them with pybind11's multi-line 'incompatible function arguments'")
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="nn._int accepts ints beyond int64; the op's binding then refuses "
+    "them with pybind11's multi-line 'incompatible function arguments'",
+)
 def test_known_int64_overflow_in_layer_config(workdir, original):
-    path = edited_model(workdir, "pool-huge", "architecture",
-                        _set(["layers", 2, "config", "kernel_size"], [10**30, 2]))
+    path = edited_model(
+        workdir,
+        "pool-huge",
+        "architecture",
+        _set(["layers", 2, "config", "kernel_size"], [10**30, 2]),
+    )
     with pytest.raises(ValueError):
         fastcnn.predict(fastcnn.load(path), X)
 
@@ -548,17 +596,24 @@ def _overcommit_always():
 
 
 @pytest.mark.skipif(_overcommit_always(), reason="vm.overcommit_memory=1: would really allocate")
-@pytest.mark.xfail(strict=True, raises=MemoryError,
-                   reason="load accepts any padding; the first forward allocates 256 GiB")
+@pytest.mark.xfail(
+    strict=True,
+    raises=MemoryError,
+    reason="load accepts any padding; the first forward allocates 256 GiB",
+)
 def test_known_absurd_padding_in_layer_config(workdir, original):
-    path = edited_model(workdir, "pad-huge", "architecture",
-                        _set(["layers", 0, "config", "padding"], [2**31, 1]))
+    path = edited_model(
+        workdir, "pad-huge", "architecture", _set(["layers", 0, "config", "padding"], [2**31, 1])
+    )
     with pytest.raises(ValueError):
         fastcnn.predict(fastcnn.load(path), X)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="read_idx lets numpy's reshape error out without the file name")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="read_idx lets numpy's reshape error out without the file name",
+)
 @pytest.mark.parametrize("dims", [(2**32 - 1, 2**32 - 1, 0), (1,) * 65], ids=["zero", "65-d"])
 def test_known_idx_shapes_numpy_cannot_hold(tmp_path, dims):
     path = tmp_path / "odd-shape.idx"

@@ -22,7 +22,10 @@ void relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
 #ifdef FASTCNN_OPENMP
 #pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > kParallelMin)
 #endif
-  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= 0.f ? 0.f : dy[i];
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = dy[i];  // read unconditionally, so the select needs no branch
+    dx[i] = y[i] <= 0.f ? 0.f : g;
+  }
 }
 
 }  // namespace fastcnn

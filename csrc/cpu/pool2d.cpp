@@ -104,8 +104,10 @@ void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indic
     std::fill(dxp, dxp + in_plane, 0.f);
     if (y) {
       const float* yp = y + p * out_plane;
-      for (int64_t o = 0; o < out_plane; ++o)
-        if (!(yp[o] <= 0.f)) dxp[ip[o]] += dyp[o];
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const float g = dyp[o];  // branch-free: a masked-off gradient adds an exact zero
+        dxp[ip[o]] += yp[o] <= 0.f ? 0.f : g;
+      }
     } else {
       for (int64_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];
     }
