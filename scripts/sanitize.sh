@@ -15,7 +15,7 @@
 #   FASTCNN_SANITIZE_BUILD    build folder (default: build/asan)
 #   FASTCNN_SANITIZERS        -fsanitize= list (default: address,undefined)
 #   FASTCNN_SANITIZE_JOBS     build parallelism (default: all cores)
-#   FASTCNN_SANITIZE_TESTS    test files, relative to the repository (default: the kernel tests)
+#   FASTCNN_SANITIZE_TESTS    test files or node ids, relative to the repository (default below)
 #   ASAN_OPTIONS / UBSAN_OPTIONS   appended to the defaults below (later settings win)
 # Exit status: pytest's (non-zero on any test failure or sanitizer report).
 set -euo pipefail
@@ -126,7 +126,8 @@ canary() {  # canary SANITIZER FUNCTION ARG PATTERN: the planted bug must stop p
     "$CANARY/canary.cpp"
   if (ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$log" LD_PRELOAD="$PRELOAD" "$PY_EXE" -c \
     'import ctypes, sys; getattr(ctypes.CDLL(sys.argv[1]), sys.argv[2])(int(sys.argv[3]))' \
-    "$CANARY/lib$san.so" "$1" "$2") >"$log.stderr" 2>&1; then
+    "$CANARY/lib$san.so" "$1" "$2"; exit $?) >"$log.stderr" 2>&1; then  # (exit: bash's own
+    # "Aborted" notice goes to the log too)
     echo "sanitize.sh: self-test failed: $1($2) ran to the end; the setup is broken" >&2
     exit 2
   fi
