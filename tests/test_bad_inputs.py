@@ -73,26 +73,12 @@ CONV_SHAPES = {
 
 # Findings, pinned: (GEMM kernel, conv algorithm, shape, where, value) -> what goes wrong. Each
 # is expected to fail until fixed; a fixed one fails the test until its entry is removed.
-_DW_LEAK = (
-    "conv2d_backward, indirect path with the avx2/generic micro-kernels: a non-finite "
-    "pixel reaches dw entries whose taps never touch it (a 0 * x mask, not a select)"
-)
 _PAD_SKIP = (
     "conv2d_forward, indirect path with the generic micro-kernel, strided: taps on the "
     "zero padding are skipped, so 0 * NaN-weight is not NaN there (the avx2/avx512 "
     "and im2col paths, the reference and PyTorch's native conv give NaN)"
 )
 KNOWN_CONV = {
-    **{
-        (k, "auto", "generic", "dx of x", v): _DW_LEAK
-        for k in ("avx2", "generic")
-        for v in ("nan", "+inf", "-inf")
-    },
-    **{
-        (k, "auto", "few-channels", "dx of x", v): _DW_LEAK
-        for k in ("avx2", "generic")
-        for v in ("+inf", "-inf")
-    },
     **{("generic", "auto", "strided", "w", v): _PAD_SKIP for v in ("nan", "+inf", "-inf")},
 }
 

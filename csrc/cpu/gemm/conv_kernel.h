@@ -93,11 +93,19 @@ void direct_dw(const Direct2d& d, int64_t N, const float* xp, int64_t image, con
               float g[VW];
               for (int v = 0; v < VW; ++v) g[v] = v < vw ? dyo[oh * d.OW + ow0 + v] : 0.f;
               const float* xs = xr + ow0 * d.sw;
+              // Lanes past the row read the next row's inputs: select, never multiply, them
+              // away (0 * Inf would be NaN).
               for (int64_t kj = 0; kj < d.kw; ++kj) {
                 if (d.sw == 1)
-                  for (int v = 0; v < VW; ++v) acc[kj][v] += g[v] * xs[v + kj];
+                  for (int v = 0; v < VW; ++v) {
+                    const float prod = g[v] * xs[v + kj];
+                    acc[kj][v] += v < vw ? prod : 0.f;
+                  }
                 else
-                  for (int v = 0; v < VW; ++v) acc[kj][v] += g[v] * xs[v * d.sw + kj];
+                  for (int v = 0; v < VW; ++v) {
+                    const float prod = g[v] * xs[v * d.sw + kj];
+                    acc[kj][v] += v < vw ? prod : 0.f;
+                  }
               }
             }
           }
