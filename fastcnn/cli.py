@@ -86,7 +86,7 @@ def cmd_train(args):
     from . import models, nn
 
     defaults = (28, 1) if args.data == DEFAULT_DATA else (64, 3)
-    image_size = args.image_size or defaults[0]
+    image_size = defaults[0] if args.image_size is None else args.image_size  # 0 is an error
     channels = args.channels or defaults[1]
     if image_size < 1:
         raise ValueError(f"--image-size must be >= 1, got {image_size}")
@@ -172,6 +172,9 @@ def cmd_bench(args):
 
     from . import models, nn, optim
 
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     nn.manual_seed(0)
     model = models.seednet()
     model.requires_input_grad = False
@@ -282,6 +285,9 @@ def main(argv=None) -> int:
         return 130
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, FloatingPointError) as e:
         print(f"fastcnn: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:  # numpy's message says how much it failed to allocate
+        print(f"fastcnn: error: out of memory ({e})", file=sys.stderr)
         return 1
     return 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import operator
 import os
 import queue
@@ -388,6 +389,8 @@ def _scan_folder(root: str, classes):
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAX_RATIO = 1032  # deflate cannot expand more than this: bounds a gzip file's content
+# The most dimensions numpy holds (NPY_MAXDIMS: 64, 32 before numpy 2); real IDX files have 1-4.
+_IDX_MAX_DIMS = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 
 
 def read_idx(path) -> np.ndarray:
@@ -410,14 +413,20 @@ def read_idx(path) -> np.ndarray:
             code, ndim = magic[2], magic[3]
             if code not in _IDX_DTYPES:
                 raise ValueError(f"{path}: unknown IDX dtype code 0x{code:02x}")
-            if ndim < 1:
-                raise ValueError(f"{path}: IDX header has 0 dimensions")
+            if not 1 <= ndim <= _IDX_MAX_DIMS:
+                raise ValueError(
+                    f"{path}: IDX header has {ndim} dimensions (numpy holds 1 to {_IDX_MAX_DIMS})"
+                )
             head = f.read(4 * ndim)
             if len(head) < 4 * ndim:
                 raise ValueError(f"{path}: truncated IDX header")
-            dims = np.frombuffer(head, dtype=">u4").astype(np.int64)
+            dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4"))  # Python ints
             dtype = np.dtype(_IDX_DTYPES[code])
-            expected = int(np.prod(dims, dtype=object)) * dtype.itemsize  # Python int: no overflow
+            expected = math.prod(dims) * dtype.itemsize
+            # numpy refuses a shape whose size, zeros left out, overflows its byte count (even
+            # when the array is empty), e.g. (2**32-1, 2**32-1, 0)
+            if math.prod(d for d in dims if d) * dtype.itemsize > np.iinfo(np.intp).max:
+                raise ValueError(f"{path}: IDX header {dims} is too large a shape for numpy")
             if gzipped:
                 bound = _GZIP_MAX_RATIO * file_size
                 if expected > bound:
@@ -431,7 +440,7 @@ def read_idx(path) -> np.ndarray:
                 if actual != expected:
                     why = "truncated" if actual < expected else "extra bytes"
                     raise ValueError(
-                        f"{path}: IDX header {tuple(dims)} needs {expected} bytes of data, "
+                        f"{path}: IDX header {dims} needs {expected} bytes of data, "
                         f"the file has {actual} ({why})"
                     )
                 data = bytearray(expected)  # safe now: the file holds exactly this much
@@ -441,7 +450,7 @@ def read_idx(path) -> np.ndarray:
             raise ValueError(f"{path}: cannot read IDX data ({type(e).__name__}: {e})") from e
         finally:
             f.close()
-    arr = np.frombuffer(data, dtype=dtype).reshape(tuple(dims))
+    arr = np.frombuffer(data, dtype=dtype).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=False) if dtype.itemsize > 1 else arr
 
 
@@ -780,7 +789,10 @@ class DataLoader:
                 return images.take(idx, axis=0).astype(np.float32, copy=False), y
         pairs = [ds[int(i)] for i in idx]
         x = np.stack([np.asarray(img, dtype=np.float32) for img, _ in pairs])
-        return x, np.array([label for _, label in pairs], dtype=np.int64)
+        y = np.asarray([label for _, label in pairs])
+        if y.dtype.kind not in "iu":  # a cast to int64 would truncate 0.5 to class 0, silently
+            raise TypeError(f"labels must be integers, got {y.dtype} labels {y[:4].tolist()}")
+        return x, y.astype(np.int64, copy=False)
 
 
 _END = object()

@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from . import __version__, nn
+from . import __version__, nn, transforms
 
 __all__ = ["save", "load", "save_checkpoint", "load_checkpoint", "Checkpoint"]
 
@@ -181,8 +181,18 @@ def _json(metadata, key, path, required=True):
         return None
     try:
         return json.loads(metadata[key])
-    except json.JSONDecodeError as e:
+    except RecursionError as e:  # json's parser recurses once per nesting level
+        raise ValueError(f"{path}: corrupt model file (metadata '{key}' nests too deep)") from e
+    except ValueError as e:  # not JSON, or an int of more digits than Python will convert
         raise ValueError(f"{path}: corrupt model file (metadata '{key}' is not JSON: {e})") from e
+
+
+def _finite(v) -> bool:
+    """A JSON number that is a finite float (a JSON int can be too large for a float)."""
+    try:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _check_preprocessing(prep, path):
@@ -195,13 +205,14 @@ def _check_preprocessing(prep, path):
         and isinstance(prep.get("image_size"), list)
         and len(prep["image_size"]) == 2
         and all(isinstance(v, int) and v > 0 for v in prep["image_size"])
+        # predict resizes every image to this size: refuse one it could not allocate
+        and prep["image_size"][0] * prep["image_size"][1] <= transforms.MAX_IMAGE_PIXELS
         and all(
             isinstance(prep.get(k), list)
             and len(prep[k]) in (1, prep["channels"])
-            and all(isinstance(v, (int, float)) for v in prep[k])
+            and all(_finite(v) for v in prep[k])
             for k in ("mean", "std")
         )
-        and all(math.isfinite(v) for v in prep["mean"] + prep["std"])
         and all(v > 0 for v in prep["std"])
     )
     if not ok:

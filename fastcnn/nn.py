@@ -275,19 +275,29 @@ class Sequential(Module):
         return f"Sequential(\n{inner}\n)"
 
 
-def _int(v, name, minimum):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+# Upper bounds on layer sizes. The kernels take int64 sizes and multiply them (C*kh*kw, padded
+# H*W, ...): values within these bounds keep such products far from overflowing, while real
+# networks stay far below them (thousands of channels, kernels and strides of a few pixels).
+# A model file with larger values is corrupt, and is refused when loaded rather than failing
+# (or allocating terabytes) at its first forward.
+MAX_FEATURES = 2**24  # channels, features
+MAX_WINDOW = 2**16  # kernel size, stride, padding
+
+
+def _int(v, name, minimum, maximum=MAX_FEATURES):
+    ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    if not ok or not minimum <= v <= maximum:
+        raise ValueError(f"{name} must be an int in [{minimum}, {maximum}], got {v!r}")
     return int(v)
 
 
 def _pair(v, name="kernel_size", minimum=1):
-    """An int or a pair of ints -> (h, w), each >= minimum; ValueError otherwise."""
+    """An int or a pair of ints -> (h, w), each in [minimum, MAX_WINDOW]; ValueError otherwise."""
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         v = (v, v)
     if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return _int(v[0], name, minimum), _int(v[1], name, minimum)
+    return _int(v[0], name, minimum, MAX_WINDOW), _int(v[1], name, minimum, MAX_WINDOW)
 
 
 def _uniform(shape, bound):

@@ -101,6 +101,11 @@ def fit(
                 f"cannot write the checkpoint {checkpoint}: folder {folder} does not exist"
             )
     loader = _loader(train, batch_size, shuffle=True, seed=seed)
+    if len(loader) == 0:  # an empty data set, or drop_last dropping every sample
+        raise ValueError(
+            f"the training data gives no batches ({len(loader.dataset)} samples, "
+            f"batch_size {loader.batch_size}, drop_last={loader.drop_last})"
+        )
     val_loader = None if val is None else _loader(val, max(batch_size, 256))
     _remember_data(model, loader.dataset)
     _check_classes(model, loader)

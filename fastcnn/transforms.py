@@ -26,13 +26,20 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def to_size(image_size) -> tuple[int, int]:
-    """An int or an (h, w) pair -> (h, w) of positive ints; ValueError otherwise."""
+    """An int or an (h, w) pair -> (h, w) of positive ints, at most MAX_IMAGE_PIXELS in all;
+    ValueError otherwise."""
     pair = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
     if len(pair) != 2 or not all(_is_int(v) and v > 0 for v in pair):
         raise ValueError(
             f"image_size must be a positive int or (height, width), got {image_size!r}"
         )
-    return int(pair[0]), int(pair[1])
+    h, w = int(pair[0]), int(pair[1])
+    if h * w > MAX_IMAGE_PIXELS:  # every image is resized to this: refuse before allocating
+        raise ValueError(
+            f"image_size {h}x{w} is over the limit of {MAX_IMAGE_PIXELS} pixels "
+            "(fastcnn.transforms.MAX_IMAGE_PIXELS)"
+        )
+    return h, w
 
 
 def _is_int(v) -> bool:

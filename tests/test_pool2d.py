@@ -58,20 +58,21 @@ def check_maxpool(x, k, s):
 
 
 @pytest.mark.parametrize("case", CASES + PAIR_CASES, ids=str)
-def test_maxpool_forward(case, rng):
+def test_maxpool_forward(case, gemm_kernel, rng):
+    """Under every ISA kernel table: AVX-512 has its own 2x2 max-pool."""
     n, c, h, w, k, s = case
     check_maxpool(rng.standard_normal((n, c, h, w), dtype=np.float32), k, s)
 
 
 @pytest.mark.parametrize("case", CASES + PAIR_CASES, ids=str)
-def test_maxpool_forward_ties_pick_first(case, rng):
+def test_maxpool_forward_ties_pick_first(case, gemm_kernel, rng):
     """Few distinct values -> many ties, broken towards the first max in row-major order."""
     n, c, h, w, k, s = case
     check_maxpool(rng.integers(0, 3, (n, c, h, w)).astype(np.float32), k, s)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_maxpool_forward_negative_inputs(case, rng):
+def test_maxpool_forward_negative_inputs(case, gemm_kernel, rng):
     n, c, h, w, k, s = case
     x = -np.abs(rng.standard_normal((n, c, h, w), dtype=np.float32)) - 1e3
     y, _ = check_maxpool(x, k, s)

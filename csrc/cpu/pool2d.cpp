@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "cpu/gemm/gemm.h"
 #include "cpu/ops.h"
 
 namespace fastcnn {
@@ -83,9 +84,12 @@ void maxpool_plane_2x2(const Window2d& g, const float* xp, float* yp, int32_t* i
 void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* indices, bool relu) {
   const int64_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
   const bool two_by_two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2;
+  const MaxPool2x2 fast = two_by_two ? gemm_active_kernel().maxpool2x2 : nullptr;
   for_each_plane(g, [&](int64_t p) {
     float* yp = y + p * out_plane;
-    if (two_by_two)
+    if (fast)
+      fast(x + p * in_plane, g.W, g.OH, g.OW, yp, indices + p * out_plane);
+    else if (two_by_two)
       maxpool_plane_2x2(g, x + p * in_plane, yp, indices + p * out_plane);
     else
       maxpool_plane(g, x + p * in_plane, yp, indices + p * out_plane);

@@ -51,6 +51,11 @@ using DirectFwd = void (*)(const Direct2d& d, const float* xp, const float* w, c
 using DirectDw = void (*)(const Direct2d& d, int64_t N, const float* xp, int64_t image,
                           const float* dy, float* dw, int64_t o0, int64_t o1);
 constexpr int64_t kDirectSlack = 64;
+
+// 2x2 max-pooling with stride 2 over `rows` output rows of one plane: x (2*rows, W) -> y and
+// indices (rows, OW), first maximum wins, NaN wins over numbers (see pool2d.cpp).
+using MaxPool2x2 = void (*)(const float* x, int64_t W, int64_t rows, int64_t OW, float* y,
+                            int32_t* indices);
 constexpr int64_t kDirectMaxKw = 8;
 
 struct GemmKernel {
@@ -61,6 +66,7 @@ struct GemmKernel {
   ConvKernel conv;
   DirectFwd direct_fwd;
   DirectDw direct_dw;
+  MaxPool2x2 maxpool2x2;  // null: pool2d.cpp's portable loop
 };
 
 // Every kernel this build has, best first; `supported` says which this CPU can run.

@@ -216,15 +216,59 @@ void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t ima
       return direct_dw<16>(d, N, xp, image, dy, dw, o0, o1);
   }
 }
+
+// 2x2 max-pooling, 16 outputs a step: even and odd columns of the two input rows deinterleaved
+// into four vectors, then three compare-and-select steps that carry the index along.
+void maxpool2x2_avx512(const float* x, int64_t W, int64_t rows, int64_t OW, float* y,
+                       int32_t* indices) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i lane2 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                             12, 13, 14, 15), 1);
+  for (int64_t oh = 0; oh < rows; ++oh) {
+    const float* r0 = x + 2 * oh * W;
+    const float* r1 = r0 + W;
+    for (int64_t ow = 0; ow < OW; ow += 16) {
+      const int64_t n = std::min<int64_t>(16, OW - ow);
+      const __mmask16 k0 = lane_mask(2 * n), k1 = lane_mask(2 * n - 16);
+      const __m512 a0 = _mm512_maskz_loadu_ps(k0, r0 + 2 * ow);
+      const __m512 a1 = _mm512_maskz_loadu_ps(k1, r0 + 2 * ow + 16);
+      const __m512 b0 = _mm512_maskz_loadu_ps(k0, r1 + 2 * ow);
+      const __m512 b1 = _mm512_maskz_loadu_ps(k1, r1 + 2 * ow + 16);
+      const __m512 cand[4] = {_mm512_permutex2var_ps(a0, even, a1),
+                              _mm512_permutex2var_ps(a0, odd, a1),
+                              _mm512_permutex2var_ps(b0, even, b1),
+                              _mm512_permutex2var_ps(b0, odd, b1)};
+      const __m512i base = _mm512_add_epi32(
+          _mm512_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), lane2);
+      const int32_t offset[4] = {0, 1, static_cast<int32_t>(W), static_cast<int32_t>(W) + 1};
+      __m512 best = cand[0];
+      __m512i at = base;
+      for (int c = 1; c < 4; ++c) {
+        // beats: v > best, or v is NaN while best is not
+        const __mmask16 gt = _mm512_cmp_ps_mask(cand[c], best, _CMP_GT_OQ);
+        const __mmask16 nan = _mm512_cmp_ps_mask(cand[c], cand[c], _CMP_UNORD_Q) &
+                              _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q);
+        const __mmask16 win = gt | nan;
+        best = _mm512_mask_mov_ps(best, win, cand[c]);
+        at = _mm512_mask_add_epi32(at, win, base, _mm512_set1_epi32(offset[c]));
+      }
+      const __mmask16 out = lane_mask(n);
+      _mm512_mask_storeu_ps(y + oh * OW + ow, out, best);
+      _mm512_mask_storeu_epi32(indices + oh * OW + ow, out, at);
+    }
+  }
+}
 }  // namespace
 
 const GemmKernel kGemmAvx512 = {
-    "avx512", MR, NR, kernel_avx512, CMR, CNR, conv_avx512, direct_fwd_avx512, direct_dw_avx512};
+    "avx512",         MR, NR, kernel_avx512, CMR, CNR, conv_avx512, direct_fwd_avx512,
+    direct_dw_avx512, maxpool2x2_avx512};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx512 = {"avx512", 8, 32, nullptr, 12, 32, nullptr, nullptr, nullptr};
+const GemmKernel kGemmAvx512 = {"avx512", 8, 32, nullptr, 12, 32, nullptr, nullptr, nullptr, nullptr};
 }
 #endif
