@@ -66,8 +66,9 @@ def _load_data(spec, image_size, channels, *, train=True, reference=None, seed=0
     for idx in (order[n_val:], order[:n_val]):
         # From the uint8 pixels with the folder's statistics: the same floats, a quarter the size.
         pixels = full.raw[idx].transpose(0, 2, 3, 1)
-        part = data.ArrayDataset(pixels, full.labels[idx], classes=full.classes, mean=full.mean,
-                                 std=full.std)
+        part = data.ArrayDataset(
+            pixels, full.labels[idx], classes=full.classes, mean=full.mean, std=full.std
+        )
         parts.append(part)
     return parts[0], parts[1]
 

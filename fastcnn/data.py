@@ -423,10 +423,6 @@ def read_idx(path) -> np.ndarray:
             dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4"))  # Python ints
             dtype = np.dtype(_IDX_DTYPES[code])
             expected = math.prod(dims) * dtype.itemsize
-            # numpy refuses a shape whose size, zeros left out, overflows its byte count (even
-            # when the array is empty), e.g. (2**32-1, 2**32-1, 0)
-            if math.prod(d for d in dims if d) * dtype.itemsize > np.iinfo(np.intp).max:
-                raise ValueError(f"{path}: IDX header {dims} is too large a shape for numpy")
             if gzipped:
                 bound = _GZIP_MAX_RATIO * file_size
                 if expected > bound:
@@ -450,6 +446,10 @@ def read_idx(path) -> np.ndarray:
             raise ValueError(f"{path}: cannot read IDX data ({type(e).__name__}: {e})") from e
         finally:
             f.close()
+    # numpy refuses a shape whose size, zeros left out, overflows its byte count, even for an
+    # empty array: (2**32-1, 2**32-1, 0)
+    if math.prod(d for d in dims if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise ValueError(f"{path}: IDX header {dims} is too large a shape for numpy")
     arr = np.frombuffer(data, dtype=dtype).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=False) if dtype.itemsize > 1 else arr
 

@@ -73,6 +73,7 @@ class Module:
     training = True
     # False when no one needs dL/d(input) (the network's first layer): the layer then skips it.
     requires_input_grad = True
+
     # Set by a Sequential only while it runs this layer for an inner result (never for what the
     # caller receives): outputs then go into arrays the layer keeps and reuses, so a training
     # step allocates no activations. Flag and arrays are per thread, so concurrent predictions
