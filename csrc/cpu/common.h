@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 
 namespace fastcnn {
 
@@ -29,6 +31,31 @@ struct Window2d {
   }
   int64_t patch() const { return C * kh * kw; }  // rows of the im2col matrix
   int64_t pixels() const { return OH * OW; }     // columns of the im2col matrix
+};
+
+// Scratch memory that grows and is never shrunk, aligned to 64 bytes (a cache line, one zmm
+// register: a vector load from a packed panel never straddles two lines). Its contents are not
+// kept when it grows; every user fills what it reads.
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { std::free(data_); }
+  float* get(size_t floats) {
+    if (floats > capacity_) {
+      std::free(data_);
+      const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!data_) throw std::bad_alloc();
+      capacity_ = bytes / sizeof(float);
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
 };
 
 // Threads used by every kernel (OpenMP when built with it). Defaults to FASTCNN_NUM_THREADS or

@@ -38,11 +38,10 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
-enum Slot { kCol, kPad, kPix, kPacked, kBias, kDw, kSlots };
+enum Slot { kCol, kPad, kPix, kPacked, kBias, kDw, kDyPanels, kSlots };
 float* scratch(Slot slot, size_t n) {
-  thread_local std::vector<float> buf[kSlots];
-  if (buf[slot].size() < n) buf[slot].resize(n);
-  return buf[slot].data();
+  thread_local ScratchBuffer buf[kSlots];
+  return buf[slot].get(n);
 }
 // Sum of n floats in a fixed order: 16 interleaved partial sums (vectorisable, and not one long
 // chain of dependent additions), then the tail.
@@ -349,20 +348,30 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   for (int64_t j = 0; j < TC; ++j) col_off[j] = toff[j / g.C] + j % g.C;
   for (int64_t p = 0; p < P; ++p) pix_off[p] = pixel_offset(cv, p);
 
-  // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p.
-  auto pack_a = [&](int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* Ap, int64_t q0,
-                    int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t r0 = q * mr, rows = std::min<int64_t>(mr, mc - r0);
-      float* dst = Ap + q * mr * kc;
-      for (int64_t kk = 0; kk < kc; ++kk) {
-        const int64_t kg = p0 + kk, n = kg / P, p = kg % P;
-        const float* src = dy + (n * g.O + i0 + r0) * P + p;
-        int64_t i = 0;
-        for (; i < rows; ++i) dst[kk * mr + i] = src[i * P];
-        for (; i < mr; ++i) dst[kk * mr + i] = 0.f;
+  // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p. Transposed once into
+  // whole-K panels of mr rows (images split over the threads), so that packing a block is a copy.
+  const int mr = k.mr;
+  const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr;
+  float* dy_panels = scratch(kDyPanels, a_panels * mr * K);
+  parallel_range(g.N, threads, [&](int64_t b0, int64_t b1) {
+    for (int64_t q = 0; q < a_panels; ++q)
+      for (int64_t n = b0; n < b1; ++n) {
+        float* dst = dy_panels + (q * K + n * P) * mr;
+        for (int i = 0; i < mr; ++i) {
+          const int64_t o = q * mr + i;
+          const float* src = dy + (n * g.O + o) * P;
+          if (o < g.O)
+            for (int64_t p = 0; p < P; ++p) dst[p * mr + i] = src[p];
+          else
+            for (int64_t p = 0; p < P; ++p) dst[p * mr + i] = 0.f;
+        }
       }
-    }
+  });
+  auto pack_a = [&](int64_t i0, int64_t, int64_t p0, int64_t kc, int, float* Ap, int64_t q0,
+                    int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q)
+      std::memcpy(Ap + q * mr * kc, dy_panels + ((i0 / mr + q) * K + p0) * mr,
+                  sizeof(float) * mr * kc);
   };
   // B = col as (N*P x T*C): element (k, j) = padded image n at pixel p, tap j / C, channel j % C.
   auto pack_b = [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* Bp, int64_t q0,
@@ -389,7 +398,30 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     std::fill(dw, dw + g.O * TC, 0.f);
     return;
   }
-  gemm_blocked(k, g.O, TC, g.N * P, pack_a, pack_b, dw_tc, TC, GemmEpilogue{}, threads);
+  if (k.fn_indirect_b && g.C % k.nr == 0) {
+    // Nothing packed: A panels are dy_panels as they stand, and a B panel (nr channels of one
+    // tap) is read in place from the images through one pointer per pixel. Threads split the
+    // panels of dw, each summing all of K in order.
+    const int64_t m_panels = a_panels, n_panels = TC / k.nr;
+    parallel_range(n_panels, threads, [&](int64_t j0, int64_t j1) {
+      std::vector<const float*> rows(kGemmKC);
+      for (int64_t pc = 0; pc < K; pc += kGemmKC) {
+        const int64_t kc = std::min(kGemmKC, K - pc);
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          const int64_t kg = pc + kk, n = kg / P;
+          rows[kk] = xp + n * img + pix_off[kg - n * P];
+        }
+        for (int64_t jr = j0; jr < j1; ++jr)
+          for (int64_t ir = 0; ir < m_panels; ++ir) {
+            const int m = static_cast<int>(std::min<int64_t>(mr, g.O - ir * mr));
+            k.fn_indirect_b(kc, dy_panels + (ir * K + pc) * mr, rows.data(), col_off[jr * k.nr],
+                            dw_tc + ir * mr * TC + jr * k.nr, TC, m, k.nr, pc > 0);
+          }
+      }
+    });
+  } else {
+    gemm_blocked(k, g.O, TC, K, pack_a, pack_b, dw_tc, TC, GemmEpilogue{}, threads);
+  }
   for (int64_t o = 0; o < g.O; ++o)
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t t = 0; t < T; ++t) dw[(o * g.C + c) * T + t] = dw_tc[(o * T + t) * g.C + c];

@@ -59,18 +59,12 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
   }
 }
 
-struct PackBuffers {
-  std::vector<float> a, b;
-};
-thread_local PackBuffers t_buffers;
+thread_local ScratchBuffer t_pack_a, t_pack_b;
 }  // namespace
 
 void gemm_pack_buffers(size_t a_floats, size_t b_floats, float** a, float** b) {
-  PackBuffers& buf = t_buffers;
-  if (buf.a.size() < a_floats) buf.a.resize(a_floats);
-  if (buf.b.size() < b_floats) buf.b.resize(b_floats);
-  *a = buf.a.data();
-  *b = buf.b.data();
+  *a = t_pack_a.get(a_floats);
+  *b = t_pack_b.get(b_floats);
 }
 
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,

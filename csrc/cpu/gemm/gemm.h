@@ -67,6 +67,11 @@ struct GemmKernel {
   DirectFwd direct_fwd;
   DirectDw direct_dw;
   MaxPool2x2 maxpool2x2;  // null: pool2d.cpp's portable loop
+  // The GEMM micro-kernel with B read in place: row k of the tile's B is the nr floats at
+  // brow[k] + boff (conv2d's weight gradient reads them straight from the NHWC images). Null:
+  // B is packed instead.
+  void (*fn_indirect_b)(int64_t K, const float* Ap, const float* const* brow, int64_t boff,
+                        float* C, int64_t ldc, int m, int n, bool accumulate);
 };
 
 // Every kernel this build has, best first; `supported` says which this CPU can run.

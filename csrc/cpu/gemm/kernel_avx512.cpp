@@ -43,6 +43,34 @@ void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_
   }
 }
 
+// The same tile with B read in place (see GemmKernel::fn_indirect_b): n must be NR.
+void kernel_avx512_ib(int64_t K, const float* Ap, const float* const* brow, int64_t boff,
+                      float* C, int64_t ldc, int m, int n, bool accumulate) {
+  __m512 c[MR][2];
+  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = brow[k] + boff;
+    const __m512 b0 = _mm512_loadu_ps(b);
+    const __m512 b1 = _mm512_loadu_ps(b + 16);
+    const float* a = Ap + k * MR;
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+      c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);
+      c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);
+    }
+  }
+  for (int i = 0; i < m; ++i) {
+    float* ci = C + i * ldc;
+    if (accumulate) {
+      c[i][0] = _mm512_add_ps(c[i][0], _mm512_loadu_ps(ci));
+      c[i][1] = _mm512_add_ps(c[i][1], _mm512_loadu_ps(ci + 16));
+    }
+    _mm512_storeu_ps(ci, c[i][0]);
+    _mm512_storeu_ps(ci + 16, c[i][1]);
+  }
+  (void)n;
+}
+
 // Convolution: 12 pixels x 32 channels, 24 zmm accumulators. Per (tap, input channel): two
 // loads of packed filters, twelve broadcasts straight from the NHWC input (folded into the
 // FMAs), 24 FMAs. The tile is transposed on the way out, into NCHW planes.
@@ -263,12 +291,14 @@ void maxpool2x2_avx512(const float* x, int64_t W, int64_t rows, int64_t OW, floa
 
 const GemmKernel kGemmAvx512 = {
     "avx512",         MR, NR, kernel_avx512, CMR, CNR, conv_avx512, direct_fwd_avx512,
-    direct_dw_avx512, maxpool2x2_avx512};
+    direct_dw_avx512, maxpool2x2_avx512, kernel_avx512_ib};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx512 = {"avx512", 8, 32, nullptr, 12, 32, nullptr, nullptr, nullptr, nullptr};
+const GemmKernel kGemmAvx512 = {"avx512", 8,       32,      nullptr, 12,
+                                32,       nullptr, nullptr, nullptr, nullptr,
+                                nullptr};
 }
 #endif
