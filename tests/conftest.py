@@ -69,5 +69,11 @@ def run_python(code, **env):
         p for p in (package_parent, environ.get("PYTHONPATH")) if p
     )
     with tempfile.TemporaryDirectory() as cwd:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              check=True, cwd=cwd, env=environ).stdout.strip()
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=cwd,
+            env=environ,
+        ).stdout.strip()

@@ -148,9 +148,9 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride=None):
     dx = np.zeros(x_shape)
     for i in range(oh):
         for j in range(ow):
-            dx[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw] += (
-                dy[:, :, i : i + 1, j : j + 1] / (kh * kw)
-            )
+            dx[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw] += dy[
+                :, :, i : i + 1, j : j + 1
+            ] / (kh * kw)
     return dx
 
 

@@ -6,8 +6,20 @@ import reference as ref
 
 from fastcnn import ops
 
-SHAPES = [(1,), (7,), (16,), (17,), (33,), (1023,), (3, 4), (2, 3, 5, 7), (4, 32, 14, 14),
-          (1, 1, 1, 1), (2, 1, 3, 1, 5), (100_003,)]
+SHAPES = [
+    (1,),
+    (7,),
+    (16,),
+    (17,),
+    (33,),
+    (1023,),
+    (3, 4),
+    (2, 3, 5, 7),
+    (4, 32, 14, 14),
+    (1, 1, 1, 1),
+    (2, 1, 3, 1, 5),
+    (100_003,),
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -37,8 +49,7 @@ def test_relu_extremes():
     # 1e-45 is a denormal: whether it survives relu depends on flush-to-zero, so index 5 may be
     # either; every other position is certain.
     keep = [0, 1, 2, 3, 4, 6, 7, 8]
-    np.testing.assert_array_equal(y[keep], np.array([0, 0, 0, 0, 0, 1, 3.4e38, np.inf],
-                                                    np.float32))
+    np.testing.assert_array_equal(y[keep], np.array([0, 0, 0, 0, 0, 1, 3.4e38, np.inf], np.float32))
     assert y[5] in (np.float32(0), np.float32(1e-45))
     dy = np.arange(1, 10, dtype=np.float32)
     dx = ops.relu_backward(y, dy)
@@ -56,6 +67,7 @@ def test_relu_inputs_not_modified_and_noncontiguous(rng):
     dy0 = dy.copy()
     dx = ops.relu_backward(y, dy)
     np.testing.assert_array_equal(dy, dy0)
-    np.testing.assert_array_equal(ops.relu_backward(np.asfortranarray(y), dy.transpose(2, 1, 0)
-                                                    .copy().transpose(2, 1, 0)), dx)
+    np.testing.assert_array_equal(
+        ops.relu_backward(np.asfortranarray(y), dy.transpose(2, 1, 0).copy().transpose(2, 1, 0)), dx
+    )
     np.testing.assert_array_equal(ops.relu_backward(y[:, ::2], dy[:, ::2]), dx[:, ::2])

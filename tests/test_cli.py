@@ -18,11 +18,18 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastcnn.__file_
 
 def cli(*args, cwd, timeout=120):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT] + [p for p in
-                                         env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     env.pop("FASTCNN_PROGRESS", None)
-    return subprocess.run([sys.executable, "-m", "fastcnn.cli", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fastcnn.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_clean_error(result):
@@ -58,8 +65,18 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     make_folder(root / "images")
     os.makedirs(root / "tmp")
-    result = cli("train", "images", "--epochs", "1", "--image-size", "16",
-                 "--out", "tmp/model.safetensors", "--quiet", cwd=root)
+    result = cli(
+        "train",
+        "images",
+        "--epochs",
+        "1",
+        "--image-size",
+        "16",
+        "--out",
+        "tmp/model.safetensors",
+        "--quiet",
+        cwd=root,
+    )
     return root, result
 
 
@@ -79,8 +96,7 @@ def test_console_script_if_installed(tmp_path):
     exe = shutil.which("fastcnn")
     if exe is None:
         pytest.skip("the `fastcnn` console script is not installed (pip install .)")
-    result = subprocess.run([exe, "info"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([exe, "info"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "fastcnn" in result.stdout
 
 
@@ -99,8 +115,22 @@ def test_train_writes_a_model(workdir):
 
 def test_train_grey_images_with_channels_1(tmp_path):
     make_folder(tmp_path / "images", per_class=6)
-    result = cli("train", "images", "--epochs", "1", "--image-size", "12", "--channels", "1",
-                 "--batch-size", "4", "--out", "grey.safetensors", "--quiet", cwd=tmp_path)
+    result = cli(
+        "train",
+        "images",
+        "--epochs",
+        "1",
+        "--image-size",
+        "12",
+        "--channels",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        "grey.safetensors",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     model = fastcnn.load(tmp_path / "grey.safetensors")
     assert model.preprocessing["channels"] == 1 and model[0].weight.shape[1] == 1
@@ -131,8 +161,14 @@ def test_eval_on_the_folder(workdir):
     assert "24 images" in result.stdout
     model = fastcnn.load(root / "tmp" / "model.safetensors")
     p = model.preprocessing
-    folder = data.ImageFolder(root / "images", p["image_size"], p["channels"], mean=p["mean"],
-                              std=p["std"], classes=model.classes)
+    folder = data.ImageFolder(
+        root / "images",
+        p["image_size"],
+        p["channels"],
+        mean=p["mean"],
+        std=p["std"],
+        classes=model.classes,
+    )
     scores = fastcnn.evaluate(model, folder)
     assert f"accuracy {scores['accuracy']:.4f}" in result.stdout
     assert f"loss {scores['loss']:.4f}" in result.stdout
@@ -151,10 +187,19 @@ def _not_an_image(root):
 
 
 ERROR_CASES = {
-    "train_missing_data_folder": lambda r: ["train", "no-such-folder", "--epochs", "1",
-                                            "--quiet", "--out", "x.safetensors"],
-    "train_empty_data_folder": lambda r: (os.makedirs(r / "empty", exist_ok=True),
-                                          ["train", "empty", "--epochs", "1", "--quiet"])[1],
+    "train_missing_data_folder": lambda r: [
+        "train",
+        "no-such-folder",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        "x.safetensors",
+    ],
+    "train_empty_data_folder": lambda r: (
+        os.makedirs(r / "empty", exist_ok=True),
+        ["train", "empty", "--epochs", "1", "--quiet"],
+    )[1],
     "predict_corrupt_model": lambda r: ["predict", _corrupt(r), "images/dark/0.jpg"],
     "eval_corrupt_model": lambda r: ["eval", _corrupt(r), "images"],
     "predict_missing_model": lambda r: ["predict", "missing.safetensors", "images/dark/0.jpg"],
@@ -163,8 +208,19 @@ ERROR_CASES = {
     "predict_non_image_file": lambda r: ["predict", "tmp/model.safetensors", _not_an_image(r)],
     "predict_folder_as_image": lambda r: ["predict", "tmp/model.safetensors", "images"],
     "eval_missing_data_folder": lambda r: ["eval", "tmp/model.safetensors", "nowhere"],
-    "train_bad_lr": lambda r: ["train", "images", "--epochs", "1", "--image-size", "16",
-                               "--lr", "-1", "--quiet", "--out", "x.safetensors"],
+    "train_bad_lr": lambda r: [
+        "train",
+        "images",
+        "--epochs",
+        "1",
+        "--image-size",
+        "16",
+        "--lr",
+        "-1",
+        "--quiet",
+        "--out",
+        "x.safetensors",
+    ],
 }
 
 
@@ -187,8 +243,18 @@ def test_out_in_a_missing_folder_does_not_waste_the_training(tmp_path):
     """Either the folder is created, or the run stops before training, naming the path given
     (not a temporary file the user never asked for)."""
     make_folder(tmp_path / "images", per_class=6)
-    result = cli("train", "images", "--epochs", "1", "--image-size", "12",
-                 "--out", "new/dir/model.safetensors", "--quiet", cwd=tmp_path)
+    result = cli(
+        "train",
+        "images",
+        "--epochs",
+        "1",
+        "--image-size",
+        "12",
+        "--out",
+        "new/dir/model.safetensors",
+        "--quiet",
+        cwd=tmp_path,
+    )
     if result.returncode == 0:
         fastcnn.load(tmp_path / "new" / "dir" / "model.safetensors")
     else:

@@ -93,8 +93,9 @@ def test_forward_out_is_overwritten(case, gemm_kernel, rng):
         np.testing.assert_array_equal(out, fresh)
     out = np.full(fresh.shape, np.nan, np.float32)
     ops.conv2d_forward(x, w, None, stride=stride, padding=padding, out=out)
-    np.testing.assert_array_equal(out, ops.conv2d_forward(x, w, None, stride=stride,
-                                                          padding=padding))
+    np.testing.assert_array_equal(
+        out, ops.conv2d_forward(x, w, None, stride=stride, padding=padding)
+    )
 
 
 @pytest.mark.parametrize("case", CASES[1::4], ids=str)
@@ -108,8 +109,7 @@ def test_forward_repeats_bit_for_bit(case, gemm_kernel, rng):
 def test_stride_and_padding_int_equals_pair(rng):
     x, w, b, _, _ = make(rng, (2, 3, 9, 8, 4, 3, 3, 1, 1))
     y_int = ops.conv2d_forward(x, w, b, stride=2, padding=1)
-    np.testing.assert_array_equal(y_int, ops.conv2d_forward(x, w, b, stride=(2, 2),
-                                                            padding=(1, 1)))
+    np.testing.assert_array_equal(y_int, ops.conv2d_forward(x, w, b, stride=(2, 2), padding=(1, 1)))
     dx, dw, db = ops.conv2d_backward(x, w, y_int, stride=2, padding=1)
     dx2, dw2, db2 = ops.conv2d_backward(x, w, y_int, stride=(2, 2), padding=(1, 1))
     np.testing.assert_array_equal(dx, dx2)
@@ -144,8 +144,7 @@ def test_noncontiguous_inputs(case, rng):
     bs = np.repeat(b, 2)[::2]
     assert not xs.flags.c_contiguous and not wf.flags.c_contiguous and not bs.flags.c_contiguous
     y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
-    np.testing.assert_array_equal(ops.conv2d_forward(xs, wf, bs, stride=stride, padding=padding),
-                                  y)
+    np.testing.assert_array_equal(ops.conv2d_forward(xs, wf, bs, stride=stride, padding=padding), y)
     dy = rng.standard_normal(y.shape, dtype=np.float32)
     dyt = np.ascontiguousarray(dy.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     expect = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
@@ -158,8 +157,9 @@ def test_denormal_flushing_does_not_leak_into_python(rng):
     """Kernels may flush denormals to zero, but must not leave the caller's FP mode changed."""
     x, w, b, stride, padding = make(rng, CASES[2])
     ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
-    ops.conv2d_backward(x, w, np.ones(ref_out_shape(CASES[2]), np.float32), stride=stride,
-                        padding=padding)
+    ops.conv2d_backward(
+        x, w, np.ones(ref_out_shape(CASES[2]), np.float32), stride=stride, padding=padding
+    )
     ops.linear_forward(x.reshape(2, -1), w.reshape(4, -1)[:, :1].repeat(x[0].size, 1))
     tiny32 = np.array([1e-40], np.float32)
     assert (tiny32 * np.float32(1.0))[0] != 0
@@ -191,8 +191,9 @@ def test_backward_overwrites(case, gemm_kernel, rng):
     """Gradients never accumulate: a second call (new dy) gives that dy's gradients only."""
     x, w, _, stride, padding = make(rng, case)
     shape = ref_out_shape(case)
-    first = ops.conv2d_backward(x, w, rng.standard_normal(shape, dtype=np.float32),
-                                stride=stride, padding=padding)
+    first = ops.conv2d_backward(
+        x, w, rng.standard_normal(shape, dtype=np.float32), stride=stride, padding=padding
+    )
     dy = rng.standard_normal(shape, dtype=np.float32)
     got = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
     again = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)

@@ -31,224 +31,483 @@ DY = f32(2, 4, 7, 6)  # conv2d(X, W) output, stride 1, padding 0
 # Each case: (id, call, exception type, regex the message must match)
 CASES = [
     # ---- conv2d_forward ----
-    ("conv x float64", lambda: ops.conv2d_forward(typed(np.float64, 2, 3, 9, 8), W, B),
-     TypeError, r"\bx\b"),
-    ("conv x float16", lambda: ops.conv2d_forward(typed(np.float16, 2, 3, 9, 8), W, B),
-     TypeError, r"\bx\b"),
-    ("conv x int32", lambda: ops.conv2d_forward(typed(np.int32, 2, 3, 9, 8), W, B),
-     TypeError, r"\bx\b"),
-    ("conv w float64", lambda: ops.conv2d_forward(X, typed(np.float64, 4, 3, 3, 3), B),
-     TypeError, r"\bw\b"),
-    ("conv w int64", lambda: ops.conv2d_forward(X, typed(np.int64, 4, 3, 3, 3), B),
-     TypeError, r"\bw\b"),
-    ("conv b float64", lambda: ops.conv2d_forward(X, W, typed(np.float64, 4)),
-     TypeError, r"\bb\b"),
+    (
+        "conv x float64",
+        lambda: ops.conv2d_forward(typed(np.float64, 2, 3, 9, 8), W, B),
+        TypeError,
+        r"\bx\b",
+    ),
+    (
+        "conv x float16",
+        lambda: ops.conv2d_forward(typed(np.float16, 2, 3, 9, 8), W, B),
+        TypeError,
+        r"\bx\b",
+    ),
+    (
+        "conv x int32",
+        lambda: ops.conv2d_forward(typed(np.int32, 2, 3, 9, 8), W, B),
+        TypeError,
+        r"\bx\b",
+    ),
+    (
+        "conv w float64",
+        lambda: ops.conv2d_forward(X, typed(np.float64, 4, 3, 3, 3), B),
+        TypeError,
+        r"\bw\b",
+    ),
+    (
+        "conv w int64",
+        lambda: ops.conv2d_forward(X, typed(np.int64, 4, 3, 3, 3), B),
+        TypeError,
+        r"\bw\b",
+    ),
+    ("conv b float64", lambda: ops.conv2d_forward(X, W, typed(np.float64, 4)), TypeError, r"\bb\b"),
     ("conv x 3-D", lambda: ops.conv2d_forward(f32(3, 9, 8), W, B), ValueError, r"\bx\b"),
     ("conv x 5-D", lambda: ops.conv2d_forward(f32(1, 2, 3, 9, 8), W, B), ValueError, r"\bx\b"),
     ("conv w 2-D", lambda: ops.conv2d_forward(X, f32(4, 27), B), ValueError, r"\bw\b"),
     ("conv b 2-D", lambda: ops.conv2d_forward(X, W, f32(4, 1)), ValueError, r"\bb\b"),
     ("conv b length", lambda: ops.conv2d_forward(X, W, f32(5)), ValueError, r"\bb\b"),
     ("conv b empty", lambda: ops.conv2d_forward(X, W, f32(0)), ValueError, r"\bb\b"),
-    ("conv kernel > input", lambda: ops.conv2d_forward(f32(1, 3, 4, 4), f32(2, 3, 5, 5)),
-     ValueError, r"(?i)kernel|\bw\b"),
-    ("conv kernel > padded width",
-     lambda: ops.conv2d_forward(f32(1, 3, 4, 4), f32(2, 3, 5, 5), padding=(1, 0)),
-     ValueError, r"(?i)kernel|\bw\b"),
+    (
+        "conv kernel > input",
+        lambda: ops.conv2d_forward(f32(1, 3, 4, 4), f32(2, 3, 5, 5)),
+        ValueError,
+        r"(?i)kernel|\bw\b",
+    ),
+    (
+        "conv kernel > padded width",
+        lambda: ops.conv2d_forward(f32(1, 3, 4, 4), f32(2, 3, 5, 5), padding=(1, 0)),
+        ValueError,
+        r"(?i)kernel|\bw\b",
+    ),
     ("conv stride 0", lambda: ops.conv2d_forward(X, W, B, stride=0), ValueError, "stride"),
     ("conv stride -1", lambda: ops.conv2d_forward(X, W, B, stride=-1), ValueError, "stride"),
-    ("conv stride (1,0)", lambda: ops.conv2d_forward(X, W, B, stride=(1, 0)), ValueError,
-     "stride"),
+    ("conv stride (1,0)", lambda: ops.conv2d_forward(X, W, B, stride=(1, 0)), ValueError, "stride"),
     ("conv padding -1", lambda: ops.conv2d_forward(X, W, B, padding=-1), ValueError, "padding"),
-    ("conv padding (0,-2)", lambda: ops.conv2d_forward(X, W, B, padding=(0, -2)), ValueError,
-     "padding"),
-    ("conv out shape", lambda: ops.conv2d_forward(X, W, B, out=f32(2, 4, 7, 7)), ValueError,
-     r"\bout\b"),
-    ("conv out float64",
-     lambda: ops.conv2d_forward(X, W, B, out=typed(np.float64, 2, 4, 7, 6)),
-     TypeError, r"\bout\b"),
-    ("conv out non-contiguous",
-     lambda: ops.conv2d_forward(X, W, B, out=f32(2, 4, 7, 12)[:, :, :, ::2]),
-     (TypeError, ValueError), r"\bout\b"),
+    (
+        "conv padding (0,-2)",
+        lambda: ops.conv2d_forward(X, W, B, padding=(0, -2)),
+        ValueError,
+        "padding",
+    ),
+    (
+        "conv out shape",
+        lambda: ops.conv2d_forward(X, W, B, out=f32(2, 4, 7, 7)),
+        ValueError,
+        r"\bout\b",
+    ),
+    (
+        "conv out float64",
+        lambda: ops.conv2d_forward(X, W, B, out=typed(np.float64, 2, 4, 7, 6)),
+        TypeError,
+        r"\bout\b",
+    ),
+    (
+        "conv out non-contiguous",
+        lambda: ops.conv2d_forward(X, W, B, out=f32(2, 4, 7, 12)[:, :, :, ::2]),
+        (TypeError, ValueError),
+        r"\bout\b",
+    ),
     # ---- conv2d_backward ----
-    ("conv bwd x float64", lambda: ops.conv2d_backward(typed(np.float64, 2, 3, 9, 8), W, DY),
-     TypeError, r"\bx\b"),
-    ("conv bwd w float16", lambda: ops.conv2d_backward(X, typed(np.float16, 4, 3, 3, 3), DY),
-     TypeError, r"\bw\b"),
-    ("conv bwd dy float64", lambda: ops.conv2d_backward(X, W, typed(np.float64, 2, 4, 7, 6)),
-     TypeError, r"\bdy\b"),
-    ("conv bwd dy shape", lambda: ops.conv2d_backward(X, W, f32(2, 4, 7, 7)), ValueError,
-     r"\bdy\b"),
-    ("conv bwd dy channels", lambda: ops.conv2d_backward(X, W, f32(2, 5, 7, 6)), ValueError,
-     r"\bdy\b"),
-    ("conv bwd dy batch", lambda: ops.conv2d_backward(X, W, f32(1, 4, 7, 6)), ValueError,
-     r"\bdy\b"),
+    (
+        "conv bwd x float64",
+        lambda: ops.conv2d_backward(typed(np.float64, 2, 3, 9, 8), W, DY),
+        TypeError,
+        r"\bx\b",
+    ),
+    (
+        "conv bwd w float16",
+        lambda: ops.conv2d_backward(X, typed(np.float16, 4, 3, 3, 3), DY),
+        TypeError,
+        r"\bw\b",
+    ),
+    (
+        "conv bwd dy float64",
+        lambda: ops.conv2d_backward(X, W, typed(np.float64, 2, 4, 7, 6)),
+        TypeError,
+        r"\bdy\b",
+    ),
+    (
+        "conv bwd dy shape",
+        lambda: ops.conv2d_backward(X, W, f32(2, 4, 7, 7)),
+        ValueError,
+        r"\bdy\b",
+    ),
+    (
+        "conv bwd dy channels",
+        lambda: ops.conv2d_backward(X, W, f32(2, 5, 7, 6)),
+        ValueError,
+        r"\bdy\b",
+    ),
+    (
+        "conv bwd dy batch",
+        lambda: ops.conv2d_backward(X, W, f32(1, 4, 7, 6)),
+        ValueError,
+        r"\bdy\b",
+    ),
     ("conv bwd dy 3-D", lambda: ops.conv2d_backward(X, W, f32(4, 7, 6)), ValueError, r"\bdy\b"),
-    ("conv bwd stride 0", lambda: ops.conv2d_backward(X, W, DY, stride=0), ValueError,
-     "stride"),
-    ("conv bwd padding -1", lambda: ops.conv2d_backward(X, W, DY, padding=-1), ValueError,
-     "padding"),
-    ("conv bwd channels", lambda: ops.conv2d_backward(X, f32(4, 2, 3, 3), DY), ValueError,
-     r"\bw\b|\bx\b"),
+    ("conv bwd stride 0", lambda: ops.conv2d_backward(X, W, DY, stride=0), ValueError, "stride"),
+    (
+        "conv bwd padding -1",
+        lambda: ops.conv2d_backward(X, W, DY, padding=-1),
+        ValueError,
+        "padding",
+    ),
+    (
+        "conv bwd channels",
+        lambda: ops.conv2d_backward(X, f32(4, 2, 3, 3), DY),
+        ValueError,
+        r"\bw\b|\bx\b",
+    ),
     # ---- maxpool2d ----
-    ("maxpool x float64", lambda: ops.maxpool2d_forward(typed(np.float64, 1, 2, 4, 4), 2),
-     TypeError, r"\bx\b"),
-    ("maxpool x int", lambda: ops.maxpool2d_forward(typed(np.int32, 1, 2, 4, 4), 2),
-     TypeError, r"\bx\b"),
+    (
+        "maxpool x float64",
+        lambda: ops.maxpool2d_forward(typed(np.float64, 1, 2, 4, 4), 2),
+        TypeError,
+        r"\bx\b",
+    ),
+    (
+        "maxpool x int",
+        lambda: ops.maxpool2d_forward(typed(np.int32, 1, 2, 4, 4), 2),
+        TypeError,
+        r"\bx\b",
+    ),
     ("maxpool x 3-D", lambda: ops.maxpool2d_forward(f32(2, 4, 4), 2), ValueError, r"\bx\b"),
-    ("maxpool kernel 0", lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), 0), ValueError,
-     "kernel"),
-    ("maxpool kernel -2", lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), -2), ValueError,
-     "kernel"),
-    ("maxpool kernel > input", lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), 5), ValueError,
-     "kernel"),
-    ("maxpool kernel > width", lambda: ops.maxpool2d_forward(f32(1, 2, 8, 4), (2, 5)),
-     ValueError, "kernel"),
-    ("maxpool stride 0", lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), 2, 0), ValueError,
-     "stride"),
-    ("maxpool bwd dy float64",
-     lambda: ops.maxpool2d_backward(typed(np.float64, 1, 2, 2, 2), np.zeros((1, 2, 2, 2),
-                                                                          np.int32), (1, 2, 4, 4)),
-     TypeError, r"\bdy\b"),
-    ("maxpool bwd indices shape",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.zeros((1, 2, 2, 3), np.int32),
-                                    (1, 2, 4, 4)),
-     ValueError, "indices"),
-    ("maxpool bwd indices 3-D",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.zeros((2, 2, 2), np.int32),
-                                    (1, 2, 4, 4)),
-     ValueError, "indices"),
-    ("maxpool bwd indices float",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.float32),
-                                    (1, 2, 4, 4)),
-     (TypeError, ValueError), "indices"),
-    ("maxpool bwd indices too large",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.full((1, 2, 2, 2), 16, np.int32),
-                                    (1, 2, 4, 4)),
-     ValueError, "indices"),
-    ("maxpool bwd indices negative",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.full((1, 2, 2, 2), -1, np.int32),
-                                    (1, 2, 4, 4)),
-     ValueError, "indices"),
-    ("maxpool bwd int64 indices past 2**31",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.full((1, 2, 2, 2), 2**32 + 3, np.int64),
-                                    (1, 2, 4, 4)),
-     ValueError, "indices"),
-    ("maxpool bwd x_shape 3 dims",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32),
-                                    (2, 4, 4)),
-     ValueError, "x_shape"),
-    ("maxpool bwd x_shape batch",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32),
-                                    (2, 2, 4, 4)),
-     ValueError, r"x_shape|\bdy\b"),
-    ("maxpool bwd x_shape channels",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32),
-                                    (1, 3, 4, 4)),
-     ValueError, r"x_shape|\bdy\b"),
-    ("maxpool bwd x_shape negative",
-     lambda: ops.maxpool2d_backward(f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32),
-                                    (1, 2, -4, 4)),
-     ValueError, "x_shape"),
+    ("maxpool kernel 0", lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), 0), ValueError, "kernel"),
+    ("maxpool kernel -2", lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), -2), ValueError, "kernel"),
+    (
+        "maxpool kernel > input",
+        lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), 5),
+        ValueError,
+        "kernel",
+    ),
+    (
+        "maxpool kernel > width",
+        lambda: ops.maxpool2d_forward(f32(1, 2, 8, 4), (2, 5)),
+        ValueError,
+        "kernel",
+    ),
+    (
+        "maxpool stride 0",
+        lambda: ops.maxpool2d_forward(f32(1, 2, 4, 4), 2, 0),
+        ValueError,
+        "stride",
+    ),
+    (
+        "maxpool bwd dy float64",
+        lambda: ops.maxpool2d_backward(
+            typed(np.float64, 1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32), (1, 2, 4, 4)
+        ),
+        TypeError,
+        r"\bdy\b",
+    ),
+    (
+        "maxpool bwd indices shape",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.zeros((1, 2, 2, 3), np.int32), (1, 2, 4, 4)
+        ),
+        ValueError,
+        "indices",
+    ),
+    (
+        "maxpool bwd indices 3-D",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.zeros((2, 2, 2), np.int32), (1, 2, 4, 4)
+        ),
+        ValueError,
+        "indices",
+    ),
+    (
+        "maxpool bwd indices float",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.float32), (1, 2, 4, 4)
+        ),
+        (TypeError, ValueError),
+        "indices",
+    ),
+    (
+        "maxpool bwd indices too large",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.full((1, 2, 2, 2), 16, np.int32), (1, 2, 4, 4)
+        ),
+        ValueError,
+        "indices",
+    ),
+    (
+        "maxpool bwd indices negative",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.full((1, 2, 2, 2), -1, np.int32), (1, 2, 4, 4)
+        ),
+        ValueError,
+        "indices",
+    ),
+    (
+        "maxpool bwd int64 indices past 2**31",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.full((1, 2, 2, 2), 2**32 + 3, np.int64), (1, 2, 4, 4)
+        ),
+        ValueError,
+        "indices",
+    ),
+    (
+        "maxpool bwd x_shape 3 dims",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32), (2, 4, 4)
+        ),
+        ValueError,
+        "x_shape",
+    ),
+    (
+        "maxpool bwd x_shape batch",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32), (2, 2, 4, 4)
+        ),
+        ValueError,
+        r"x_shape|\bdy\b",
+    ),
+    (
+        "maxpool bwd x_shape channels",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32), (1, 3, 4, 4)
+        ),
+        ValueError,
+        r"x_shape|\bdy\b",
+    ),
+    (
+        "maxpool bwd x_shape negative",
+        lambda: ops.maxpool2d_backward(
+            f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int32), (1, 2, -4, 4)
+        ),
+        ValueError,
+        "x_shape",
+    ),
     # ---- avgpool2d ----
-    ("avgpool x float64", lambda: ops.avgpool2d_forward(typed(np.float64, 1, 2, 4, 4), 2),
-     TypeError, r"\bx\b"),
+    (
+        "avgpool x float64",
+        lambda: ops.avgpool2d_forward(typed(np.float64, 1, 2, 4, 4), 2),
+        TypeError,
+        r"\bx\b",
+    ),
     ("avgpool x 2-D", lambda: ops.avgpool2d_forward(f32(4, 4), 2), ValueError, r"\bx\b"),
-    ("avgpool kernel 0", lambda: ops.avgpool2d_forward(f32(1, 2, 4, 4), 0), ValueError,
-     "kernel"),
-    ("avgpool kernel > input", lambda: ops.avgpool2d_forward(f32(1, 2, 4, 4), 5), ValueError,
-     "kernel"),
-    ("avgpool stride 0", lambda: ops.avgpool2d_forward(f32(1, 2, 4, 4), 2, 0), ValueError,
-     "stride"),
-    ("avgpool bwd dy float16",
-     lambda: ops.avgpool2d_backward(typed(np.float16, 1, 2, 2, 2), (1, 2, 4, 4), 2),
-     TypeError, r"\bdy\b"),
-    ("avgpool bwd x_shape 5 dims",
-     lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 1, 2, 4, 4), 2),
-     ValueError, "x_shape"),
-    ("avgpool bwd x_shape size",
-     lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 2, 6, 4), 2),
-     ValueError, r"x_shape|\bdy\b"),
-    ("avgpool bwd x_shape channels",
-     lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 3, 4, 4), 2),
-     ValueError, r"x_shape|\bdy\b"),
-    ("avgpool bwd kernel 0",
-     lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 2, 4, 4), 0),
-     ValueError, "kernel"),
+    ("avgpool kernel 0", lambda: ops.avgpool2d_forward(f32(1, 2, 4, 4), 0), ValueError, "kernel"),
+    (
+        "avgpool kernel > input",
+        lambda: ops.avgpool2d_forward(f32(1, 2, 4, 4), 5),
+        ValueError,
+        "kernel",
+    ),
+    (
+        "avgpool stride 0",
+        lambda: ops.avgpool2d_forward(f32(1, 2, 4, 4), 2, 0),
+        ValueError,
+        "stride",
+    ),
+    (
+        "avgpool bwd dy float16",
+        lambda: ops.avgpool2d_backward(typed(np.float16, 1, 2, 2, 2), (1, 2, 4, 4), 2),
+        TypeError,
+        r"\bdy\b",
+    ),
+    (
+        "avgpool bwd x_shape 5 dims",
+        lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 1, 2, 4, 4), 2),
+        ValueError,
+        "x_shape",
+    ),
+    (
+        "avgpool bwd x_shape size",
+        lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 2, 6, 4), 2),
+        ValueError,
+        r"x_shape|\bdy\b",
+    ),
+    (
+        "avgpool bwd x_shape channels",
+        lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 3, 4, 4), 2),
+        ValueError,
+        r"x_shape|\bdy\b",
+    ),
+    (
+        "avgpool bwd kernel 0",
+        lambda: ops.avgpool2d_backward(f32(1, 2, 2, 2), (1, 2, 4, 4), 0),
+        ValueError,
+        "kernel",
+    ),
     # ---- linear ----
-    ("linear x float64", lambda: ops.linear_forward(typed(np.float64, 5, 7), f32(3, 7)),
-     TypeError, r"\bx\b"),
-    ("linear w int", lambda: ops.linear_forward(f32(5, 7), typed(np.int32, 3, 7)),
-     TypeError, r"\bw\b"),
-    ("linear b float16", lambda: ops.linear_forward(f32(5, 7), f32(3, 7), typed(np.float16, 3)),
-     TypeError, r"\bb\b"),
+    (
+        "linear x float64",
+        lambda: ops.linear_forward(typed(np.float64, 5, 7), f32(3, 7)),
+        TypeError,
+        r"\bx\b",
+    ),
+    (
+        "linear w int",
+        lambda: ops.linear_forward(f32(5, 7), typed(np.int32, 3, 7)),
+        TypeError,
+        r"\bw\b",
+    ),
+    (
+        "linear b float16",
+        lambda: ops.linear_forward(f32(5, 7), f32(3, 7), typed(np.float16, 3)),
+        TypeError,
+        r"\bb\b",
+    ),
     ("linear x 1-D", lambda: ops.linear_forward(f32(7), f32(3, 7)), ValueError, r"\bx\b"),
     ("linear x 3-D", lambda: ops.linear_forward(f32(5, 7, 1), f32(3, 7)), ValueError, r"\bx\b"),
     ("linear w 3-D", lambda: ops.linear_forward(f32(5, 7), f32(3, 7, 1)), ValueError, r"\bw\b"),
-    ("linear b length", lambda: ops.linear_forward(f32(5, 7), f32(3, 7), f32(4)), ValueError,
-     r"\bb\b"),
-    ("linear out shape", lambda: ops.linear_forward(f32(5, 7), f32(3, 7), out=f32(3, 5)),
-     ValueError, r"\bout\b"),
-    ("linear out dtype",
-     lambda: ops.linear_forward(f32(5, 7), f32(3, 7), out=typed(np.float64, 5, 3)),
-     TypeError, r"\bout\b"),
-    ("linear bwd dy float64",
-     lambda: ops.linear_backward(f32(5, 7), f32(3, 7), typed(np.float64, 5, 3)),
-     TypeError, r"\bdy\b"),
-    ("linear bwd dy features", lambda: ops.linear_backward(f32(5, 7), f32(3, 7), f32(5, 4)),
-     ValueError, r"\bdy\b"),
-    ("linear bwd dy batch", lambda: ops.linear_backward(f32(5, 7), f32(3, 7), f32(6, 3)),
-     ValueError, r"\bdy\b"),
-    ("linear bwd in mismatch", lambda: ops.linear_backward(f32(5, 7), f32(3, 8), f32(5, 3)),
-     ValueError, r"\bw\b|\bx\b"),
+    (
+        "linear b length",
+        lambda: ops.linear_forward(f32(5, 7), f32(3, 7), f32(4)),
+        ValueError,
+        r"\bb\b",
+    ),
+    (
+        "linear out shape",
+        lambda: ops.linear_forward(f32(5, 7), f32(3, 7), out=f32(3, 5)),
+        ValueError,
+        r"\bout\b",
+    ),
+    (
+        "linear out dtype",
+        lambda: ops.linear_forward(f32(5, 7), f32(3, 7), out=typed(np.float64, 5, 3)),
+        TypeError,
+        r"\bout\b",
+    ),
+    (
+        "linear bwd dy float64",
+        lambda: ops.linear_backward(f32(5, 7), f32(3, 7), typed(np.float64, 5, 3)),
+        TypeError,
+        r"\bdy\b",
+    ),
+    (
+        "linear bwd dy features",
+        lambda: ops.linear_backward(f32(5, 7), f32(3, 7), f32(5, 4)),
+        ValueError,
+        r"\bdy\b",
+    ),
+    (
+        "linear bwd dy batch",
+        lambda: ops.linear_backward(f32(5, 7), f32(3, 7), f32(6, 3)),
+        ValueError,
+        r"\bdy\b",
+    ),
+    (
+        "linear bwd in mismatch",
+        lambda: ops.linear_backward(f32(5, 7), f32(3, 8), f32(5, 3)),
+        ValueError,
+        r"\bw\b|\bx\b",
+    ),
     # ---- relu ----
     ("relu x float64", lambda: ops.relu_forward(typed(np.float64, 3, 4)), TypeError, r"\bx\b"),
     ("relu x int", lambda: ops.relu_forward(typed(np.int64, 3, 4)), TypeError, r"\bx\b"),
-    ("relu bwd y float16", lambda: ops.relu_backward(typed(np.float16, 3, 4), f32(3, 4)),
-     TypeError, r"\by\b"),
-    ("relu bwd dy int", lambda: ops.relu_backward(f32(3, 4), typed(np.int32, 3, 4)),
-     TypeError, r"\bdy\b"),
-    ("relu bwd shapes", lambda: ops.relu_backward(f32(3, 4), f32(4, 3)), ValueError,
-     r"\by\b|\bdy\b"),
-    ("relu bwd sizes", lambda: ops.relu_backward(f32(3, 4), f32(3, 5)), ValueError,
-     r"\by\b|\bdy\b"),
+    (
+        "relu bwd y float16",
+        lambda: ops.relu_backward(typed(np.float16, 3, 4), f32(3, 4)),
+        TypeError,
+        r"\by\b",
+    ),
+    (
+        "relu bwd dy int",
+        lambda: ops.relu_backward(f32(3, 4), typed(np.int32, 3, 4)),
+        TypeError,
+        r"\bdy\b",
+    ),
+    (
+        "relu bwd shapes",
+        lambda: ops.relu_backward(f32(3, 4), f32(4, 3)),
+        ValueError,
+        r"\by\b|\bdy\b",
+    ),
+    (
+        "relu bwd sizes",
+        lambda: ops.relu_backward(f32(3, 4), f32(3, 5)),
+        ValueError,
+        r"\by\b|\bdy\b",
+    ),
     # ---- softmax_cross_entropy ----
-    ("ce logits float64",
-     lambda: ops.softmax_cross_entropy(typed(np.float64, 4, 3), np.zeros(4, np.int64)),
-     TypeError, "logits"),
-    ("ce logits int",
-     lambda: ops.softmax_cross_entropy(typed(np.int32, 4, 3), np.zeros(4, np.int64)),
-     TypeError, "logits"),
-    ("ce logits 1-D", lambda: ops.softmax_cross_entropy(f32(4), np.zeros(1, np.int64)),
-     ValueError, "logits"),
-    ("ce logits 3-D", lambda: ops.softmax_cross_entropy(f32(4, 3, 1), np.zeros(4, np.int64)),
-     ValueError, "logits"),
-    ("ce labels length", lambda: ops.softmax_cross_entropy(f32(4, 3), np.zeros(5, np.int64)),
-     ValueError, "labels"),
-    ("ce labels 2-D", lambda: ops.softmax_cross_entropy(f32(4, 3), np.zeros((4, 1), np.int64)),
-     ValueError, "labels"),
-    ("ce labels == K", lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, 1, 3, 2])),
-     ValueError, "labels"),
-    ("ce labels negative", lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, -1, 2, 2])),
-     ValueError, "labels"),
-    ("ce labels uint8 out of range",
-     lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, 255, 2, 2], np.uint8)),
-     ValueError, "labels"),
-    ("ce labels uint64 huge",
-     lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, 2**64 - 1, 2, 2], np.uint64)),
-     ValueError, "labels"),
-    ("ce labels float", lambda: ops.softmax_cross_entropy(f32(4, 3), np.zeros(4, np.float32)),
-     (TypeError, ValueError), "labels"),
+    (
+        "ce logits float64",
+        lambda: ops.softmax_cross_entropy(typed(np.float64, 4, 3), np.zeros(4, np.int64)),
+        TypeError,
+        "logits",
+    ),
+    (
+        "ce logits int",
+        lambda: ops.softmax_cross_entropy(typed(np.int32, 4, 3), np.zeros(4, np.int64)),
+        TypeError,
+        "logits",
+    ),
+    (
+        "ce logits 1-D",
+        lambda: ops.softmax_cross_entropy(f32(4), np.zeros(1, np.int64)),
+        ValueError,
+        "logits",
+    ),
+    (
+        "ce logits 3-D",
+        lambda: ops.softmax_cross_entropy(f32(4, 3, 1), np.zeros(4, np.int64)),
+        ValueError,
+        "logits",
+    ),
+    (
+        "ce labels length",
+        lambda: ops.softmax_cross_entropy(f32(4, 3), np.zeros(5, np.int64)),
+        ValueError,
+        "labels",
+    ),
+    (
+        "ce labels 2-D",
+        lambda: ops.softmax_cross_entropy(f32(4, 3), np.zeros((4, 1), np.int64)),
+        ValueError,
+        "labels",
+    ),
+    (
+        "ce labels == K",
+        lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, 1, 3, 2])),
+        ValueError,
+        "labels",
+    ),
+    (
+        "ce labels negative",
+        lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, -1, 2, 2])),
+        ValueError,
+        "labels",
+    ),
+    (
+        "ce labels uint8 out of range",
+        lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, 255, 2, 2], np.uint8)),
+        ValueError,
+        "labels",
+    ),
+    (
+        "ce labels uint64 huge",
+        lambda: ops.softmax_cross_entropy(f32(4, 3), np.array([0, 2**64 - 1, 2, 2], np.uint64)),
+        ValueError,
+        "labels",
+    ),
+    (
+        "ce labels float",
+        lambda: ops.softmax_cross_entropy(f32(4, 3), np.zeros(4, np.float32)),
+        (TypeError, ValueError),
+        "labels",
+    ),
     # ---- sgemm ----
-    ("sgemm a float64", lambda: ops.sgemm(typed(np.float64, 3, 4), f32(4, 5)), TypeError,
-     r"\ba\b"),
+    ("sgemm a float64", lambda: ops.sgemm(typed(np.float64, 3, 4), f32(4, 5)), TypeError, r"\ba\b"),
     ("sgemm b int", lambda: ops.sgemm(f32(3, 4), typed(np.int32, 4, 5)), TypeError, r"\bb\b"),
     ("sgemm a 1-D", lambda: ops.sgemm(f32(4), f32(4, 5)), ValueError, r"\ba\b"),
     ("sgemm b 3-D", lambda: ops.sgemm(f32(3, 4), f32(4, 5, 1)), ValueError, r"\bb\b"),
     ("sgemm inner", lambda: ops.sgemm(f32(3, 4), f32(5, 5)), ValueError, r"\ba\b|\bb\b"),
-    ("sgemm inner trans_a", lambda: ops.sgemm(f32(3, 4), f32(4, 5), trans_a=True), ValueError,
-     r"\ba\b|\bb\b"),
-    ("sgemm inner trans_b", lambda: ops.sgemm(f32(3, 4), f32(4, 5), trans_b=True), ValueError,
-     r"\ba\b|\bb\b"),
+    (
+        "sgemm inner trans_a",
+        lambda: ops.sgemm(f32(3, 4), f32(4, 5), trans_a=True),
+        ValueError,
+        r"\ba\b|\bb\b",
+    ),
+    (
+        "sgemm inner trans_b",
+        lambda: ops.sgemm(f32(3, 4), f32(4, 5), trans_b=True),
+        ValueError,
+        r"\ba\b|\bb\b",
+    ),
     # ---- kernel selection ----
     ("gemm kernel unknown", lambda: ops.set_gemm_kernel("sse9"), ValueError, "sse9"),
 ]
@@ -265,13 +524,20 @@ def shape_pattern(shape):
     return r"\D{1,3}".join(str(d) for d in shape)
 
 
-@pytest.mark.parametrize("call,x_shape,w_shape", [
-    (lambda: ops.conv2d_forward(f32(2, 3, 9, 8), f32(4, 5, 3, 3)), (2, 3, 9, 8), (4, 5, 3, 3)),
-    (lambda: ops.conv2d_backward(f32(2, 3, 9, 8), f32(4, 5, 3, 3), f32(2, 4, 7, 6)),
-     (2, 3, 9, 8), (4, 5, 3, 3)),
-    (lambda: ops.linear_forward(f32(6, 7), f32(3, 8)), (6, 7), (3, 8)),
-    (lambda: ops.sgemm(f32(6, 7), f32(9, 5)), (6, 7), (9, 5)),
-], ids=["conv fwd", "conv bwd", "linear", "sgemm"])
+@pytest.mark.parametrize(
+    "call,x_shape,w_shape",
+    [
+        (lambda: ops.conv2d_forward(f32(2, 3, 9, 8), f32(4, 5, 3, 3)), (2, 3, 9, 8), (4, 5, 3, 3)),
+        (
+            lambda: ops.conv2d_backward(f32(2, 3, 9, 8), f32(4, 5, 3, 3), f32(2, 4, 7, 6)),
+            (2, 3, 9, 8),
+            (4, 5, 3, 3),
+        ),
+        (lambda: ops.linear_forward(f32(6, 7), f32(3, 8)), (6, 7), (3, 8)),
+        (lambda: ops.sgemm(f32(6, 7), f32(9, 5)), (6, 7), (9, 5)),
+    ],
+    ids=["conv fwd", "conv bwd", "linear", "sgemm"],
+)
 def test_mismatch_names_both_shapes(call, x_shape, w_shape):
     with pytest.raises(ValueError) as info:
         call()
@@ -337,8 +603,16 @@ def conv_valid(x, w, b, stride, padding):
 
 
 @settings(max_examples=200, deadline=None)
-@given(xs=small_shapes, ws=small_shapes, bs=st.one_of(st.none(), small_shapes),
-       xd=dtypes, wd=dtypes, bd=dtypes, stride=ints, padding=ints)
+@given(
+    xs=small_shapes,
+    ws=small_shapes,
+    bs=st.one_of(st.none(), small_shapes),
+    xd=dtypes,
+    wd=dtypes,
+    bd=dtypes,
+    stride=ints,
+    padding=ints,
+)
 def test_fuzz_conv2d(xs, ws, bs, xd, wd, bd, stride, padding):
     x, w = array(xs, xd), array(ws, wd)
     b = None if bs is None else array(bs, bd)
@@ -347,21 +621,28 @@ def test_fuzz_conv2d(xs, ws, bs, xd, wd, bd, stride, padding):
     if y is not None:
         ref.assert_close(y, ref.conv2d_forward(x, w, b, stride, padding), name="y")
         dy = array(y.shape, np.float32)
-        grads = expect_clean(lambda: ops.conv2d_backward(x, w, dy, stride=stride,
-                                                         padding=padding), valid)
+        grads = expect_clean(
+            lambda: ops.conv2d_backward(x, w, dy, stride=stride, padding=padding), valid
+        )
         if grads is not None:
             for g, e in zip(grads, ref.conv2d_backward(x, w, dy, stride, padding)):
                 ref.assert_close(g, e)
 
 
 @settings(max_examples=200, deadline=None)
-@given(xs=small_shapes, xd=dtypes, kernel=ints, stride=st.one_of(st.none(), ints),
-       avg=st.booleans())
+@given(
+    xs=small_shapes, xd=dtypes, kernel=ints, stride=st.one_of(st.none(), ints), avg=st.booleans()
+)
 def test_fuzz_pool2d(xs, xd, kernel, stride, avg):
     x = array(xs, xd)
     (kh, kw), (sh, sw) = ref.pair(kernel), ref.pair(kernel if stride is None else stride)
-    valid = (xd == np.float32 and x.ndim == 4 and min(kh, kw, sh, sw) >= 1
-             and x.shape[2] >= kh and x.shape[3] >= kw)
+    valid = (
+        xd == np.float32
+        and x.ndim == 4
+        and min(kh, kw, sh, sw) >= 1
+        and x.shape[2] >= kh
+        and x.shape[3] >= kw
+    )
     if valid and 0 in x.shape:
         valid = None
     if avg:
@@ -414,7 +695,7 @@ def test_fuzz_linear_relu_loss_sgemm(xs, ws, xd, wd, n_idx):
     expect_clean(lambda: ops.relu_backward(x, w), valid)
     # softmax cross-entropy: logits (N, K), labels (N,) in [0, K)
     labels = np.full(x.shape[:1], n_idx, np.int64)
-    valid = (xd == np.float32 and x.ndim == 2 and 0 <= n_idx < x.shape[1])
+    valid = xd == np.float32 and x.ndim == 2 and 0 <= n_idx < x.shape[1]
     if valid and x.shape[0] == 0:
         valid = None
     result = expect_clean(lambda: ops.softmax_cross_entropy(x, labels), valid)

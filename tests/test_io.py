@@ -60,8 +60,9 @@ def test_loaded_model_predicts_raw_uint8_with_stored_preprocessing(model, saved,
     mean = np.array(PREP["mean"], np.float32)[:, None, None]
     std = np.array(PREP["std"], np.float32)[:, None, None]
     by_hand = (raw.transpose(0, 3, 1, 2).astype(np.float32) / 255 - mean) / std
-    np.testing.assert_allclose(fastcnn.predict(loaded, raw), fastcnn.predict(loaded, by_hand),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        fastcnn.predict(loaded, raw), fastcnn.predict(loaded, by_hand), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_the_file_is_plain_safetensors_with_pytorch_names(saved):
@@ -70,8 +71,9 @@ def test_the_file_is_plain_safetensors_with_pytorch_names(saved):
     with safe_open(str(saved), framework="numpy") as f:
         meta = f.metadata()
         keys = sorted(f.keys())
-    assert keys == sorted(["0.weight", "0.bias", "3.weight", "3.bias",
-                           "7.weight", "7.bias", "9.weight", "9.bias"])
+    assert keys == sorted(
+        ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight", "9.bias"]
+    )
     assert meta["format"] == "fastcnn"
     assert json.loads(meta["classes"]) == CLASSES
     arch = json.loads(meta["architecture"])
@@ -168,8 +170,13 @@ def _write(path, tensors, **meta):
 def _parts(model):
     """(tensors, metadata) of a valid model file, to break one piece at a time."""
     tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
-    meta = {"format": "fastcnn", "format_version": "1", "architecture": io.architecture(model),
-            "classes": CLASSES, "preprocessing": PREP}
+    meta = {
+        "format": "fastcnn",
+        "format_version": "1",
+        "architecture": io.architecture(model),
+        "classes": CLASSES,
+        "preprocessing": PREP,
+    }
     return tensors, meta
 
 
@@ -304,7 +311,8 @@ def test_missing_unexpected_and_integer_weights(model, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "classes", [{"a": 1}, ["cat", 3, "dog", "x"], "cat,dog", 12],
+    "classes",
+    [{"a": 1}, ["cat", 3, "dog", "x"], "cat,dog", 12],
 )
 def test_bad_classes(classes, model, tmp_path):
     tensors, meta = _parts(model)

@@ -19,8 +19,17 @@ CASES = [
     (8, 37, 1e-4),  # nearly uniform
 ]
 
-LABEL_DTYPES = [np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.uint32, np.uint64,
-                np.intp]
+LABEL_DTYPES = [
+    np.int64,
+    np.int32,
+    np.int16,
+    np.int8,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.intp,
+]
 
 
 def check(logits, labels):

@@ -76,8 +76,16 @@ def test_seednet_names_and_shapes():
         "9.weight": (10, 128),
         "9.bias": (10,),
     }
-    assert list(state) == ["0.weight", "0.bias", "3.weight", "3.bias",
-                           "7.weight", "7.bias", "9.weight", "9.bias"]
+    assert list(state) == [
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
+        "7.weight",
+        "7.bias",
+        "9.weight",
+        "9.bias",
+    ]
     assert all(v.dtype == np.float32 for v in state.values())
 
 
@@ -89,8 +97,14 @@ def test_nested_modules_and_custom_module_names():
             self.fc = nn.Linear(3, 2)
 
     names = [n for n, _ in Net().named_parameters()]
-    assert names == ["features.0.weight", "features.0.bias", "head.1.0.weight",
-                     "head.1.0.bias", "fc.weight", "fc.bias"]
+    assert names == [
+        "features.0.weight",
+        "features.0.bias",
+        "head.1.0.weight",
+        "head.1.0.bias",
+        "fc.weight",
+        "fc.bias",
+    ]
     assert len(list(Net().modules())) == 9  # Net, 3 containers, 5 layers
 
 
@@ -208,8 +222,9 @@ def test_load_state_dict_non_strict_loads_what_matches():
 
 
 def test_train_and_eval_propagate_to_every_submodule():
-    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), nn.Flatten(),
-                          nn.Linear(2, 2))
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), nn.Flatten(), nn.Linear(2, 2)
+    )
     assert model.eval() is model
     assert all(m.training is False for m in model.modules())
     assert len(list(model.modules())) == 6
@@ -298,8 +313,9 @@ def test_requires_input_grad_false_returns_none_and_keeps_parameter_grads(batch)
 
 def test_requires_input_grad_false_reaches_nested_first_layer(batch):
     x, y = batch
-    model = nn.Sequential(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU()), nn.Flatten(),
-                          nn.Linear(3 * 64, 4))
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU()), nn.Flatten(), nn.Linear(3 * 64, 4)
+    )
     model.requires_input_grad = False
     loss_fn = nn.CrossEntropyLoss()
     loss_fn(model(x), y)
@@ -365,8 +381,9 @@ def test_reference_forward_matches_fastcnn(batch):
     x, y = batch
     model = small_net()
     params = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
-    np.testing.assert_allclose(model(x), _ref_forward(params, x.astype(np.float64)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model(x), _ref_forward(params, x.astype(np.float64)), rtol=1e-5, atol=1e-5
+    )
     loss = nn.CrossEntropyLoss()(model(x), y)
     assert abs(loss - ref_loss(params, x.astype(np.float64), y)) < 1e-5
 
@@ -380,8 +397,9 @@ def test_every_parameter_gradient_matches_float64_finite_differences(batch):
     for name, p in params.items():
         fd = np.empty_like(p)
         for idx in np.ndindex(p.shape):
-            fd[idx] = _fd(lambda v, idx=idx, p=p: _set(p, idx, v), p[idx],
-                          lambda: ref_loss(params, x64, y))
+            fd[idx] = _fd(
+                lambda v, idx=idx, p=p: _set(p, idx, v), p[idx], lambda: ref_loss(params, x64, y)
+            )
         np.testing.assert_allclose(grads[name], fd, rtol=1e-3, atol=2e-5, err_msg=name)
 
 
@@ -410,8 +428,12 @@ def test_float32_finite_differences_through_fastcnn(batch):
     _, grads = loss_and_grads(model, x, y)
     rng = np.random.default_rng(7)
 
-    for li, name, eps in ((0, "weight", 1e-3), (0, "bias", 1e-3), (4, "weight", 1e-2),
-                          (4, "bias", 1e-2)):
+    for li, name, eps in (
+        (0, "weight", 1e-3),
+        (0, "bias", 1e-3),
+        (4, "weight", 1e-2),
+        (4, "bias", 1e-2),
+    ):
         p = getattr(model[li], name)
         checked = 0
         for _ in range(12):
@@ -435,13 +457,21 @@ def test_float32_finite_differences_through_fastcnn(batch):
 
 def test_sequential_equals_running_its_layers_one_by_one(rng):
     """However Sequential runs its layers (fused or not), results are those of the plain chain."""
+
     def build():
         nn.manual_seed(9)
         return nn.Sequential(
-            nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-            nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(),
-            nn.Linear(4 * 2 * 2, 6), nn.ReLU(), nn.Linear(6, 3),
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 6),
+            nn.ReLU(),
+            nn.Linear(6, 3),
         )
 
     x = rng.standard_normal((5, 2, 8, 8), dtype=np.float32)
@@ -602,8 +632,18 @@ def test_seednet_shapes(kwargs, x_shape, flat):
 def test_seednet_architecture_and_bad_arguments():
     model = models.seednet()
     kinds = [type(m).__name__ for m in model]
-    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
-                     "Linear", "ReLU", "Linear"]
+    assert kinds == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     assert model[0].padding == (2, 2) and model[3].padding == (2, 2)
     assert model[2].kernel_size == (2, 2) and model[2].stride == (2, 2)
     with pytest.raises(ValueError):

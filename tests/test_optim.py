@@ -127,8 +127,10 @@ def test_adam_default_hyperparameters(rng):
 
 
 def test_step_leaves_the_gradient_untouched(rng):
-    for opt_cls, kw in ((optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
-                        (optim.Adam, dict(lr=0.1, weight_decay=0.1))):
+    for opt_cls, kw in (
+        (optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+        (optim.Adam, dict(lr=0.1, weight_decay=0.1)),
+    ):
         params = make_params(rng)
         opt = opt_cls(params, **kw)
         grads = grads_for(rng, 1)[0]
@@ -152,11 +154,15 @@ def test_parameters_without_gradient_are_skipped(rng):
                 continue  # param 1 gets its first gradient at step 3
             p.grad = g.copy()
         opt.step()
-    np.testing.assert_allclose(params[1].data, sgd_reference([p0[1]], [[grads[2][1]]], 0.1, 0.9)[0],
-                               rtol=1e-6)
-    np.testing.assert_allclose(params[0].data,
-                               sgd_reference([p0[0]], [[g[0]] for g in grads], 0.1, 0.9)[0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        params[1].data, sgd_reference([p0[1]], [[grads[2][1]]], 0.1, 0.9)[0], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        params[0].data,
+        sgd_reference([p0[0]], [[g[0]] for g in grads], 0.1, 0.9)[0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
     params = make_params(rng)
     p0 = [p.data.copy() for p in params]
@@ -168,9 +174,12 @@ def test_parameters_without_gradient_are_skipped(rng):
                 p.grad = g.copy()
         opt.step()
     assert opt.steps == [3, 1, 3, 3]
-    np.testing.assert_allclose(params[1].data - p0[1],
-                               adam_reference([p0[1]], [[grads[2][1]]], 0.01)[0] - p0[1],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        params[1].data - p0[1],
+        adam_reference([p0[1]], [[grads[2][1]]], 0.01)[0] - p0[1],
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_float64_and_non_contiguous_gradients_are_accepted(rng):
@@ -233,8 +242,10 @@ def test_state_dict_is_a_snapshot(opt_cls, rng):
     opt = opt_cls(params, **kw)
     run(opt, params, grads[:2])
     state = opt.state_dict()
-    frozen = {k: [None if a is None else np.array(a, copy=True) for a in v]
-              if isinstance(v, list) else v for k, v in state.items()}
+    frozen = {
+        k: [None if a is None else np.array(a, copy=True) for a in v] if isinstance(v, list) else v
+        for k, v in state.items()
+    }
     run(opt, params, grads[2:])
     for k, v in state.items():
         if isinstance(v, list):

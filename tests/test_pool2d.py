@@ -87,7 +87,7 @@ def test_maxpool_forward_constant_and_infinite_planes():
 
 
 @pytest.mark.parametrize("case", CASES + PAIR_CASES, ids=str)
-def test_maxpool_backward(case, rng):
+def test_maxpool_backward(case, gemm_kernel, rng):
     n, c, h, w, k, s = case
     x = rng.standard_normal((n, c, h, w), dtype=np.float32)
     y, idx = ops.maxpool2d_forward(x, k, s)
@@ -133,8 +133,10 @@ def test_maxpool_noncontiguous_input(rng):
     np.testing.assert_array_equal(y, y2)
     np.testing.assert_array_equal(idx, idx2)
     dy = rng.standard_normal(y.shape, dtype=np.float32)
-    np.testing.assert_array_equal(ops.maxpool2d_backward(dy, idx, x.shape),
-                                  ops.maxpool2d_backward(np.asfortranarray(dy), idx, x.shape))
+    np.testing.assert_array_equal(
+        ops.maxpool2d_backward(dy, idx, x.shape),
+        ops.maxpool2d_backward(np.asfortranarray(dy), idx, x.shape),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,8 +198,14 @@ def test_property_pools(case, seed, levels):
         x = rng.standard_normal((n, c, h, w), dtype=np.float32)
     y, idx = check_maxpool(x, k, s)
     dy = rng.standard_normal(y.shape, dtype=np.float32)
-    ref.assert_close(ops.maxpool2d_backward(dy, idx, x.shape),
-                     ref.maxpool2d_backward(dy, idx, x.shape), name="max dx")
+    ref.assert_close(
+        ops.maxpool2d_backward(dy, idx, x.shape),
+        ref.maxpool2d_backward(dy, idx, x.shape),
+        name="max dx",
+    )
     ref.assert_close(ops.avgpool2d_forward(x, k, s), ref.avgpool2d_forward(x, k, s), name="avg y")
-    ref.assert_close(ops.avgpool2d_backward(dy, x.shape, k, s),
-                     ref.avgpool2d_backward(dy, x.shape, k, s), name="avg dx")
+    ref.assert_close(
+        ops.avgpool2d_backward(dy, x.shape, k, s),
+        ref.avgpool2d_backward(dy, x.shape, k, s),
+        name="avg dx",
+    )

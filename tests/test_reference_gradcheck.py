@@ -72,14 +72,25 @@ def test_conv2d_forward_by_hand():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     w = np.ones((1, 1, 2, 2))
     y = ref.conv2d_forward(x, w, np.array([0.5]), stride=2)
-    np.testing.assert_array_equal(y, [[[[0 + 1 + 4 + 5 + 0.5, 2 + 3 + 6 + 7 + 0.5],
-                                        [8 + 9 + 12 + 13 + 0.5, 10 + 11 + 14 + 15 + 0.5]]]])
+    np.testing.assert_array_equal(
+        y,
+        [
+            [
+                [
+                    [0 + 1 + 4 + 5 + 0.5, 2 + 3 + 6 + 7 + 0.5],
+                    [8 + 9 + 12 + 13 + 0.5, 10 + 11 + 14 + 15 + 0.5],
+                ]
+            ]
+        ],
+    )
     y = ref.conv2d_forward(np.ones((1, 1, 2, 3)), np.ones((1, 1, 3, 3)), padding=1)
     np.testing.assert_array_equal(y, [[[[4, 6, 4], [4, 6, 4]]]])
-    assert ref.conv2d_forward(np.ones((2, 3, 7, 9)), np.ones((5, 3, 3, 1)), stride=(2, 3),
-                              padding=(1, 0)).shape == (2, 5, 4, 3)
-    y = ref.conv2d_forward(-np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1)), np.array([0.5]),
-                           relu=True)
+    assert ref.conv2d_forward(
+        np.ones((2, 3, 7, 9)), np.ones((5, 3, 3, 1)), stride=(2, 3), padding=(1, 0)
+    ).shape == (2, 5, 4, 3)
+    y = ref.conv2d_forward(
+        -np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1)), np.array([0.5]), relu=True
+    )
     np.testing.assert_array_equal(y, np.zeros((1, 1, 2, 2)))
 
 
@@ -95,8 +106,9 @@ def test_conv2d_forward_matches_direct_loops():
         for o in range(4):
             for i in range(y.shape[2]):
                 for j in range(y.shape[3]):
-                    expect[n, o, i, j] = np.sum(xp[n, :, i * sh:i * sh + 3, j * sw:j * sw + 2]
-                                                * w[o])
+                    expect[n, o, i, j] = np.sum(
+                        xp[n, :, i * sh : i * sh + 3, j * sw : j * sw + 2] * w[o]
+                    )
     np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
 
 
@@ -145,9 +157,9 @@ def test_avgpool2d_backward(case):
 
 
 def test_maxpool2d_by_hand():
-    x = np.array([[1, 5, 2, 0, 9],
-                  [3, 5, 7, 7, 1],
-                  [4, 4, 0, 8, 1]], dtype=np.float64).reshape(1, 1, 3, 5)
+    x = np.array([[1, 5, 2, 0, 9], [3, 5, 7, 7, 1], [4, 4, 0, 8, 1]], dtype=np.float64).reshape(
+        1, 1, 3, 5
+    )
     y, idx = ref.maxpool2d_forward(x, 2)
     np.testing.assert_array_equal(y, [[[[5, 7]]]])
     # Ties: 5 at (0,1) and (1,1) -> first in row-major order, flat 0*5+1; 7 at (1,2),(1,3) -> 7.

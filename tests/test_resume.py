@@ -87,8 +87,9 @@ def assert_same_optimizer_state(a, b):
 OPTIMIZERS = {
     "sgd-momentum": lambda m: optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
     "sgd-plain": lambda m: optim.SGD(m.parameters(), lr=0.05),
-    "sgd-nesterov-wd": lambda m: optim.SGD(m.parameters(), lr=0.05, momentum=0.8,
-                                           weight_decay=1e-3, nesterov=True),
+    "sgd-nesterov-wd": lambda m: optim.SGD(
+        m.parameters(), lr=0.05, momentum=0.8, weight_decay=1e-3, nesterov=True
+    ),
     "adam": lambda m: optim.Adam(m.parameters(), lr=3e-3, weight_decay=1e-4),
 }
 
@@ -97,25 +98,50 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(kind, train_set, val_set,
-                                                              tmp_path):
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(kind, train_set, val_set, tmp_path):
     full_model = tiny_net(seed=4)
     full_opt = OPTIMIZERS[kind](full_model)
-    full = fastcnn.fit(full_model, train_set, epochs=4, batch_size=32, optimizer=full_opt,
-                       val=val_set, seed=9, progress=False)
+    full = fastcnn.fit(
+        full_model,
+        train_set,
+        epochs=4,
+        batch_size=32,
+        optimizer=full_opt,
+        val=val_set,
+        seed=9,
+        progress=False,
+    )
 
     path = tmp_path / "run.ckpt.safetensors"
     first_model = tiny_net(seed=4)
-    first = fastcnn.fit(first_model, train_set, epochs=2, batch_size=32,
-                        optimizer=OPTIMIZERS[kind](first_model), val=val_set, seed=9,
-                        checkpoint=path, progress=False)
+    first = fastcnn.fit(
+        first_model,
+        train_set,
+        epochs=2,
+        batch_size=32,
+        optimizer=OPTIMIZERS[kind](first_model),
+        val=val_set,
+        seed=9,
+        checkpoint=path,
+        progress=False,
+    )
     assert without_timing(first) == without_timing(full[:2])
 
     # A new model, initialised differently: everything it ends with comes from the file.
     model = tiny_net(seed=123)
     opt = OPTIMIZERS[kind](model)
-    resumed = fastcnn.fit(model, train_set, epochs=4, batch_size=32, optimizer=opt,
-                          val=val_set, seed=9, checkpoint=path, resume=True, progress=False)
+    resumed = fastcnn.fit(
+        model,
+        train_set,
+        epochs=4,
+        batch_size=32,
+        optimizer=opt,
+        val=val_set,
+        seed=9,
+        checkpoint=path,
+        resume=True,
+        progress=False,
+    )
     assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
     assert without_timing(resumed) == without_timing(full)
     assert resumed[0]["seconds"] == first[0]["seconds"]  # restored, not re-measured
@@ -126,8 +152,9 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(kind, train_set, v
     assert ckpt.epoch == 4 and without_timing(ckpt.history) == without_timing(full)
     assert_same_weights(ckpt.model, full_model)
     # the training really changed the weights in epochs 3 and 4 (the test could fail)
-    assert not np.array_equal(first_model.state_dict()["0.weight"],
-                              full_model.state_dict()["0.weight"])
+    assert not np.array_equal(
+        first_model.state_dict()["0.weight"], full_model.state_dict()["0.weight"]
+    )
 
 
 def test_resume_continues_the_shuffle_order_of_a_given_data_loader(train_set, tmp_path):
@@ -137,12 +164,19 @@ def test_resume_continues_the_shuffle_order_of_a_given_data_loader(train_set, tm
     full = fastcnn.fit(full_model, full_loader, epochs=3, lr=0.05, progress=False)
 
     path = tmp_path / "c.safetensors"
-    fastcnn.fit(tiny_net(), data.DataLoader(train_set, batch_size=40, shuffle=True, seed=77),
-                epochs=1, lr=0.05, checkpoint=path, progress=False)
+    fastcnn.fit(
+        tiny_net(),
+        data.DataLoader(train_set, batch_size=40, shuffle=True, seed=77),
+        epochs=1,
+        lr=0.05,
+        checkpoint=path,
+        progress=False,
+    )
     loader = data.DataLoader(train_set, batch_size=40, shuffle=True, seed=77)
     model = tiny_net(seed=5)
-    resumed = fastcnn.fit(model, loader, epochs=3, lr=0.05, checkpoint=path, resume=True,
-                          progress=False)
+    resumed = fastcnn.fit(
+        model, loader, epochs=3, lr=0.05, checkpoint=path, resume=True, progress=False
+    )
     assert loader.epoch == full_loader.epoch == 3
     assert without_timing(resumed) == without_timing(full)
     assert_same_weights(model, full_model)
@@ -151,11 +185,18 @@ def test_resume_continues_the_shuffle_order_of_a_given_data_loader(train_set, tm
 def test_resume_without_a_checkpoint_starts_from_scratch(train_set, tmp_path):
     path = tmp_path / "none-yet.safetensors"
     reference = tiny_net()
-    expected = fastcnn.fit(reference, train_set, epochs=2, batch_size=32, lr=0.05,
-                           progress=False)
+    expected = fastcnn.fit(reference, train_set, epochs=2, batch_size=32, lr=0.05, progress=False)
     model = tiny_net()
-    history = fastcnn.fit(model, train_set, epochs=2, batch_size=32, lr=0.05,
-                          checkpoint=path, resume=True, progress=False)
+    history = fastcnn.fit(
+        model,
+        train_set,
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        checkpoint=path,
+        resume=True,
+        progress=False,
+    )
     assert without_timing(history) == without_timing(expected)
     assert_same_weights(model, reference)
     assert io.load_checkpoint(path).epoch == 2
@@ -165,12 +206,21 @@ def test_resume_without_a_checkpoint_starts_from_scratch(train_set, tmp_path):
 def test_resume_of_a_finished_run_trains_no_more(train_set, tmp_path, capsys):
     path = tmp_path / "c.safetensors"
     done = tiny_net()
-    history = fastcnn.fit(done, train_set, epochs=2, batch_size=32, lr=0.05, checkpoint=path,
-                          progress=False)
+    history = fastcnn.fit(
+        done, train_set, epochs=2, batch_size=32, lr=0.05, checkpoint=path, progress=False
+    )
     before = path.read_bytes()
     model = tiny_net(seed=8)
-    again = fastcnn.fit(model, train_set, epochs=2, batch_size=32, lr=0.05, checkpoint=path,
-                        resume=True, progress=True)
+    again = fastcnn.fit(
+        model,
+        train_set,
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        checkpoint=path,
+        resume=True,
+        progress=True,
+    )
     assert again == history  # timing included: nothing was re-run
     assert_same_weights(model, done)
     assert path.read_bytes() == before
@@ -179,11 +229,11 @@ def test_resume_of_a_finished_run_trains_no_more(train_set, tmp_path, capsys):
 
 def test_without_resume_an_existing_checkpoint_is_overwritten(train_set, tmp_path):
     path = tmp_path / "c.safetensors"
-    fastcnn.fit(tiny_net(), train_set, epochs=3, batch_size=32, lr=0.05, checkpoint=path,
-                progress=False)
+    fastcnn.fit(
+        tiny_net(), train_set, epochs=3, batch_size=32, lr=0.05, checkpoint=path, progress=False
+    )
     model = tiny_net(seed=2)
-    fastcnn.fit(model, train_set, epochs=1, batch_size=32, lr=0.05, checkpoint=path,
-                progress=False)
+    fastcnn.fit(model, train_set, epochs=1, batch_size=32, lr=0.05, checkpoint=path, progress=False)
     ckpt = io.load_checkpoint(path)
     assert ckpt.epoch == 1
     assert_same_weights(ckpt.model, model)
@@ -192,8 +242,9 @@ def test_without_resume_an_existing_checkpoint_is_overwritten(train_set, tmp_pat
 # ---- what the checkpoint holds -----------------------------------------------------------------
 
 
-def test_a_checkpoint_is_written_and_readable_after_every_epoch(train_set, val_set, tmp_path,
-                                                                monkeypatch):
+def test_a_checkpoint_is_written_and_readable_after_every_epoch(
+    train_set, val_set, tmp_path, monkeypatch
+):
     path = tmp_path / "ckpt.safetensors"
     model = tiny_net()
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -207,8 +258,10 @@ def test_a_checkpoint_is_written_and_readable_after_every_epoch(train_set, val_s
         plain = fastcnn.load(p)  # the model, as a model file
         assert_same_weights(plain, model)
         assert plain.classes == CLASSES and plain.preprocessing == train_set.preprocessing
-        np.testing.assert_array_equal(fastcnn.predict(plain, train_set.images[:8]),
-                                      fastcnn.predict(model.eval(), train_set.images[:8]))
+        np.testing.assert_array_equal(
+            fastcnn.predict(plain, train_set.images[:8]),
+            fastcnn.predict(model.eval(), train_set.images[:8]),
+        )
         model.train()
         ckpt = io.load_checkpoint(p)
         assert ckpt.epoch == kw["epoch"] == len(seen) + 1
@@ -218,8 +271,12 @@ def test_a_checkpoint_is_written_and_readable_after_every_epoch(train_set, val_s
         assert ckpt.training["loader_epoch"] == ckpt.epoch
         assert ckpt.training["seed"] == 5 and ckpt.training["batch_size"] == 32
         assert ckpt.optimizer_type == "SGD"
-        assert ckpt.hyperparameters == {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-                                        "nesterov": False}
+        assert ckpt.hyperparameters == {
+            "lr": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "nesterov": False,
+        }
         assert ckpt.parameter_names == ["0.weight", "0.bias", "4.weight", "4.bias"]
         for saved, mine in zip(ckpt.optimizer_state["buffers"], opt.buffers):
             assert saved.tobytes() == mine.tobytes()
@@ -227,8 +284,17 @@ def test_a_checkpoint_is_written_and_readable_after_every_epoch(train_set, val_s
         seen.append(ckpt.epoch)
 
     monkeypatch.setattr(fastcnn.io, "save_checkpoint", save_and_check)
-    fastcnn.fit(model, train_set, epochs=3, batch_size=32, optimizer=opt, val=val_set, seed=5,
-                checkpoint=path, progress=False)
+    fastcnn.fit(
+        model,
+        train_set,
+        epochs=3,
+        batch_size=32,
+        optimizer=opt,
+        val=val_set,
+        seed=5,
+        checkpoint=path,
+        progress=False,
+    )
     assert seen == [1, 2, 3]
 
 
@@ -237,14 +303,22 @@ def test_checkpoint_file_is_plain_safetensors_without_pickle(train_set, tmp_path
     metadata; nothing in it is a pickle."""
     path = tmp_path / "c.safetensors"
     model = tiny_net()
-    fastcnn.fit(model, train_set, epochs=1, batch_size=32, optimizer=optim.Adam(model, lr=1e-3),
-                checkpoint=path, progress=False)
+    fastcnn.fit(
+        model,
+        train_set,
+        epochs=1,
+        batch_size=32,
+        optimizer=optim.Adam(model, lr=1e-3),
+        checkpoint=path,
+        progress=False,
+    )
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n])
     meta = header.pop("__metadata__")
     assert set(header) == {"0.weight", "0.bias", "4.weight", "4.bias"} | {
-        f"optimizer.{i}.{k}" for i in range(4) for k in ("exp_avg", "exp_avg_sq")}
+        f"optimizer.{i}.{k}" for i in range(4) for k in ("exp_avg", "exp_avg_sq")
+    }
     assert all(v["dtype"] == "F32" for v in header.values())
     assert header["optimizer.2.exp_avg"]["shape"] == [4, 8 * 36]
     assert meta["format"] == "fastcnn"
@@ -260,8 +334,9 @@ def test_io_round_trip_of_sgd_without_momentum(tmp_path):
     model = tiny_net()
     opt = optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "c.safetensors"
-    io.save_checkpoint(path, model, opt, epoch=1, history=[{"epoch": 1, "loss": 0.5}],
-                       note="anything JSON-able")
+    io.save_checkpoint(
+        path, model, opt, epoch=1, history=[{"epoch": 1, "loss": 0.5}], note="anything JSON-able"
+    )
     ckpt = io.load_checkpoint(path)
     assert ckpt.optimizer_state["buffers"] == [None] * 4
     assert ckpt.training["note"] == "anything JSON-able"
@@ -276,8 +351,16 @@ def test_io_round_trip_of_sgd_without_momentum(tmp_path):
 def written(train_set, tmp_path_factory):
     """A checkpoint after 2 epochs of tiny_net, SGD(0.05, 0.9), batch 32, seed 0."""
     path = tmp_path_factory.mktemp("written") / "c.safetensors"
-    fastcnn.fit(tiny_net(), train_set, epochs=2, batch_size=32, lr=0.05, momentum=0.9,
-                checkpoint=path, progress=False)
+    fastcnn.fit(
+        tiny_net(),
+        train_set,
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        momentum=0.9,
+        checkpoint=path,
+        progress=False,
+    )
     return path
 
 
@@ -289,20 +372,25 @@ def _resume(path, train, model=None, **kw):
 
 
 BAD_RESUMES = {
-    "architecture": (dict(model=lambda: tiny_net(conv=6)),
-                     r"architecture differs: layer 0 is Conv2d\(.*out_channels=8.*\) in the "
-                     r"checkpoint, Conv2d\(.*out_channels=6"),
+    "architecture": (
+        dict(model=lambda: tiny_net(conv=6)),
+        r"architecture differs: layer 0 is Conv2d\(.*out_channels=8.*\) in the "
+        r"checkpoint, Conv2d\(.*out_channels=6",
+    ),
     "num_classes": (dict(model=lambda: tiny_net(num_classes=5)), r"architecture differs"),
-    "optimizer_kind": (dict(optimizer=lambda m: optim.Adam(m.parameters(), lr=0.05)),
-                       r"trained with SGD, this run uses Adam"),
+    "optimizer_kind": (
+        dict(optimizer=lambda m: optim.Adam(m.parameters(), lr=0.05)),
+        r"trained with SGD, this run uses Adam",
+    ),
     "momentum": (dict(momentum=0.5), r"SGD settings differ: momentum 0.9 there, 0.5 here"),
     "lr": (dict(lr=0.01), r"lr 0.05 there, 0.01 here"),
     "batch_size": (dict(batch_size=16), r"batch size differ: 32 there, 16 here"),
     "seed": (dict(seed=1), r"shuffle seed differ: 0 there, 1 here"),
     "fewer_epochs": (dict(epochs=1), r"holds 2 epochs of training, more than epochs=1"),
-    "subset_optimizer": (dict(optimizer=lambda m: optim.SGD(m.parameters()[:2], lr=0.05,
-                                                            momentum=0.9)),
-                         r"optimizer updates different parameters"),
+    "subset_optimizer": (
+        dict(optimizer=lambda m: optim.SGD(m.parameters()[:2], lr=0.05, momentum=0.9)),
+        r"optimizer updates different parameters",
+    ),
 }
 
 
@@ -340,8 +428,16 @@ def test_resume_refuses_a_model_file_and_a_corrupt_file(train_set, tmp_path):
         _resume(model_file, train_set)
 
     good = tmp_path / "good.safetensors"
-    fastcnn.fit(tiny_net(), train_set, epochs=1, batch_size=32, lr=0.05, momentum=0.9,
-                checkpoint=good, progress=False)
+    fastcnn.fit(
+        tiny_net(),
+        train_set,
+        epochs=1,
+        batch_size=32,
+        lr=0.05,
+        momentum=0.9,
+        checkpoint=good,
+        progress=False,
+    )
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match="truncated.safetensors"):
@@ -370,13 +466,17 @@ def test_resume_needs_a_checkpoint_path(train_set):
         fastcnn.fit(tiny_net(), train_set, epochs=1, resume=True, progress=False)
 
 
-def test_checkpoint_in_a_missing_folder_fails_before_training(train_set, tmp_path,
-                                                              monkeypatch):
+def test_checkpoint_in_a_missing_folder_fails_before_training(train_set, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(fastcnn.train, "_epochs", lambda *a: calls.append(a))
     with pytest.raises(FileNotFoundError, match="no/such/folder"):
-        fastcnn.fit(tiny_net(), train_set, epochs=1, checkpoint=tmp_path / "no/such/folder/c",
-                    progress=False)
+        fastcnn.fit(
+            tiny_net(),
+            train_set,
+            epochs=1,
+            checkpoint=tmp_path / "no/such/folder/c",
+            progress=False,
+        )
     assert calls == []
 
 
@@ -388,8 +488,7 @@ def test_divergence_leaves_the_last_good_checkpoint_intact(train_set, tmp_path):
     in epoch 3, fit raises, and the checkpoint still holds epoch 2, byte for byte."""
     path = tmp_path / "c.safetensors"
     good = tiny_net()
-    fastcnn.fit(good, train_set, epochs=2, batch_size=32, lr=0.05, checkpoint=path,
-                progress=False)
+    fastcnn.fit(good, train_set, epochs=2, batch_size=32, lr=0.05, checkpoint=path, progress=False)
     before = path.read_bytes()
 
     x = train_set.images.copy()
@@ -407,8 +506,9 @@ def test_divergence_leaves_the_last_good_checkpoint_intact(train_set, tmp_path):
 def test_diverging_from_the_start_writes_no_checkpoint(train_set, tmp_path):
     path = tmp_path / "c.safetensors"
     with pytest.raises(FloatingPointError, match=r"epoch 1, batch \d+"):
-        fastcnn.fit(tiny_net(), train_set, epochs=3, batch_size=32, lr=1e20, checkpoint=path,
-                    progress=False)
+        fastcnn.fit(
+            tiny_net(), train_set, epochs=3, batch_size=32, lr=1e20, checkpoint=path, progress=False
+        )
     assert os.listdir(tmp_path) == []
 
 
@@ -433,8 +533,15 @@ def test_non_finite_weights_at_the_end_of_an_epoch_are_not_checkpointed(train_se
     steps = len(data.DataLoader(train_set, batch_size=32))  # 10
     opt = _Overflow(model.parameters(), at=2 * steps, lr=0.05, momentum=0.9)
     with pytest.raises(FloatingPointError, match=r"end of epoch 2.*c\.safetensors"):
-        fastcnn.fit(model, train_set, epochs=3, batch_size=32, optimizer=opt, checkpoint=path,
-                    progress=False)
+        fastcnn.fit(
+            model,
+            train_set,
+            epochs=3,
+            batch_size=32,
+            optimizer=opt,
+            checkpoint=path,
+            progress=False,
+        )
     ckpt = io.load_checkpoint(path)
     assert ckpt.epoch == 1
     assert all(np.isfinite(v).all() for v in ckpt.model.state_dict().values())
@@ -495,8 +602,14 @@ def _env():
 
 
 def _start(cwd, *args):
-    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], cwd=cwd, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *map(str, args)],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc, timeout=300):
@@ -622,8 +735,14 @@ def test_sigkill_at_random_moments_never_corrupts_the_checkpoint(tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "fastcnn.cli", *map(str, args)], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fastcnn.cli", *map(str, args)],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _folder(root):
@@ -637,20 +756,46 @@ def _folder(root):
 
 def test_cli_train_resume(tmp_path):
     _folder(tmp_path / "images")
-    common = ["train", "images", "--image-size", "12", "--channels", "1", "--batch-size", "8",
-              "--quiet"]
+    common = [
+        "train",
+        "images",
+        "--image-size",
+        "12",
+        "--channels",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ]
     full = _cli(*common, "--epochs", "3", "--out", "full.safetensors", cwd=tmp_path)
     assert full.returncode == 0, full.stderr
     # the default checkpoint (full.ckpt.safetensors) is deleted once the model is saved
     assert sorted(os.listdir(tmp_path)) == ["full.safetensors", "images"]
 
     # a named checkpoint stays; --resume continues it to the new --epochs total
-    first = _cli(*common, "--epochs", "1", "--out", "part.safetensors", "--checkpoint",
-                 "ckpt/run.safetensors", cwd=tmp_path)
+    first = _cli(
+        *common,
+        "--epochs",
+        "1",
+        "--out",
+        "part.safetensors",
+        "--checkpoint",
+        "ckpt/run.safetensors",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr
     assert io.load_checkpoint(tmp_path / "ckpt" / "run.safetensors").epoch == 1
-    rest = _cli(*common, "--epochs", "3", "--out", "part.safetensors", "--checkpoint",
-                "ckpt/run.safetensors", "--resume", cwd=tmp_path)
+    rest = _cli(
+        *common,
+        "--epochs",
+        "3",
+        "--out",
+        "part.safetensors",
+        "--checkpoint",
+        "ckpt/run.safetensors",
+        "--resume",
+        cwd=tmp_path,
+    )
     assert rest.returncode == 0, rest.stderr
     assert "trained 3 epochs" in rest.stdout
     assert io.load_checkpoint(tmp_path / "ckpt" / "run.safetensors").epoch == 3
@@ -659,8 +804,19 @@ def test_cli_train_resume(tmp_path):
     assert a.classes == b.classes and a.preprocessing == b.preprocessing
 
     # a resume with other settings is a one-line error naming the difference
-    bad = _cli(*common, "--epochs", "3", "--lr", "0.5", "--out", "part.safetensors",
-               "--checkpoint", "ckpt/run.safetensors", "--resume", cwd=tmp_path)
+    bad = _cli(
+        *common,
+        "--epochs",
+        "3",
+        "--lr",
+        "0.5",
+        "--out",
+        "part.safetensors",
+        "--checkpoint",
+        "ckpt/run.safetensors",
+        "--resume",
+        cwd=tmp_path,
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("fastcnn: error: cannot resume from ckpt/run.safetensors")
     assert "lr 0.01 there, 0.5 here" in bad.stderr

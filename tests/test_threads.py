@@ -69,8 +69,11 @@ def test_conv2d_bit_identical_across_threads(case, gemm_kernel, num_threads, rng
     def compute():
         y = ops.conv2d_forward(x, wt, b, stride=stride, padding=padding, relu=True)
         dy = np.sin(np.arange(y.size, dtype=np.float32)).reshape(y.shape)
-        return (y, *ops.conv2d_backward(x, wt, dy, stride=stride, padding=padding),
-                ops.conv2d_backward(x, wt, dy, stride=stride, padding=padding, need_dx=False)[1])
+        return (
+            y,
+            *ops.conv2d_backward(x, wt, dy, stride=stride, padding=padding),
+            ops.conv2d_backward(x, wt, dy, stride=stride, padding=padding, need_dx=False)[1],
+        )
 
     single = run_with_threads(num_threads, 1, compute)
     ref.assert_close(single[0], ref.conv2d_forward(x, wt, b, stride, padding, relu=True))
@@ -89,8 +92,11 @@ def test_linear_bit_identical_across_threads(case, gemm_kernel, num_threads, rng
     dy = rng.standard_normal((n, fout), dtype=np.float32)
 
     def compute():
-        return (ops.linear_forward(x, w, b), ops.linear_forward(x, w, b, relu=True),
-                *ops.linear_backward(x, w, dy))
+        return (
+            ops.linear_forward(x, w, b),
+            ops.linear_forward(x, w, b, relu=True),
+            *ops.linear_backward(x, w, dy),
+        )
 
     single = run_with_threads(num_threads, 1, compute)
     for t in THREAD_COUNTS:
@@ -99,16 +105,18 @@ def test_linear_bit_identical_across_threads(case, gemm_kernel, num_threads, rng
             assert_bit_identical(a, m, f"{name} with {t} threads")
 
 
-@pytest.mark.parametrize("size", [(256, 513, 257), (97, 131, 300), (1, 700, 900), (700, 1, 900)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "size", [(256, 513, 257), (97, 131, 300), (1, 700, 900), (700, 1, 900)], ids=str
+)
 def test_sgemm_bit_identical_across_threads(size, gemm_kernel, num_threads, rng):
     m, n, k = size
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     single = run_with_threads(num_threads, 1, lambda: ops.sgemm(a, b))
     for t in THREAD_COUNTS:
-        assert_bit_identical(single, run_with_threads(num_threads, t, lambda: ops.sgemm(a, b)),
-                             f"c with {t} threads")
+        assert_bit_identical(
+            single, run_with_threads(num_threads, t, lambda: ops.sgemm(a, b)), f"c with {t} threads"
+        )
 
 
 def test_other_ops_bit_identical_across_threads(num_threads, rng):
@@ -120,9 +128,17 @@ def test_other_ops_bit_identical_across_threads(num_threads, rng):
     def compute():
         y, idx = ops.maxpool2d_forward(x, 2)
         loss, dlogits = ops.softmax_cross_entropy(logits, labels)
-        return (y, idx.view(np.float32), ops.maxpool2d_backward(dy, idx, x.shape),
-                ops.avgpool2d_forward(x, 3, 2), ops.avgpool2d_backward(dy, x.shape, 2),
-                ops.relu_forward(x), ops.relu_backward(x, x), np.float32([loss]), dlogits)
+        return (
+            y,
+            idx.view(np.float32),
+            ops.maxpool2d_backward(dy, idx, x.shape),
+            ops.avgpool2d_forward(x, 3, 2),
+            ops.avgpool2d_backward(dy, x.shape, 2),
+            ops.relu_forward(x),
+            ops.relu_backward(x, x),
+            np.float32([loss]),
+            dlogits,
+        )
 
     single = run_with_threads(num_threads, 1, compute)
     for t in THREAD_COUNTS:

@@ -52,8 +52,9 @@ def test_seednet_state_dict_loads_into_torch_with_same_logits(cfg, rng):
     theirs = torch_seednet(**cfg)
     state = ours.state_dict()
     assert list(state) == list(theirs.state_dict())
-    assert {k: v.shape for k, v in state.items()} == {k: tuple(v.shape) for k, v in
-                                                      theirs.state_dict().items()}
+    assert {k: v.shape for k, v in state.items()} == {
+        k: tuple(v.shape) for k, v in theirs.state_dict().items()
+    }
     theirs.load_state_dict(to_torch(state), strict=True)
     x = rng.standard_normal((4, cfg["in_channels"], *cfg["image_size"]), dtype=np.float32)
     with torch.no_grad():
@@ -102,8 +103,9 @@ def _train_steps(make_ours, make_theirs, steps, rng, image_size=(16, 12)):
         ours.backward(loss_fn.backward())
         opt.step()
         topt.zero_grad()
-        tloss = tnn.functional.cross_entropy(theirs(torch.from_numpy(x).double()),
-                                             torch.from_numpy(y))
+        tloss = tnn.functional.cross_entropy(
+            theirs(torch.from_numpy(x).double()), torch.from_numpy(y)
+        )
         tloss.backward()
         topt.step()
         assert loss == pytest.approx(tloss.item(), rel=1e-4, abs=1e-5)
@@ -123,15 +125,17 @@ def _compare(start, ours, theirs, outliers=0.0, outlier_bound=0.0):
         good = err <= 1e-3 * scale + rounding
         assert np.mean(~good) <= outliers, (k, float(np.mean(~good)), float(err.max() / scale))
         assert np.all(good | (err <= outlier_bound)), (k, float(err.max()))
-        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-4, atol=max(1e-6, outlier_bound),
-                                   err_msg=k)
+        np.testing.assert_allclose(
+            ours[k], theirs[k], rtol=1e-4, atol=max(1e-6, outlier_bound), err_msg=k
+        )
 
 
 def test_sgd_momentum_steps_match_torch(rng):
     start, ours, theirs = _train_steps(
         lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9),
         lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
-        steps=3, rng=rng,
+        steps=3,
+        rng=rng,
     )
     _compare(start, ours, theirs)
 
@@ -140,7 +144,8 @@ def test_sgd_nesterov_weight_decay_steps_match_torch(rng):
     start, ours, theirs = _train_steps(
         lambda ps: optim.SGD(ps, lr=0.02, momentum=0.8, weight_decay=1e-3, nesterov=True),
         lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.8, weight_decay=1e-3, nesterov=True),
-        steps=3, rng=rng,
+        steps=3,
+        rng=rng,
     )
     _compare(start, ours, theirs)
 
@@ -149,7 +154,8 @@ def test_adam_steps_match_torch(rng):
     start, ours, theirs = _train_steps(
         lambda ps: optim.Adam(ps, lr=1e-3),
         lambda ps: torch.optim.Adam(ps, lr=1e-3),
-        steps=3, rng=rng,
+        steps=3,
+        rng=rng,
     )
     # Adam's update m / sqrt(v) does not shrink with the gradient: where the true gradient is
     # ~0 and float32 leaves only rounding noise, the step is still up to lr in size, in a
@@ -170,8 +176,13 @@ def _layer_vs_torch(ours, theirs, x, rng, params=()):
     dx = ours.backward(dy)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg="dx")
     for name in params:
-        np.testing.assert_allclose(getattr(ours, name).grad, getattr(theirs, name).grad.numpy(),
-                                   rtol=1e-4, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(ours, name).grad,
+            getattr(theirs, name).grad.numpy(),
+            rtol=1e-4,
+            atol=1e-4,
+            err_msg=name,
+        )
 
 
 CONV_CASES = [
@@ -200,8 +211,9 @@ def test_linear_layer_matches_torch(case, rng):
     ours = nn.Linear(shape[1], out)
     theirs = tnn.Linear(shape[1], out)
     theirs.load_state_dict(to_torch(ours.state_dict()))
-    _layer_vs_torch(ours, theirs, rng.standard_normal(shape, dtype=np.float32), rng,
-                    params=("weight", "bias"))
+    _layer_vs_torch(
+        ours, theirs, rng.standard_normal(shape, dtype=np.float32), rng, params=("weight", "bias")
+    )
 
 
 POOL_CASES = [

@@ -41,8 +41,9 @@ def test_conv2d_matches_torch(case, rng):
     ref.assert_close(db, tb.grad.numpy(), name="db")
 
 
-@pytest.mark.parametrize("case", [(2, 3, 8, 8, 2, None), (1, 4, 9, 11, 3, 2),
-                                  (2, 2, 7, 10, (2, 3), (1, 2))], ids=str)
+@pytest.mark.parametrize(
+    "case", [(2, 3, 8, 8, 2, None), (1, 4, 9, 11, 3, 2), (2, 2, 7, 10, (2, 3), (1, 2))], ids=str
+)
 def test_pools_match_torch(case, rng):
     n, c, h, w, k, s = case
     x = rng.standard_normal((n, c, h, w), dtype=np.float32)

@@ -83,15 +83,18 @@ def test_fit_keeps_classes_and_preprocessing_on_the_model(trained, train_set):
 def test_history_records(train_set, test_arrays):
     model = tiny_net()
     val = data.ArrayDataset(*test_arrays, classes=CLASSES)
-    history = fastcnn.fit(model, train_set, epochs=2, batch_size=64, lr=0.05, val=val,
-                          progress=False)
+    history = fastcnn.fit(
+        model, train_set, epochs=2, batch_size=64, lr=0.05, val=val, progress=False
+    )
     assert [r["epoch"] for r in history] == [1, 2]
     for r in history:
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(r)
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0
         assert r["loss"] > 0 and r["val_loss"] > 0 and r["seconds"] > 0
-        assert all(isinstance(r[k], float) for k in ("loss", "accuracy", "val_loss",
-                                                       "val_accuracy", "seconds"))
+        assert all(
+            isinstance(r[k], float)
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+        )
     # the last validation scores are those of the final model
     assert history[-1]["val_loss"] == pytest.approx(fastcnn.evaluate(model, val)["loss"], rel=1e-9)
     assert history[-1]["val_accuracy"] == fastcnn.evaluate(model, val)["accuracy"]
@@ -104,8 +107,9 @@ def test_history_records(train_set, test_arrays):
 def test_fit_is_the_loop_one_would_write_by_hand(train_set):
     """Seeded shuffle (DataLoader(seed)), SGD(lr, momentum), mean loss and accuracy per epoch."""
     fitted = tiny_net()
-    history = fastcnn.fit(fitted, train_set, epochs=2, batch_size=50, lr=0.03, momentum=0.8,
-                          seed=7, progress=False)
+    history = fastcnn.fit(
+        fitted, train_set, epochs=2, batch_size=50, lr=0.03, momentum=0.8, seed=7, progress=False
+    )
 
     model = tiny_net()
     opt = optim.SGD(model.parameters(), lr=0.03, momentum=0.8)
@@ -127,8 +131,9 @@ def test_fit_is_the_loop_one_would_write_by_hand(train_set):
 
 
 def _without_timing(history):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")}
-            for r in history]
+    return [
+        {k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in history
+    ]
 
 
 def test_seeded_runs_are_bit_identical(train_set, test_arrays):
@@ -136,8 +141,9 @@ def test_seeded_runs_are_bit_identical(train_set, test_arrays):
     runs = []
     for _ in range(2):
         model = tiny_net(seed=3)
-        history = fastcnn.fit(model, train_set, epochs=2, batch_size=32, lr=0.05, val=val,
-                              seed=11, progress=False)
+        history = fastcnn.fit(
+            model, train_set, epochs=2, batch_size=32, lr=0.05, val=val, seed=11, progress=False
+        )
         runs.append((_without_timing(history), model.state_dict()))
     assert runs[0][0] == runs[1][0]
     for k in runs[0][1]:
@@ -151,16 +157,27 @@ def test_seeded_runs_are_bit_identical(train_set, test_arrays):
 def test_fit_accepts_arrays_loaders_and_an_optimizer(train_set, test_arrays):
     x, y = train_set.images, train_set.labels
     model = tiny_net()
-    h = fastcnn.fit(model, (x, y), epochs=1, batch_size=32, lr=0.05,
-                    val=(test_arrays[0][:, None] / np.float32(255), test_arrays[1]),
-                    progress=False)
+    h = fastcnn.fit(
+        model,
+        (x, y),
+        epochs=1,
+        batch_size=32,
+        lr=0.05,
+        val=(test_arrays[0][:, None] / np.float32(255), test_arrays[1]),
+        progress=False,
+    )
     assert "val_accuracy" in h[0]
 
     model = tiny_net()
     adam = optim.Adam(model.parameters(), lr=0.01)
     before = model.state_dict()
-    h = fastcnn.fit(model, data.DataLoader(train_set, batch_size=32, shuffle=True, seed=0),
-                    epochs=2, optimizer=adam, progress=False)
+    h = fastcnn.fit(
+        model,
+        data.DataLoader(train_set, batch_size=32, shuffle=True, seed=0),
+        epochs=2,
+        optimizer=adam,
+        progress=False,
+    )
     assert adam.steps[0] == 2 * 8  # the given optimizer did the steps
     assert not np.array_equal(before["0.weight"], model.state_dict()["0.weight"])
     assert h[-1]["accuracy"] > 0.5
@@ -223,13 +240,11 @@ def test_checkpoint_is_written_and_loadable_after_every_epoch(train_set, tmp_pat
         saved.append(os.fspath(p))
 
     monkeypatch.setattr(io, "save_checkpoint", save_and_check)
-    fastcnn.fit(model, train_set, epochs=3, batch_size=64, lr=0.05, checkpoint=path,
-                progress=False)
+    fastcnn.fit(model, train_set, epochs=3, batch_size=64, lr=0.05, checkpoint=path, progress=False)
     assert saved == [os.fspath(path)] * 3
     assert sorted(os.listdir(tmp_path)) == ["ckpt.safetensors"]
     x = train_set.images[:5]
-    np.testing.assert_array_equal(fastcnn.predict(fastcnn.load(path), x),
-                                  fastcnn.predict(model, x))
+    np.testing.assert_array_equal(fastcnn.predict(fastcnn.load(path), x), fastcnn.predict(model, x))
 
 
 # ---- evaluate -----------------------------------------------------------------------------------
@@ -282,8 +297,9 @@ def test_predict_float_batches_and_single_images(trained, train_set):
     one = fastcnn.predict(model, x[3])
     _check_probabilities(one, 1)
     np.testing.assert_allclose(one[0], p[3], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(fastcnn.predict(model, x.astype(np.float64)), p, rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        fastcnn.predict(model, x.astype(np.float64)), p, rtol=1e-6, atol=1e-7
+    )
     np.testing.assert_allclose(fastcnn.predict(model, x, batch_size=3), p, rtol=1e-6, atol=1e-7)
 
 
@@ -292,8 +308,9 @@ def test_predict_raw_uint8_applies_the_models_preprocessing(trained, train_set):
     raw, _ = squares(256, 1)  # the very images of train_set
     expected = fastcnn.predict(model, train_set.images[:6])
     np.testing.assert_allclose(fastcnn.predict(model, raw[:6]), expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(fastcnn.predict(model, raw[:6, :, :, None]), expected, rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        fastcnn.predict(model, raw[:6, :, :, None]), expected, rtol=1e-6, atol=1e-7
+    )
     one = fastcnn.predict(model, raw[2])
     _check_probabilities(one, 1)
     np.testing.assert_allclose(one[0], expected[2], rtol=1e-6, atol=1e-7)
@@ -332,8 +349,9 @@ def test_predict_image_files(trained, train_set, tmp_path):
     p = fastcnn.predict(model, str(png))
     _check_probabilities(p, 1)
     # a lossless grey PNG of the training size is exactly the training image
-    np.testing.assert_allclose(p, fastcnn.predict(model, train_set.images[:1]), rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        p, fastcnn.predict(model, train_set.images[:1]), rtol=1e-6, atol=1e-7
+    )
     many = fastcnn.predict(model, [png, str(jpg), rgb])
     _check_probabilities(many, 3)
     np.testing.assert_array_equal(many.argmax(1), labels[:3])
@@ -402,8 +420,9 @@ def test_image_folder_end_to_end(tmp_path):
     # a file of the training set, predicted by the loaded model from its path alone, gets the
     # same probabilities as its decoded training image
     first = train.samples[0][0]
-    np.testing.assert_allclose(fastcnn.predict(loaded, first), fastcnn.predict(model, train[0][0]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        fastcnn.predict(loaded, first), fastcnn.predict(model, train[0][0]), rtol=1e-5, atol=1e-6
+    )
     # new files of both classes, every format and mode
     new = _make_folder(tmp_path / "new", 4, seed=1)
     probs = fastcnn.predict(loaded, [p for p, _ in new])
@@ -426,8 +445,9 @@ def test_seednet_learns_fashion_mnist():
     assert len(train) == 60000 and len(test) == 10000
     nn.manual_seed(0)
     model = models.seednet()
-    history = fastcnn.fit(model, train, epochs=2, batch_size=64, lr=0.01, momentum=0.9,
-                          val=test, progress=False)
+    history = fastcnn.fit(
+        model, train, epochs=2, batch_size=64, lr=0.01, momentum=0.9, val=test, progress=False
+    )
     assert history[-1]["val_accuracy"] >= 0.88, history
     assert fastcnn.evaluate(model, test)["accuracy"] == history[-1]["val_accuracy"]
     assert re.fullmatch(r"[\w\- /]+", model.classes[0])

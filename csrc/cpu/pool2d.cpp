@@ -101,23 +101,28 @@ void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* ind
 void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices, const float* y,
                         float* dx) {
   const int64_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
+  // Output planes of half the size may come from 2x2 windows with stride 2: the write-once
+  // kernel checks every index lies in its own window and falls back to scattering if not.
+  const MaxPool2x2Backward fast = (g.OH == g.H / 2 && g.OW == g.W / 2 && g.OH > 0 && g.OW > 0)
+                                      ? gemm_active_kernel().maxpool2x2_backward
+                                      : nullptr;
   for_each_plane(g, [&](int64_t p) {
     float* dxp = dx + p * in_plane;
     const float* dyp = dy + p * out_plane;
     const int32_t* ip = indices + p * out_plane;
+    const float* yp = y ? y + p * out_plane : nullptr;
+    if (fast && fast(dyp, ip, yp, g.H, g.W, g.OH, g.OW, dxp)) return;
     std::fill(dxp, dxp + in_plane, 0.f);
-    if (y) {
-      const float* yp = y + p * out_plane;
+    if (yp) {
       for (int64_t o = 0; o < out_plane; ++o) {
-        const float g = dyp[o];  // branch-free: a masked-off gradient adds an exact zero
-        dxp[ip[o]] += yp[o] <= 0.f ? 0.f : g;
+        const float d = dyp[o];  // branch-free: a masked-off gradient adds an exact zero
+        dxp[ip[o]] += yp[o] <= 0.f ? 0.f : d;
       }
     } else {
       for (int64_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];
     }
   });
 }
-
 // ---- average: forward, backward ---------------------------------------------------------------
 
 void avgpool2d_forward(const Window2d& g, const float* x, float* y) {

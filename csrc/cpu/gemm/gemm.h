@@ -56,6 +56,12 @@ constexpr int64_t kDirectSlack = 64;
 // indices (rows, OW), first maximum wins, NaN wins over numbers (see pool2d.cpp).
 using MaxPool2x2 = void (*)(const float* x, int64_t W, int64_t rows, int64_t OW, float* y,
                             int32_t* indices);
+// Its backward over one plane, writing every element of dx (H, W) once: dy where the index
+// points, else 0 (masked by y > 0 when y is given, see pool2d.cpp). Returns false, having
+// written garbage, if an index lies outside its own 2x2 window (indices from another pooling):
+// the caller then takes the general path.
+using MaxPool2x2Backward = bool (*)(const float* dy, const int32_t* indices, const float* y,
+                                    int64_t H, int64_t W, int64_t OH, int64_t OW, float* dx);
 constexpr int64_t kDirectMaxKw = 8;
 
 struct GemmKernel {
@@ -67,6 +73,7 @@ struct GemmKernel {
   DirectFwd direct_fwd;
   DirectDw direct_dw;
   MaxPool2x2 maxpool2x2;  // null: pool2d.cpp's portable loop
+  MaxPool2x2Backward maxpool2x2_backward;
   // The GEMM micro-kernel with B read in place: row k of the tile's B is the nr floats at
   // brow[k] + boff (conv2d's weight gradient reads them straight from the NHWC images). Null:
   // B is packed instead.

@@ -49,13 +49,14 @@ void kernel_avx2(int64_t K, const float* Ap, const float* Bp, float* C, int64_t 
 }  // namespace
 
 const GemmKernel kGemmAvx2 = {
-    "avx2",           MR,          NR, kernel_avx2, 6, 16, conv_kernel_portable<6, 16>,
-    direct_fwd<8, 8>, direct_dw<8>, nullptr, nullptr};
+    "avx2",           MR,           NR,      kernel_avx2, 6,      16, conv_kernel_portable<6, 16>,
+    direct_fwd<8, 8>, direct_dw<8>, nullptr, nullptr,     nullptr};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx2 = {"avx2", 6, 16, nullptr, 6, 16, nullptr, nullptr, nullptr, nullptr, nullptr};
+const GemmKernel kGemmAvx2 = {"avx2",  6,       16,      nullptr, 6,       16,
+                              nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 #endif

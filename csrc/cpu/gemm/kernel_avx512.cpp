@@ -44,8 +44,8 @@ void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_
 }
 
 // The same tile with B read in place (see GemmKernel::fn_indirect_b): n must be NR.
-void kernel_avx512_ib(int64_t K, const float* Ap, const float* const* brow, int64_t boff,
-                      float* C, int64_t ldc, int m, int n, bool accumulate) {
+void kernel_avx512_ib(int64_t K, const float* Ap, const float* const* brow, int64_t boff, float* C,
+                      int64_t ldc, int m, int n, bool accumulate) {
   __m512 c[MR][2];
   for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
@@ -251,8 +251,8 @@ void maxpool2x2_avx512(const float* x, int64_t W, int64_t rows, int64_t OW, floa
                        int32_t* indices) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512i lane2 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                             12, 13, 14, 15), 1);
+  const __m512i lane2 =
+      _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
   for (int64_t oh = 0; oh < rows; ++oh) {
     const float* r0 = x + 2 * oh * W;
     const float* r1 = r0 + W;
@@ -263,12 +263,11 @@ void maxpool2x2_avx512(const float* x, int64_t W, int64_t rows, int64_t OW, floa
       const __m512 a1 = _mm512_maskz_loadu_ps(k1, r0 + 2 * ow + 16);
       const __m512 b0 = _mm512_maskz_loadu_ps(k0, r1 + 2 * ow);
       const __m512 b1 = _mm512_maskz_loadu_ps(k1, r1 + 2 * ow + 16);
-      const __m512 cand[4] = {_mm512_permutex2var_ps(a0, even, a1),
-                              _mm512_permutex2var_ps(a0, odd, a1),
-                              _mm512_permutex2var_ps(b0, even, b1),
-                              _mm512_permutex2var_ps(b0, odd, b1)};
-      const __m512i base = _mm512_add_epi32(
-          _mm512_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), lane2);
+      const __m512 cand[4] = {
+          _mm512_permutex2var_ps(a0, even, a1), _mm512_permutex2var_ps(a0, odd, a1),
+          _mm512_permutex2var_ps(b0, even, b1), _mm512_permutex2var_ps(b0, odd, b1)};
+      const __m512i base =
+          _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), lane2);
       const int32_t offset[4] = {0, 1, static_cast<int32_t>(W), static_cast<int32_t>(W) + 1};
       __m512 best = cand[0];
       __m512i at = base;
@@ -287,18 +286,74 @@ void maxpool2x2_avx512(const float* x, int64_t W, int64_t rows, int64_t OW, floa
     }
   }
 }
+
+bool maxpool2x2_backward_avx512(const float* dy, const int32_t* indices, const float* y, int64_t H,
+                                int64_t W, int64_t OH, int64_t OW, float* dx) {
+  // lo/hi interleave 16 values a (even columns) and 16 values b (odd columns) into 32.
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  const __m512i lane2 =
+      _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    float* d0 = dx + 2 * oh * W;
+    float* d1 = d0 + W;
+    for (int64_t ow = 0; ow < OW; ow += 16) {
+      const int64_t n = std::min<int64_t>(16, OW - ow);
+      const __mmask16 kn = lane_mask(n);
+      __m512 g = _mm512_maskz_loadu_ps(kn, dy + oh * OW + ow);
+      if (y) {  // ReLU'd forward: the gradient passes where y > 0 is not false (NaN passes)
+        const __m512 yv = _mm512_maskz_loadu_ps(kn, y + oh * OW + ow);
+        g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(yv, zero, _CMP_NLE_UQ), g);
+      }
+      const __m512i at = _mm512_maskz_loadu_epi32(kn, indices + oh * OW + ow);
+      const __m512i base =
+          _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), lane2);
+      const __m512i rel = _mm512_sub_epi32(at, base);  // 0, 1, W, W+1
+      const __m512i w1 = _mm512_set1_epi32(static_cast<int32_t>(W));
+      const __m512 g00 =
+          _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(rel, _mm512_setzero_si512()), g);
+      const __m512 g01 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(1)), g);
+      const __m512 g10 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(rel, w1), g);
+      const __m512 g11 = _mm512_maskz_mov_ps(
+          _mm512_cmpeq_epi32_mask(rel, _mm512_add_epi32(w1, _mm512_set1_epi32(1))), g);
+      const __mmask16 hit =
+          _mm512_cmpeq_epi32_mask(rel, _mm512_setzero_si512()) |
+          _mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(1)) | _mm512_cmpeq_epi32_mask(rel, w1) |
+          _mm512_cmpeq_epi32_mask(rel, _mm512_add_epi32(w1, _mm512_set1_epi32(1)));
+      if ((hit & kn) != kn) return false;
+      const __mmask16 k0 = lane_mask(2 * n), k1 = lane_mask(2 * n - 16);
+      _mm512_mask_storeu_ps(d0 + 2 * ow, k0, _mm512_permutex2var_ps(g00, lo, g01));
+      _mm512_mask_storeu_ps(d0 + 2 * ow + 16, k1, _mm512_permutex2var_ps(g00, hi, g01));
+      _mm512_mask_storeu_ps(d1 + 2 * ow, k0, _mm512_permutex2var_ps(g10, lo, g11));
+      _mm512_mask_storeu_ps(d1 + 2 * ow + 16, k1, _mm512_permutex2var_ps(g10, hi, g11));
+    }
+    for (int64_t w = 2 * OW; w < W; ++w) d0[w] = d1[w] = 0.f;  // an odd last column
+  }
+  for (int64_t h = 2 * OH; h < H; ++h)  // an odd last row
+    for (int64_t w = 0; w < W; ++w) dx[h * W + w] = 0.f;
+  return true;
+}
 }  // namespace
 
-const GemmKernel kGemmAvx512 = {
-    "avx512",         MR, NR, kernel_avx512, CMR, CNR, conv_avx512, direct_fwd_avx512,
-    direct_dw_avx512, maxpool2x2_avx512, kernel_avx512_ib};
+const GemmKernel kGemmAvx512 = {"avx512",
+                                MR,
+                                NR,
+                                kernel_avx512,
+                                CMR,
+                                CNR,
+                                conv_avx512,
+                                direct_fwd_avx512,
+                                direct_dw_avx512,
+                                maxpool2x2_avx512,
+                                maxpool2x2_backward_avx512,
+                                kernel_avx512_ib};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx512 = {"avx512", 8,       32,      nullptr, 12,
-                                32,       nullptr, nullptr, nullptr, nullptr,
-                                nullptr};
+const GemmKernel kGemmAvx512 = {"avx512", 8,       32,      nullptr, 12,      32,
+                                nullptr,  nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 #endif

@@ -23,8 +23,17 @@ void kernel_generic(int64_t K, const float* Ap, const float* Bp, float* C, int64
 }
 }  // namespace
 
-const GemmKernel kGemmGeneric = {
-    "generic",        MR,          NR, kernel_generic, 4, 16, conv_kernel_portable<4, 16>,
-    direct_fwd<4, 8>, direct_dw<8>, nullptr, nullptr};
+const GemmKernel kGemmGeneric = {"generic",
+                                 MR,
+                                 NR,
+                                 kernel_generic,
+                                 4,
+                                 16,
+                                 conv_kernel_portable<4, 16>,
+                                 direct_fwd<4, 8>,
+                                 direct_dw<8>,
+                                 nullptr,
+                                 nullptr,
+                                 nullptr};
 
 }  // namespace fastcnn
