@@ -793,6 +793,7 @@ def test_real_fashion_mnist_peak_memory():
     result = subprocess.run(
         [sys.executable, "-c", PEAK_MEMORY_SCRIPT, REAL],
         env=env,
+        cwd=REAL,  # not the source tree, whose fastcnn/ has no compiled extension
         capture_output=True,
         text=True,
         timeout=120,
