@@ -190,32 +190,46 @@ void direct_fwd_avx512(const Direct2d& d, const float* xp, const float* w, const
 template <int KW>
 void direct_dw_avx512_kw(const Direct2d& d, int64_t N, const float* xp, int64_t image,
                          const float* dy, float* dw, int64_t o0, int64_t o1) {
+  // Two output channels a pass share every input load: 2 x KW x 2 accumulators.
+  constexpr int OB = KW <= 6 ? 2 : 1;
   const int64_t plane = d.OH * d.OW;
-  for (int64_t o = o0; o < o1; ++o) {
+  for (int64_t o = o0; o < o1; o += OB) {
+    const int ob = static_cast<int>(std::min<int64_t>(OB, o1 - o));
     for (int64_t c = 0; c < d.C; ++c) {
       for (int64_t ki = 0; ki < d.kh; ++ki) {
-        __m512 acc[KW][2];
-        for (int kj = 0; kj < KW; ++kj) acc[kj][0] = acc[kj][1] = _mm512_setzero_ps();
+        __m512 acc[OB][KW][2];
+        for (int q = 0; q < OB; ++q)
+          for (int kj = 0; kj < KW; ++kj) acc[q][kj][0] = acc[q][kj][1] = _mm512_setzero_ps();
         for (int64_t n = 0; n < N; ++n) {
           const float* dyo = dy + (n * d.O + o) * plane;
           for (int64_t oh = 0; oh < d.OH; ++oh) {
             const float* xr = xp + n * image + (c * d.Hp + oh * d.sh + ki) * d.Wp;
             for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 32) {
               const __mmask16 k0 = lane_mask(d.OW - ow0), k1 = lane_mask(d.OW - ow0 - 16);
-              const __m512 g0 = _mm512_maskz_loadu_ps(k0, dyo + oh * d.OW + ow0);
-              const __m512 g1 = _mm512_maskz_loadu_ps(k1, dyo + oh * d.OW + ow0 + 16);
+              __m512 g[OB][2];
+              for (int q = 0; q < OB; ++q) {  // a missing second channel reads as zeros
+                const float* dq = dyo + q * plane + oh * d.OW + ow0;
+                g[q][0] = _mm512_maskz_loadu_ps(q < ob ? k0 : 0, dq);
+                g[q][1] = _mm512_maskz_loadu_ps(q < ob ? k1 : 0, dq + 16);
+              }
               const float* xs = xr + ow0;
               for (int kj = 0; kj < KW; ++kj) {
-                acc[kj][0] = _mm512_fmadd_ps(g0, _mm512_maskz_loadu_ps(k0, xs + kj), acc[kj][0]);
-                acc[kj][1] =
-                    _mm512_fmadd_ps(g1, _mm512_maskz_loadu_ps(k1, xs + kj + 16), acc[kj][1]);
+                const __m512 x0 = _mm512_maskz_loadu_ps(k0, xs + kj);
+                const __m512 x1 = _mm512_maskz_loadu_ps(k1, xs + kj + 16);
+                for (int q = 0; q < OB; ++q) {
+                  acc[q][kj][0] = _mm512_fmadd_ps(g[q][0], x0, acc[q][kj][0]);
+                  acc[q][kj][1] = _mm512_fmadd_ps(g[q][1], x1, acc[q][kj][1]);
+                }
               }
             }
           }
         }
-        for (int kj = 0; kj < KW; ++kj)
-          dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] =
-              lane_sum(_mm512_add_ps(acc[kj][0], acc[kj][1]));
+        for (int q = 0; q < OB; ++q) {
+          if (q >= ob) break;
+          for (int kj = 0; kj < KW; ++kj)
+            dw[(((o + q) * d.C + c) * d.kh + ki) * d.kw + kj] =
+                lane_sum(_mm512_add_ps(acc[q][kj][0], acc[q][kj][1]));
+        }
       }
     }
   }
