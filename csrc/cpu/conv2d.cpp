@@ -212,13 +212,29 @@ struct Indirect {
 
 // x (C, H, W) -> xp (Hp, Wp, C): NHWC with a zero border.
 void pad_nhwc(const Indirect& cv, const float* x, float* xp) {
-  const int64_t Wp = cv.Wp(), C = cv.C;
-  std::fill(xp, xp + cv.padded_size(), 0.f);
-  for (int64_t h = 0; h < cv.H; ++h) {
-    float* row = xp + ((h + cv.ph) * Wp + cv.pw) * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const float* src = x + (c * cv.H + h) * cv.W;
-      for (int64_t w = 0; w < cv.W; ++w) row[w * C + c] = src[w];
+  const int64_t Hp = cv.Hp(), Wp = cv.Wp(), C = cv.C, H = cv.H, W = cv.W;
+  // Only the border is zeroed; the inside is written once, below.
+  std::fill(xp, xp + cv.ph * Wp * C, 0.f);
+  std::fill(xp + (cv.ph + H) * Wp * C, xp + Hp * Wp * C, 0.f);
+  for (int64_t h = 0; h < H; ++h) {
+    float* row = xp + (h + cv.ph) * Wp * C;
+    std::fill(row, row + cv.pw * C, 0.f);
+    std::fill(row + (cv.pw + W) * C, row + Wp * C, 0.f);
+    float* dst = row + cv.pw * C;
+    // A (C x W) -> (W x C) transpose in blocks of 8 channels: 8 input rows are read in step
+    // and each output pixel gets 8 contiguous channels at a time.
+    int64_t c0 = 0;
+    for (; c0 + 8 <= C; c0 += 8) {
+      const float* s = x + (c0 * H + h) * W;
+      const int64_t plane = H * W;
+      for (int64_t w = 0; w < W; ++w) {
+        float* d = dst + w * C + c0;
+        for (int j = 0; j < 8; ++j) d[j] = s[j * plane + w];
+      }
+    }
+    for (; c0 < C; ++c0) {
+      const float* src = x + (c0 * H + h) * W;
+      for (int64_t w = 0; w < W; ++w) dst[w * C + c0] = src[w];
     }
   }
 }
