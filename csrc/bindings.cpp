@@ -14,6 +14,9 @@
 #include "cpu/common.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/ops.h"
+#ifdef FASTCNN_HAS_CUDA
+#include "cuda/common.cuh"
+#endif
 
 namespace py = pybind11;
 using fastcnn::Window2d;
@@ -531,5 +534,10 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("has_openmp") = false;
 #endif
+#ifdef FASTCNN_HAS_CUDA
+  m.attr("has_cuda") = true;  // built with the CUDA backend; whether a GPU answers is below
+  m.def("cuda_device_count", &fastcnn::cuda::device_count);
+#else
   m.attr("has_cuda") = false;
+#endif
 }
