@@ -250,7 +250,11 @@ def build_parser():
         help="continue from the checkpoint if there is one (same data, --arch, --image-size, "
         "--channels, --batch-size, --lr, --momentum, --seed; --epochs is the total)",
     )
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no per-epoch lines, only the summary",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy of a saved model on a data set")
