@@ -138,7 +138,7 @@ def cmd_train(args):
             os.remove(checkpoint)
     last = history[-1]
     total = sum(r["seconds"] for r in history)
-    summary = f"trained {args.epochs} epochs in {total:.1f} s"
+    summary = f"trained {args.epochs} epoch{'' if args.epochs == 1 else 's'} in {total:.1f} s"
     if "val_accuracy" in last:
         summary += f"; test accuracy {last['val_accuracy']:.4f}"
     print(f"{summary}; model saved to {args.out}")
