@@ -305,7 +305,34 @@ def _uniform(shape, bound):
     return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
-class Conv2d(Module):
+class _Weighted(Module):
+    """What Conv2d and Linear share around their op: the inputs backward keeps, the fused
+    ReLU's mask, and the gradient accumulation."""
+
+    _x = None
+
+    def _keep(self, x, y, relu):
+        self._x, self._y, self._relu = (x, y, relu) if self.training else (None, None, False)
+
+    def _backward_inputs(self, dy):
+        """(dy through the fused ReLU's mask, whether dx is wanted, dx's buffer or None)."""
+        if self._x is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called without a forward in training mode"
+            )
+        if self._relu:
+            dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
+        need_dx = self.requires_input_grad
+        return dy, need_dx, (self._buffer("dx", self._x.shape) if need_dx else None)
+
+    def _accumulate(self, dx, dw, db):
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+
+class Conv2d(_Weighted):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         self.in_channels = _int(in_channels, "in_channels", 1)
         self.out_channels = _int(out_channels, "out_channels", 1)
@@ -317,7 +344,6 @@ class Conv2d(Module):
         bound = 1.0 / math.sqrt(fan_in)
         self.weight = Parameter(_uniform((out_channels, in_channels, *self.kernel_size), bound))
         self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
-        self._x = None
 
     def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
@@ -330,7 +356,7 @@ class Conv2d(Module):
             relu,
             self._buffer("y", self._out_shape(x)),
         )
-        self._x, self._y, self._relu = (x, y, relu) if self.training else (None, None, False)
+        self._keep(x, y, relu)
         return y
 
     def _out_shape(self, x):
@@ -346,12 +372,7 @@ class Conv2d(Module):
         )
 
     def backward(self, dy):
-        if self._x is None:
-            raise RuntimeError("Conv2d.backward called without a forward in training mode")
-        if self._relu:
-            dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
-        need_dx = self.requires_input_grad
-        dx_buf = self._buffer("dx", self._x.shape) if need_dx else None
+        dy, need_dx, dx_buf = self._backward_inputs(dy)
         dx, dw, db = ops.conv2d_backward(
             self._x,
             self.weight.data,
@@ -361,10 +382,7 @@ class Conv2d(Module):
             need_dx,
             out=(dx_buf, None, None),
         )
-        self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx
+        return self._accumulate(dx, dw, db)
 
     def config(self):
         return {
@@ -377,36 +395,27 @@ class Conv2d(Module):
         }
 
 
-class Linear(Module):
+class Linear(_Weighted):
     def __init__(self, in_features, out_features, bias=True):
         self.in_features = _int(in_features, "in_features", 1)
         self.out_features = _int(out_features, "out_features", 1)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform((self.out_features, self.in_features), bound))
         self.bias = Parameter(_uniform((self.out_features,), bound)) if bias else None
-        self._x = None
 
     def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
         shape = (x.shape[0], self.out_features) if getattr(x, "ndim", 0) == 2 else None
         y = ops.linear_forward(x, self.weight.data, b, relu, self._buffer("y", shape))
-        self._x, self._y, self._relu = (x, y, relu) if self.training else (None, None, False)
+        self._keep(x, y, relu)
         return y
 
     def backward(self, dy):
-        if self._x is None:
-            raise RuntimeError("Linear.backward called without a forward in training mode")
-        if self._relu:
-            dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
-        need_dx = self.requires_input_grad
-        dx_buf = self._buffer("dx", self._x.shape) if need_dx else None
+        dy, need_dx, dx_buf = self._backward_inputs(dy)
         dx, dw, db = ops.linear_backward(
             self._x, self.weight.data, dy, need_dx, out=(dx_buf, None, None)
         )
-        self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx
+        return self._accumulate(dx, dw, db)
 
     def config(self):
         return {

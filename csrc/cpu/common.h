@@ -25,6 +25,12 @@ struct Window2d {
   static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p) {
     return (in + 2 * p - k) / s + 1;
   }
+  // Extent of a zero-bordered copy of the input: the padded size, or what the last window
+  // reaches if that is further (never, in floor mode; kept so a buffer is never read past).
+  static int64_t padded_extent(int64_t in, int64_t k, int64_t s, int64_t p, int64_t out) {
+    const int64_t padded = in + 2 * p, reach = (out - 1) * s + k;
+    return padded > reach ? padded : reach;
+  }
   void finish() {
     OH = out_size(H, kh, sh, ph);
     OW = out_size(W, kw, sw, pw);

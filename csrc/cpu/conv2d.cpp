@@ -9,10 +9,12 @@
 //             ReLU applied on the way out.
 //   dx        for stride 1, dx is the convolution of dy (zero-bordered by k-1-p) with the
 //             flipped, transposed filters: the same kernel again.
-//   dw        one GEMM over the whole batch, dw (O x T*C) = dy (O x N*P) . col (N*P x T*C),
-//             whose packers read dy and the NHWC images directly (no im2col copy), then a
-//             permutation to PyTorch's (O, C, kh, kw). Threads split the output tiles, so every
-//             element of dw is summed over images and pixels in one fixed order.
+//   dw        one GEMM over the whole batch, dw (O x T*C) = dy (O x N*P) . col (N*P x T*C), then
+//             a permutation to PyTorch's (O, C, kh, kw). dy is transposed once into the A panels;
+//             B is never packed where the micro-kernel can read it in place (a channel count
+//             that fills whole NR panels), else packed straight from the NHWC images (no im2col
+//             copy). Threads split dw's panels, so every element is summed over images and
+//             pixels in one fixed order.
 // "direct" (few input channels, like an image's 1 or 3): forward and dw loop over taps with the
 //   output pixels of a row in vector lanes; nothing is packed.
 // "im2col" (the reference, and the fallback for small channel counts or strided dx): im2col +
@@ -38,7 +40,7 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
-enum Slot { kCol, kPad, kPix, kPacked, kBias, kDw, kDyPanels, kSlots };
+enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kSlots };
 float* scratch(Slot slot, size_t n) {
   thread_local ScratchBuffer buf[kSlots];
   return buf[slot].get(n);
@@ -205,9 +207,14 @@ struct Indirect {
   int64_t C, H, W, ph, pw;  // input and its zero border (top/left; bottom/right as needed)
   int64_t kh, kw, sh, sw;
   int64_t O, OH, OW;
-  int64_t Hp() const { return std::max(H + 2 * ph, (OH - 1) * sh + kh); }
-  int64_t Wp() const { return std::max(W + 2 * pw, (OW - 1) * sw + kw); }
+  int64_t Hp() const { return Window2d::padded_extent(H, kh, sh, ph, OH); }
+  int64_t Wp() const { return Window2d::padded_extent(W, kw, sw, pw, OW); }
   int64_t padded_size() const { return Hp() * Wp() * C; }
+
+  // The convolution g itself (dx uses another geometry, see dx_indirect).
+  static Indirect of(const Window2d& g) {
+    return {g.C, g.H, g.W, g.ph, g.pw, g.kh, g.kw, g.sh, g.sw, g.O, g.OH, g.OW};
+  }
 };
 
 // x (C, H, W) -> xp (Hp, Wp, C): NHWC with a zero border.
@@ -332,8 +339,7 @@ void forward_indirect(const GemmKernel& k, const Window2d& g, const float* x, co
     std::fill(bias, bias + padded, 0.f);
     std::copy(b, b + g.O, bias);
   }
-  Indirect cv{g.C, g.H, g.W, g.ph, g.pw, g.kh, g.kw, g.sh, g.sw, g.O, g.OH, g.OW};
-  indirect_batch(k, cv, g.N, x, Wp, bias, relu, y);
+  indirect_batch(k, Indirect::of(g), g.N, x, Wp, bias, relu, y);
 }
 
 // dx = dy (O channels, zero border k-1-p) convolved with the flipped filters; stride 1 only.
@@ -351,7 +357,7 @@ void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const f
 void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
                  float* dw) {
   const int64_t T = g.kh * g.kw, P = g.pixels(), TC = T * g.C;
-  Indirect cv{g.C, g.H, g.W, g.ph, g.pw, g.kh, g.kw, g.sh, g.sw, g.O, g.OH, g.OW};
+  const Indirect cv = Indirect::of(g);
   const int64_t img = cv.padded_size(), in_size = g.C * g.H * g.W;
   const int threads = num_threads();
 
@@ -447,8 +453,8 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
 
 Direct2d direct_geometry(const Window2d& g) {
   return Direct2d{g.C,
-                  std::max(g.H + 2 * g.ph, (g.OH - 1) * g.sh + g.kh),
-                  std::max(g.W + 2 * g.pw, (g.OW - 1) * g.sw + g.kw),
+                  Window2d::padded_extent(g.H, g.kh, g.sh, g.ph, g.OH),
+                  Window2d::padded_extent(g.W, g.kw, g.sw, g.pw, g.OW),
                   g.kh,
                   g.kw,
                   g.sh,
