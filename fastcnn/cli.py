@@ -86,6 +86,7 @@ def cmd_train(args):
 
     from . import models, nn
 
+    fastcnn.ops._device(args.device)
     defaults = (28, 1) if args.data == DEFAULT_DATA else (64, 3)
     image_size = defaults[0] if args.image_size is None else args.image_size  # 0 is an error
     channels = args.channels or defaults[1]
@@ -117,7 +118,7 @@ def cmd_train(args):
     nn.manual_seed(args.seed)
     model = models.ARCHITECTURES[args.arch](
         in_channels=x0.shape[0], num_classes=len(train_set.classes), image_size=x0.shape[1:]
-    )
+    ).to(args.device)
     history = fastcnn.fit(
         model,
         train_set,
@@ -147,7 +148,7 @@ def cmd_train(args):
 def cmd_eval(args):
     import fastcnn
 
-    model = fastcnn.load(args.model)
+    model = fastcnn.load(args.model).to(args.device)
     dataset, _ = _load_data(args.data, None, None, train=False, reference=model)
     scores = fastcnn.evaluate(model, dataset)
     print(
@@ -159,7 +160,7 @@ def cmd_eval(args):
 def cmd_predict(args):
     import fastcnn
 
-    model = fastcnn.load(args.model)
+    model = fastcnn.load(args.model).to(args.device)
     classes = model.classes
     for path in args.images:
         probs = fastcnn.predict(model, path)[0]
@@ -214,15 +215,25 @@ def cmd_info(args):
         f"{', '.join(fastcnn.ops.gemm_kernels())})"
     )
     print(f"threads: {fastcnn.get_num_threads()} (OpenMP: {'yes' if _C.has_openmp else 'no'})")
-    print(f"cuda: {'available' if cuda.is_available() else 'not available (CPU build)'}")
+    if cuda.is_available():
+        state = f"available ({_C.cuda_device_count()} device(s))"
+    elif _C.has_cuda:
+        state = "built with CUDA, but no GPU or driver answers"
+    else:
+        state = "not available (a CPU-only build)"
+    print(f"cuda: {state}")
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="fastcnn", description="Train CNNs for image recognition.")
     p.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
     sub = p.add_subparsers(dest="command", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--device", default="cpu", help="'cpu' (default) or 'cuda' (a CUDA build and a GPU)"
+    )
 
-    t = sub.add_parser("train", help="train a model and save it")
+    t = sub.add_parser("train", help="train a model and save it", parents=[where])
     t.add_argument(
         "data",
         nargs="?",
@@ -257,12 +268,12 @@ def build_parser():
     )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="accuracy of a saved model on a data set")
+    e = sub.add_parser("eval", help="accuracy of a saved model on a data set", parents=[where])
     e.add_argument("model")
     e.add_argument("data", nargs="?", default=DEFAULT_DATA)
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("predict", help="label image files with a saved model")
+    r = sub.add_parser("predict", help="label image files with a saved model", parents=[where])
     r.add_argument("model")
     r.add_argument("images", nargs="+")
     r.set_defaults(func=cmd_predict)

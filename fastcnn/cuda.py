@@ -1,24 +1,45 @@
-"""The CUDA backend's Python face. Device discovery only, so far: the GPU ops in csrc/cuda are
-built with FASTCNN_CUDA=ON but not yet bound, so nothing runs on a GPU yet."""
+"""The CUDA backend's Python face: is a GPU there, and arrays on it.
+
+With fastcnn built with CUDA (see the README) and a GPU present, ``model.to("cuda")`` moves a
+model's parameters to the GPU; fit, evaluate and predict then move each batch there and run
+every op on it (fastcnn.ops dispatches on the array type). ``to_device(a)`` copies a numpy
+array to the GPU, ``DeviceArray.numpy()`` copies one back.
+"""
 
 from __future__ import annotations
 
 from . import _C
 
-__all__ = ["is_available", "require"]
+__all__ = ["is_available", "device_count", "require", "to_device", "DeviceArray"]
+
+DeviceArray = _C.cuda.DeviceArray if getattr(_C, "has_cuda", False) else None
 
 
 def is_available() -> bool:
     """True when fastcnn was built with CUDA and a GPU with a working driver is present."""
+    return device_count() > 0
+
+
+def device_count() -> int:
+    """GPUs this process can use (0 without a CUDA build, a driver or a device)."""
     if not getattr(_C, "has_cuda", False):
-        return False
-    return _C.cuda_device_count() > 0
+        return 0
+    return _C.cuda_device_count()
 
 
 def require() -> None:
+    """RuntimeError unless is_available()."""
     if not is_available():
-        raise RuntimeError(
-            "CUDA is not available: this fastcnn was built without the CUDA backend "
-            "(or no GPU/driver is present); use device 'cpu'"
+        why = (
+            "no GPU or driver answers"
+            if getattr(_C, "has_cuda", False)
+            else "this fastcnn was built without the CUDA backend"
         )
-    raise RuntimeError("fastcnn's CUDA ops are not bound to Python yet; use device 'cpu'")
+        raise RuntimeError(f"CUDA is not available: {why}; use device 'cpu'")
+
+
+def to_device(array):
+    """A copy of a numpy array on the GPU (a DeviceArray)."""
+    from . import ops
+
+    return ops.to_device(array, "cuda")

@@ -122,7 +122,7 @@ def _model_payload(model):
     prep = getattr(model, "preprocessing", None)
     if prep is not None:
         metadata["preprocessing"] = json.dumps(_jsonable(prep))
-    tensors = {name: np.ascontiguousarray(p.data) for name, p in model.named_parameters()}
+    tensors = model.state_dict()  # numpy copies, from whichever device the model is on
     return tensors, metadata
 
 

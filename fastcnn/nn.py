@@ -50,14 +50,16 @@ class Parameter:
     __slots__ = ("data", "grad")
 
     def __init__(self, data):
-        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        if ops.device_of(data) == "cpu":
+            data = np.ascontiguousarray(data, dtype=np.float32)
+        self.data = data
         self.grad = None
 
     @property
     def shape(self):
         return self.data.shape
 
-    def accumulate(self, g: np.ndarray) -> None:
+    def accumulate(self, g) -> None:
         if self.grad is None:
             self.grad = g
         else:
@@ -92,14 +94,20 @@ class Module:
         except KeyError:
             return self.__dict__.setdefault("_per_thread", threading.local())
 
-    def _buffer(self, key, shape, dtype=np.float32):
-        """A reusable output array when reuse_buffers is set, else None (the op allocates)."""
+    def _buffer(self, key, shape, like, dtype=np.float32):
+        """A reusable output array on the device of `like` when reuse_buffers is set, else None
+        (the op allocates)."""
         if not self.reuse_buffers or shape is None or min(shape, default=1) < 1:
             return None  # nothing to reuse, or a bad input the op itself will report
         buffers = self._thread_state().__dict__.setdefault("arrays", {})
         buf = buffers.get(key)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = buffers[key] = np.empty(shape, dtype)
+        if (
+            buf is None
+            or tuple(buf.shape) != tuple(shape)
+            or buf.dtype != dtype
+            or ops.device_of(buf) != ops.device_of(like)
+        ):
+            buf = buffers[key] = ops.empty(shape, dtype, like)
         return buf
 
     def __call__(self, *args):
@@ -132,7 +140,8 @@ class Module:
             yield from child.modules()
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """name -> a numpy copy of each parameter (from whichever device it is on)."""
+        return {name: np.array(ops.to_numpy(p.data)) for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copies arrays into the parameters; checks names and shapes before changing anything."""
@@ -155,7 +164,7 @@ class Module:
                 raise TypeError(f"{name}: expected floating-point values, got {array.dtype}")
             arrays[name] = array
         for name, array in arrays.items():
-            np.copyto(own[name].data, array, casting="same_kind")
+            ops.copy_into(own[name].data, array)
 
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():
@@ -170,11 +179,23 @@ class Module:
             p.grad = None
 
     def to(self, device: str) -> Module:
-        if str(device) != "cpu":
-            from . import cuda
-
-            cuda.require()
+        """Moves the parameters to `device` ("cpu" or "cuda"), in place; returns self. Forward
+        then takes inputs on that device. Gradients and kept activations are dropped; create
+        the optimizer after moving the model (or its state moves at its next step)."""
+        device = ops._device(device)
+        for p in self.parameters():
+            p.data = ops.to_device(p.data, device)
+            p.grad = None
+        for m in self.modules():
+            m.__dict__.pop("_per_thread", None)  # reused buffers live on the old device
         return self
+
+    @property
+    def device(self) -> str:
+        """Where the parameters are: "cpu" or "cuda" ("cpu" for a layer without any)."""
+        for p in self.parameters():
+            return ops.device_of(p.data)
+        return "cpu"
 
     def config(self) -> dict:
         """Constructor arguments, so that io can rebuild the layer without running stored code."""
@@ -321,9 +342,9 @@ class _Weighted(Module):
                 f"{type(self).__name__}.backward called without a forward in training mode"
             )
         if self._relu:
-            dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape))
+            dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape, dy))
         need_dx = self.requires_input_grad
-        return dy, need_dx, (self._buffer("dx", self._x.shape) if need_dx else None)
+        return dy, need_dx, (self._buffer("dx", self._x.shape, dy) if need_dx else None)
 
     def _accumulate(self, dx, dw, db):
         self.weight.accumulate(dw)
@@ -354,7 +375,7 @@ class Conv2d(_Weighted):
             self.stride,
             self.padding,
             relu,
-            self._buffer("y", self._out_shape(x)),
+            self._buffer("y", self._out_shape(x), x),
         )
         self._keep(x, y, relu)
         return y
@@ -406,7 +427,7 @@ class Linear(_Weighted):
     def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
         shape = (x.shape[0], self.out_features) if getattr(x, "ndim", 0) == 2 else None
-        y = ops.linear_forward(x, self.weight.data, b, relu, self._buffer("y", shape))
+        y = ops.linear_forward(x, self.weight.data, b, relu, self._buffer("y", shape, x))
         self._keep(x, y, relu)
         return y
 
@@ -447,14 +468,14 @@ class MaxPool2d(_Pool2d):
         shape = self._out_shape(x)
         out = None
         if self.reuse_buffers and shape is not None:
-            out = (self._buffer("y", shape), self._buffer("indices", shape, np.int32))
+            out = (self._buffer("y", shape, x), self._buffer("indices", shape, x, np.int32))
         y, indices = ops.maxpool2d_forward(x, self.kernel_size, self.stride, relu, out)
         self._x_shape, self._indices, self._y = x.shape, indices, (y if relu else None)
         return y
 
     def backward(self, dy):
         return ops.maxpool2d_backward(
-            dy, self._indices, self._x_shape, self._y, self._buffer("dx", self._x_shape)
+            dy, self._indices, self._x_shape, self._y, self._buffer("dx", self._x_shape, dy)
         )
 
 
@@ -462,22 +483,22 @@ class AvgPool2d(_Pool2d):
     def forward(self, x):
         self._x_shape = x.shape
         return ops.avgpool2d_forward(
-            x, self.kernel_size, self.stride, self._buffer("y", self._out_shape(x))
+            x, self.kernel_size, self.stride, self._buffer("y", self._out_shape(x), x)
         )
 
     def backward(self, dy):
         return ops.avgpool2d_backward(
-            dy, self._x_shape, self.kernel_size, self.stride, self._buffer("dx", self._x_shape)
+            dy, self._x_shape, self.kernel_size, self.stride, self._buffer("dx", self._x_shape, dy)
         )
 
 
 class ReLU(Module):
     def forward(self, x):
-        self._y = ops.relu_forward(x, self._buffer("y", getattr(x, "shape", None)))
+        self._y = ops.relu_forward(x, self._buffer("y", getattr(x, "shape", None), x))
         return self._y
 
     def backward(self, dy):
-        return ops.relu_backward(self._y, dy, self._buffer("dx", self._y.shape))
+        return ops.relu_backward(self._y, dy, self._buffer("dx", self._y.shape, dy))
 
 
 class Flatten(Module):
@@ -492,9 +513,10 @@ class Flatten(Module):
 
 
 class CrossEntropyLoss:
-    """Mean softmax cross-entropy: `loss = fn(logits, labels)`, then `grad = fn.backward()`."""
+    """Mean softmax cross-entropy: `loss = fn(logits, labels)`, then `grad = fn.backward()`.
+    The loss is a float, or for logits on a device a 0-d array there (float(loss) reads it)."""
 
-    def __call__(self, logits, labels) -> float:
+    def __call__(self, logits, labels):
         loss, self._dlogits = ops.softmax_cross_entropy(logits, labels)
         return loss
 

@@ -1,4 +1,4 @@
-"""The kernels, as NumPy functions: float32 NCHW arrays in, new arrays out.
+"""The kernels, as NumPy functions: float32 NCHW arrays in, new arrays out; and their dispatch.
 
 Each function checks nothing that the C++ binding checks again; it only turns Python-level
 conveniences (an int or a pair for stride and padding, non-contiguous arrays, any integer dtype
@@ -8,6 +8,11 @@ a float64 array is refused with a TypeError rather than silently copied on every
 Kernels overwrite their outputs and never accumulate into them; gradient accumulation, where
 wanted, happens in Python (``Parameter.grad``). Functions that take ``out=`` write there instead
 of allocating, so a training step can reuse its buffers.
+
+Dispatch: numpy arrays run on the CPU kernels (fastcnn._C). Arrays of a device (a
+``fastcnn.cuda.DeviceArray``, made by ``to_device`` or ``model.to("cuda")``) run on that device's
+kernels (fastcnn._C.cuda: the same functions, the same arguments). All the arrays of one call
+must be on one device; the results stay there.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ __all__ = [
     "gemm_kernels",
     "gemm_kernel",
     "set_gemm_kernel",
+    "device_of",
+    "to_device",
+    "to_numpy",
 ]
 
 
@@ -69,6 +77,103 @@ def _labels(labels, n: int):
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
+# ---- devices ------------------------------------------------------------------------------------
+
+# name -> kernel module of each device besides the CPU. A kernel module has _C's op functions
+# plus DeviceArray (its array type: created from a numpy array, `.numpy()` copies back),
+# empty(shape, dtype), zeros(shape, dtype) and batch_stats(logits, labels, loss, stats).
+_devices: dict = {}
+_array_types: dict = {}  # DeviceArray type -> device name
+
+
+def _register_device(name: str, kernels) -> None:
+    _devices[name] = kernels
+    _array_types[kernels.DeviceArray] = name
+
+
+if getattr(_C, "has_cuda", False):
+    _register_device("cuda", _C.cuda)
+
+
+def device_of(a) -> str:
+    """ "cpu" for numpy arrays (and anything numpy takes), else the device the array lives on."""
+    return _array_types.get(type(a), "cpu")
+
+
+def _device(name) -> str:
+    """A device name, checked: "cpu", or a device this build has (and, for cuda, a GPU)."""
+    name = str(name)
+    if name == "cpu" or (name in _devices and name != "cuda"):
+        return name
+    if name == "cuda":
+        from . import cuda
+
+        cuda.require()
+        return name
+    raise ValueError(f"unknown device {name!r}: expected 'cpu' or 'cuda'")
+
+
+def to_device(a, device: str):
+    """`a` on `device` ("cpu" or "cuda"): the same array when it is there already, else a copy
+    (same dtype: float32 for what the ops take, int64 labels)."""
+    device = _device(device)
+    here = device_of(a)
+    if here == device:
+        return a
+    if here != "cpu":
+        a = a.numpy()
+    if device == "cpu":
+        return a
+    return _devices[device].DeviceArray(np.ascontiguousarray(a))
+
+
+def to_numpy(a) -> np.ndarray:
+    """A numpy array with the values of `a` (`a` itself when it is one)."""
+    return a if device_of(a) == "cpu" else a.numpy()
+
+
+def empty(shape, dtype, like):
+    """An uninitialised array on the device of `like`."""
+    device = device_of(like)
+    if device == "cpu":
+        return np.empty(shape, dtype)
+    return _devices[device].empty(tuple(shape), np.dtype(dtype).name)
+
+
+def zeros_like(a):
+    device = device_of(a)
+    if device == "cpu":
+        return np.zeros_like(a)
+    return _devices[device].zeros(tuple(a.shape), np.dtype(a.dtype).name)
+
+
+def copy_into(dst, src) -> None:
+    """dst[...] = src for a float32 dst on any device and a numpy (or same-device) src."""
+    if device_of(dst) == "cpu":
+        np.copyto(dst, to_numpy(src), casting="same_kind")
+    else:
+        dst.copy_from(src)
+
+
+def _kernels(_inout=(), **arrays):
+    """The kernel module for these arrays (None ones aside), after checking they share a device;
+    numpy arrays come back as contiguous float32 (see _f32) for the CPU kernels, except those
+    named in _inout: arrays updated in place go as they are (the kernel checks them; a converted
+    copy would take the update)."""
+    devices = {name: device_of(a) for name, a in arrays.items() if a is not None}
+    kinds = set(devices.values())
+    if len(kinds) > 1:
+        where = ", ".join(f"{name} on {d}" for name, d in devices.items())
+        raise TypeError(
+            f"arrays on different devices ({where}): move them to one device "
+            "(fastcnn.ops.to_device, or model.to(device))"
+        )
+    device = kinds.pop() if kinds else "cpu"
+    if device == "cpu":
+        return _C, [a if name in _inout else _f32(a, name) for name, a in arrays.items()]
+    return _devices[device], list(arrays.values())
+
+
 # ---- conv2d -------------------------------------------------------------------------------------
 
 
@@ -76,7 +181,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False, out=None):
     """y = conv2d(x, w) + b (optionally ReLU'd). x (N,C,H,W), w (O,C,kh,kw), b (O,) or None."""
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
-    return _C.conv2d_forward(_f32(x, "x"), _f32(w, "w"), _f32(b, "b"), sh, sw, ph, pw, relu, out)
+    k, (x, w, b) = _kernels(x=x, w=w, b=b)
+    return k.conv2d_forward(x, w, b, sh, sw, ph, pw, relu, out)
 
 
 def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None):
@@ -87,9 +193,8 @@ def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None):
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     dx_out, dw_out, db_out = out if out is not None else (None, None, None)
-    return _C.conv2d_backward(
-        _f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), sh, sw, ph, pw, need_dx, dx_out, dw_out, db_out
-    )
+    k, (x, w, dy) = _kernels(x=x, w=w, dy=dy)
+    return k.conv2d_backward(x, w, dy, sh, sw, ph, pw, need_dx, dx_out, dw_out, db_out)
 
 
 # ---- pool2d -------------------------------------------------------------------------------------
@@ -115,9 +220,8 @@ def maxpool2d_forward(x, kernel_size, stride=None, relu=False, out=None):
     out: optional (y, indices) buffers.
     """
     y_out, idx_out = out if out is not None else (None, None)
-    return _C.maxpool2d_forward(
-        _f32(x, "x"), *_pool_args(kernel_size, stride), relu, y_out, idx_out
-    )
+    k, (x,) = _kernels(x=x)
+    return k.maxpool2d_forward(x, *_pool_args(kernel_size, stride), relu, y_out, idx_out)
 
 
 def maxpool2d_backward(dy, indices, x_shape, y=None, out=None):
@@ -125,27 +229,28 @@ def maxpool2d_backward(dy, indices, x_shape, y=None, out=None):
 
     y: the forward output when it was computed with relu=True (dy is masked where y <= 0).
     """
+    k, (dy, y) = _kernels(dy=dy, y=y)
+    if k is not _C:  # the device kernel skips indices outside their plane
+        return k.maxpool2d_backward(dy, indices, _shape4(x_shape), y, out)
     indices = np.asarray(indices)
     if indices.dtype != np.int32 and np.issubdtype(indices.dtype, np.integer):
         # Range-check before narrowing, or 2**32 + 5 would wrap to a valid-looking 5.
         if indices.size and (indices.min() < 0 or indices.max() > np.iinfo(np.int32).max):
             raise ValueError("indices out of range for the input plane (see maxpool2d_forward)")
         indices = indices.astype(np.int32)
-    return _C.maxpool2d_backward(
-        _f32(dy, "dy"), np.ascontiguousarray(indices), _shape4(x_shape), _f32(y, "y"), out
-    )
+    return _C.maxpool2d_backward(dy, np.ascontiguousarray(indices), _shape4(x_shape), y, out)
 
 
 def avgpool2d_forward(x, kernel_size, stride=None, out=None):
     """Average pooling over kernel_size windows (no padding, floor mode)."""
-    return _C.avgpool2d_forward(_f32(x, "x"), *_pool_args(kernel_size, stride), out)
+    k, (x,) = _kernels(x=x)
+    return k.avgpool2d_forward(x, *_pool_args(kernel_size, stride), out)
 
 
 def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, out=None):
     """dx of average pooling: each dy spread evenly over its window."""
-    return _C.avgpool2d_backward(
-        _f32(dy, "dy"), _shape4(x_shape), *_pool_args(kernel_size, stride), out
-    )
+    k, (dy,) = _kernels(dy=dy)
+    return k.avgpool2d_backward(dy, _shape4(x_shape), *_pool_args(kernel_size, stride), out)
 
 
 # ---- linear -------------------------------------------------------------------------------------
@@ -153,15 +258,15 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, out=None):
 
 def linear_forward(x, w, b=None, relu=False, out=None):
     """y = x @ w.T + b (optionally ReLU'd). x (N,in), w (out,in), b (out,) or None."""
-    return _C.linear_forward(_f32(x, "x"), _f32(w, "w"), _f32(b, "b"), relu, out)
+    k, (x, w, b) = _kernels(x=x, w=w, b=b)
+    return k.linear_forward(x, w, b, relu, out)
 
 
 def linear_backward(x, w, dy, need_dx=True, out=None):
     """Gradients of linear: (dx or None, dw, db); out: optional (dx, dw, db) buffers."""
     dx_out, dw_out, db_out = out if out is not None else (None, None, None)
-    return _C.linear_backward(
-        _f32(x, "x"), _f32(w, "w"), _f32(dy, "dy"), need_dx, dx_out, dw_out, db_out
-    )
+    k, (x, w, dy) = _kernels(x=x, w=w, dy=dy)
+    return k.linear_backward(x, w, dy, need_dx, dx_out, dw_out, db_out)
 
 
 # ---- activation ---------------------------------------------------------------------------------
@@ -169,22 +274,67 @@ def linear_backward(x, w, dy, need_dx=True, out=None):
 
 def relu_forward(x, out=None):
     """y = max(x, 0), any shape."""
-    return _C.relu_forward(_f32(x, "x"), out)
+    k, (x,) = _kernels(x=x)
+    return k.relu_forward(x, out)
 
 
 def relu_backward(y, dy, out=None):
     """dx = dy where the forward output y > 0, else 0."""
-    return _C.relu_backward(_f32(y, "y"), _f32(dy, "dy"), out)
+    k, (y, dy) = _kernels(y=y, dy=dy)
+    return k.relu_backward(y, dy, out)
 
 
 # ---- loss ---------------------------------------------------------------------------------------
 
 
 def softmax_cross_entropy(logits, labels, out=None):
-    """(mean cross-entropy of softmax(logits) against labels, d(mean)/d(logits))."""
+    """(mean cross-entropy of softmax(logits) against labels, d(mean)/d(logits)).
+
+    On the CPU the loss is a float. On a device it is a 0-d array left there (float(loss) reads
+    it), and labels must be an int64 array on that device; a label out of range gives a NaN loss
+    there rather than an error (checking it would mean a round trip to the host)."""
+    if device_of(logits) != "cpu":
+        k, (logits, labels) = _kernels(logits=logits, labels=labels)
+        return k.softmax_cross_entropy(logits, labels, out)
     logits = _f32(logits, "logits")
     loss, dlogits = _C.softmax_cross_entropy(logits, _labels(labels, len(logits)), out)
     return float(loss), dlogits
+
+
+def batch_stats(logits, labels, loss, stats) -> None:
+    """stats += (loss * len(labels), number of rows whose largest logit is the label's), in
+    place, on the device of logits (stats: float64 (2,) there). The training loop's tally."""
+    if device_of(logits) == "cpu":
+        stats[0] += loss * len(labels)
+        stats[1] += int((np.asarray(logits).argmax(1) == labels).sum())
+        return
+    k, (logits, labels, loss, stats) = _kernels(
+        ("labels", "stats"), logits=logits, labels=labels, loss=loss, stats=stats
+    )
+    k.batch_stats(logits, labels, loss, stats)
+
+
+# ---- optimizer updates --------------------------------------------------------------------------
+
+
+def sgd_step(param, grad, momentum_buffer, lr, momentum, weight_decay, nesterov, first) -> None:
+    """One SGD update of `param` in place (see fastcnn.optim.SGD)."""
+    k, (param, grad, momentum_buffer) = _kernels(
+        ("param", "momentum_buffer"), param=param, grad=grad, momentum_buffer=momentum_buffer
+    )
+    k.sgd_step(param, grad, momentum_buffer, lr, momentum, weight_decay, nesterov, first)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step) -> None:
+    """One Adam update of `param` in place (see fastcnn.optim.Adam)."""
+    k, (param, grad, exp_avg, exp_avg_sq) = _kernels(
+        ("param", "exp_avg", "exp_avg_sq"),
+        param=param,
+        grad=grad,
+        exp_avg=exp_avg,
+        exp_avg_sq=exp_avg_sq,
+    )
+    k.adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step)
 
 
 # ---- gemm ---------------------------------------------------------------------------------------
@@ -192,7 +342,8 @@ def softmax_cross_entropy(logits, labels, out=None):
 
 def sgemm(a, b, trans_a=False, trans_b=False):
     """op(a) @ op(b) on fastcnn's SGEMM (the engine under conv2d and linear)."""
-    return _C.sgemm(_f32(a, "a"), _f32(b, "b"), trans_a, trans_b)
+    k, (a, b) = _kernels(a=a, b=b)
+    return k.sgemm(a, b, trans_a, trans_b)
 
 
 def set_conv_algorithm(name: str) -> None:

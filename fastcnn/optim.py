@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _C
+from . import ops
 from .nn import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam"]
@@ -54,11 +54,24 @@ class Optimizer:
                 )
 
 
-def _grad(p: Parameter) -> np.ndarray:
+def _grad(p: Parameter):
     g = p.grad
-    if g.dtype != np.float32 or not g.flags.c_contiguous:
+    if ops.device_of(g) == "cpu" and (g.dtype != np.float32 or not g.flags.c_contiguous):
         g = np.ascontiguousarray(g, dtype=np.float32)
     return g
+
+
+def _beside(state, p: Parameter):
+    """Per-parameter optimizer state on the parameter's device (moved there if the model was
+    moved after the optimizer was made)."""
+    if state is None or ops.device_of(state) == ops.device_of(p.data):
+        return state
+    return ops.to_device(ops.to_numpy(state), ops.device_of(p.data))
+
+
+def _host(states):
+    """numpy copies of per-parameter state, for state_dict (None stays None)."""
+    return [None if a is None else np.array(ops.to_numpy(a)) for a in states]
 
 
 class SGD(Optimizer):
@@ -76,14 +89,16 @@ class SGD(Optimizer):
             float(weight_decay),
             nesterov,
         )
-        self.buffers = [np.zeros_like(p.data) if momentum else None for p in self.params]
+        self.buffers = [ops.zeros_like(p.data) if momentum else None for p in self.params]
         self.started = [False] * len(self.params)
 
     def step(self):
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            _C.sgd_step(
+            if self.buffers[i] is not None:
+                self.buffers[i] = _beside(self.buffers[i], p)
+            ops.sgd_step(
                 p.data,
                 _grad(p),
                 self.buffers[i],
@@ -98,7 +113,7 @@ class SGD(Optimizer):
     def state_dict(self):
         state = super().state_dict()
         state["started"] = list(self.started)
-        state["buffers"] = [None if b is None else b.copy() for b in self.buffers]
+        state["buffers"] = _host(self.buffers)
         return state
 
     def load_state_dict(self, state):
@@ -108,7 +123,7 @@ class SGD(Optimizer):
         self.started = [bool(s) for s in state["started"]]
         for mine, saved in zip(self.buffers, state["buffers"]):
             if mine is not None and saved is not None:
-                np.copyto(mine, saved)
+                ops.copy_into(mine, saved)
 
 
 class Adam(Optimizer):
@@ -120,8 +135,8 @@ class Adam(Optimizer):
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         self.eps, self.weight_decay = float(eps), float(weight_decay)
-        self.exp_avg = [np.zeros_like(p.data) for p in self.params]
-        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+        self.exp_avg = [ops.zeros_like(p.data) for p in self.params]
+        self.exp_avg_sq = [ops.zeros_like(p.data) for p in self.params]
         self.steps = [0] * len(self.params)
 
     def step(self):
@@ -129,7 +144,9 @@ class Adam(Optimizer):
             if p.grad is None:
                 continue
             self.steps[i] += 1
-            _C.adam_step(
+            self.exp_avg[i] = _beside(self.exp_avg[i], p)
+            self.exp_avg_sq[i] = _beside(self.exp_avg_sq[i], p)
+            ops.adam_step(
                 p.data,
                 _grad(p),
                 self.exp_avg[i],
@@ -145,8 +162,8 @@ class Adam(Optimizer):
     def state_dict(self):
         state = super().state_dict()
         state["steps"] = list(self.steps)
-        state["exp_avg"] = [m.copy() for m in self.exp_avg]
-        state["exp_avg_sq"] = [v.copy() for v in self.exp_avg_sq]
+        state["exp_avg"] = _host(self.exp_avg)
+        state["exp_avg_sq"] = _host(self.exp_avg_sq)
         return state
 
     def load_state_dict(self, state):
@@ -158,4 +175,4 @@ class Adam(Optimizer):
         for mine, saved in zip(
             self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]
         ):
-            np.copyto(mine, saved)
+            ops.copy_into(mine, saved)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import nn, optim
+from . import nn, ops, optim
 from .data import DataLoader
 
 __all__ = ["fit", "evaluate", "predict"]
@@ -225,44 +225,103 @@ def _layer(spec):
     return f"{spec.get('type')}({args})"
 
 
+class _Tally:
+    """An epoch's loss and accuracy sums. On a device they stay there (ops.batch_stats adds each
+    batch's in place) and are read only every READ_EVERY batches, so a training step makes no
+    round trip to the host; on the CPU they are read after every batch."""
+
+    READ_EVERY = 50
+
+    def __init__(self, device):
+        self.device, self.seen, self.batches = device, 0, 0
+        self.sums = ops.to_device(np.zeros(2), device)
+        self.read_at, self.loss_sum, self.correct = 0, 0.0, 0
+
+    def add(self, logits, labels, loss):
+        ops.batch_stats(logits, labels, loss, self.sums)
+        self.seen += len(labels)
+        self.batches += 1
+
+    def due(self) -> bool:
+        return self.device == "cpu" or self.batches - self.read_at >= self.READ_EVERY
+
+    def read(self):
+        """(mean loss, accuracy) so far; the batches since the last read, for error messages."""
+        since = (self.read_at + 1, self.batches)
+        self.read_at = self.batches
+        loss_sum, correct = ops.to_numpy(self.sums)
+        self.loss_sum, self.correct = float(loss_sum), int(correct)
+        return since
+
+    def check(self, epoch, lr):
+        """Reads the sums; FloatingPointError naming the batch(es) if the loss is not finite."""
+        first, last = self.read()
+        if not math.isfinite(self.loss_sum):
+            at = f"batch {last}" if first == last else f"one of batches {first}-{last}"
+            raise FloatingPointError(
+                f"the loss became {self.loss_sum} at epoch {epoch}, {at}: training diverged; "
+                f"try a lower learning rate (lr is {lr})"
+            )
+
+    @property
+    def loss(self):
+        return self.loss_sum / self.seen
+
+    @property
+    def accuracy(self):
+        return self.correct / self.seen
+
+
+def _on(device, x, y, classes):
+    """A loader's batch, moved to the model's device. Labels are checked on the host first
+    (the CPU loss checks them itself; a device's would only give a NaN)."""
+    if device == "cpu":
+        return x, y
+    if classes is not None and len(y) and (y.min() < 0 or y.max() >= classes):
+        i = int(np.flatnonzero((y < 0) | (y >= classes))[0])
+        raise ValueError(
+            f"labels out of range: labels[{i}] = {y[i]}, but logits have {classes} classes "
+            f"(valid: 0..{classes - 1})"
+        )
+    return ops.to_device(x, device), ops.to_device(y, device)
+
+
 def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history):
+    device, classes = model.device, _output_features(model)
     for epoch in range(len(history) + 1, epochs + 1):
         model.train()
         start = time.perf_counter()
-        total_loss, correct, seen = 0.0, 0, 0
+        tally = _Tally(device)
         bar = _progress(len(loader), f"epoch {epoch}/{epochs}", progress)
-        for batch, (x, y) in enumerate(loader, 1):
+        for x, y in loader:
+            x, y = _on(device, x, y, classes)
             optimizer.zero_grad()
             logits = model(x)
             loss = loss_fn(logits, y)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss} at epoch {epoch}, batch {batch}: training diverged; "
-                    f"try a lower learning rate (lr is {optimizer.lr})"
-                )
+            tally.add(logits, y, loss)
+            if tally.due():
+                tally.check(epoch, optimizer.lr)
             model.backward(loss_fn.backward())
             optimizer.step()
-            total_loss += loss * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
             if bar is not None:
-                rate = seen / (time.perf_counter() - start)
+                rate = tally.seen / (time.perf_counter() - start)
                 bar.set_postfix(
-                    loss=f"{total_loss / seen:.4f}",
-                    acc=f"{correct / seen:.4f}",
+                    loss=f"{tally.loss:.4f}",
+                    acc=f"{tally.accuracy:.4f}",
                     img_s=f"{rate:,.0f}",
                     refresh=False,
                 )
                 bar.update(1)
+        tally.check(epoch, optimizer.lr)
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
         record = {
             "epoch": epoch,
-            "loss": total_loss / seen,
-            "accuracy": correct / seen,
+            "loss": tally.loss,
+            "accuracy": tally.accuracy,
             "seconds": seconds,
-            "images_per_second": seen / seconds,
+            "images_per_second": tally.seen / seconds,
         }
         if val_loader is not None:
             scores = evaluate(model, val_loader)
@@ -277,8 +336,8 @@ def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, che
 def _save_checkpoint(path, model, optimizer, loader, history, epoch):
     from . import io
 
-    for name, p in model.named_parameters():
-        if not np.isfinite(p.data).all():
+    for name, array in model.state_dict().items():
+        if not np.isfinite(array).all():
             # The last batch's step overflowed: keep the previous epoch's checkpoint.
             raise FloatingPointError(
                 f"the weights ({name}) are no longer finite at the end of epoch {epoch}: "
@@ -322,16 +381,17 @@ def evaluate(model, data, batch_size=256) -> dict:
     evaluate it at once."""
     loader = _loader(data, batch_size)
     loss_fn = nn.CrossEntropyLoss()
-    total_loss, correct, seen = 0.0, 0, 0
+    device, classes = model.device, _output_features(model)
+    tally = _Tally(device)
     with _eval_mode(model):
         for x, y in loader:
+            x, y = _on(device, x, y, classes)
             logits = model(x)
-            total_loss += loss_fn(logits, y) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-    if seen == 0:
+            tally.add(logits, y, loss_fn(logits, y))
+    if tally.seen == 0:
         raise ValueError("evaluate: the data set is empty")
-    return {"loss": total_loss / seen, "accuracy": correct / seen}
+    tally.read()
+    return {"loss": tally.loss, "accuracy": tally.accuracy}
 
 
 # Models being evaluated: id(model) -> [evaluations running, the mode to restore after the last].
@@ -412,7 +472,11 @@ def predict(model, images, batch_size=256) -> np.ndarray:
     """
     x = _as_batch(model, images)
     model.eval()
-    out = [_softmax(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    device = model.device
+    out = [
+        _softmax(ops.to_numpy(model(ops.to_device(x[i : i + batch_size], device))))
+        for i in range(0, len(x), batch_size)
+    ]
     if not out:
         raise ValueError("predict: no images given")
     return np.concatenate(out)
