@@ -74,18 +74,12 @@ CONV_SHAPES = {
 # Findings, pinned: (GEMM kernel, conv algorithm, shape, where, value) -> what goes wrong. Each
 # is expected to fail until fixed; a fixed one fails the test until its entry is removed.
 _PAD_SKIP = (
-    "conv2d_forward, indirect path with the generic or AVX2 micro-kernel: taps on the "
+    "conv2d_forward, indirect path with the generic micro-kernel: taps on the "
     "zero padding are skipped, so 0 * NaN-weight is not NaN there (the avx512 "
     "and im2col paths, the reference and PyTorch's native conv give NaN)"
 )
 KNOWN_CONV = {
     **{("generic", "auto", "strided", "w", v): _PAD_SKIP for v in ("nan", "+inf", "-inf")},
-    # AVX2 runs few-channel convolutions on the indirect kernel too (6-pixel tiles).
-    **{
-        ("avx2", "auto", shape, "w", v): _PAD_SKIP
-        for shape in ("few-channels", "generic")
-        for v in ("nan", "+inf", "-inf")
-    },
 }
 
 

@@ -1,5 +1,6 @@
 // AVX2 + FMA kernels (this file only is compiled with -mavx2 -mfma): the 6 x 16 GEMM tile, the
-// same tile with B read in place, the 6-pixel x 16-channel convolution tile, and 2x2 max-pooling.
+// same tile with B read in place, the 6-pixel x 16-channel convolution tile, the direct
+// convolution for few input channels (forward and weight gradient), and 2x2 max-pooling.
 //
 // The tiles keep their 12 accumulators in ymm registers only if every loop over them is fully
 // unrolled before GCC decides where they live: without the `#pragma GCC unroll` below, GCC 12
@@ -133,9 +134,204 @@ void conv_avx2(int64_t T, int64_t C, const float* const* pix, const int64_t* tof
   }
 }
 
+// All ones in the first n lanes (n may be <= 0 or >= 8).
+inline __m256i lanes(int64_t n) {
+  const int32_t k = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(n, 0), 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Stores the first n (< 8) lanes of v: halves, pairs, singles (a masked store is slow on AMD's
+// cores, and a copy loop turns into a memmove call).
+inline void store_first(float* p, __m256 v, int64_t n) {
+  __m128 h = _mm256_castps256_ps128(v);
+  if (n >= 4) {
+    _mm_storeu_ps(p, h);
+    h = _mm256_extractf128_ps(v, 1), p += 4, n -= 4;
+  }
+  if (n >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(p), h);
+    h = _mm_movehl_ps(h, h), p += 2, n -= 2;
+  }
+  if (n >= 1) _mm_store_ss(p, h);
+}
+
+// Eight pixels of a row, `sw` floats apart; `stride` holds 0, sw, 2sw, ... 7sw.
+inline __m256 row8(const float* p, int64_t sw, __m256i stride) {
+  return sw == 1 ? _mm256_loadu_ps(p) : _mm256_i32gather_ps(p, stride, 4);
+}
+// The same, zero in the lanes `keep` leaves out (never reading them).
+inline __m256 row8_masked(const float* p, int64_t sw, __m256i stride, __m256i keep) {
+  return sw == 1 ? _mm256_maskload_ps(p, keep)
+                 : _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, stride,
+                                            _mm256_castsi256_ps(keep), 4);
+}
+
+// Sum of the 8 lanes, in lane order.
+inline float lane_sum(__m256 v) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  float s = 0.f;
+  for (float x : t) s += x;
+  return s;
+}
+
+// Direct convolution (few input channels; see DirectFwd in gemm.h): 16 output pixels of a row in
+// two ymm registers times 6 output channels, 12 accumulators; per tap two input loads (gathers
+// for strided rows) feed 12 FMAs. Lanes past the row compute garbage that is never stored (the
+// padded image has slack after its last row, so their loads stay inside it).
+constexpr int DOB = 6;
+
+void direct_fwd_avx2(const Direct2d& d, const float* xp, const float* w, const float* b, bool relu,
+                     float* y, int64_t o0, int64_t o1) {
+  const int64_t T = d.kh * d.kw, CT = d.C * T, plane = d.OH * d.OW;
+  if (CT > 256) return direct_fwd<DOB, 8>(d, xp, w, b, relu, y, o0, o1);
+  alignas(32) float wblk[256 * DOB];
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                            _mm256_set1_epi32(static_cast<int32_t>(d.sw)));
+  for (int64_t o = o0; o < o1; o += DOB) {
+    const int ob = static_cast<int>(std::min<int64_t>(DOB, o1 - o));
+    for (int64_t ct = 0; ct < CT; ++ct)  // filters of this channel block, tap-major
+      for (int q = 0; q < DOB; ++q) wblk[ct * DOB + q] = q < ob ? w[(o + q) * CT + ct] : 0.f;
+    for (int64_t oh = 0; oh < d.OH; ++oh) {
+      for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 16) {
+        __m256 acc[DOB][2];
+#pragma GCC unroll 6
+        for (int q = 0; q < DOB; ++q)
+          acc[q][0] = acc[q][1] = (b && q < ob) ? _mm256_set1_ps(b[o + q]) : zero;
+        const float* wt = wblk;
+        for (int64_t c = 0; c < d.C; ++c) {
+          for (int64_t ki = 0; ki < d.kh; ++ki) {
+            const float* xr = xp + (c * d.Hp + oh * d.sh + ki) * d.Wp + ow0 * d.sw;
+            for (int64_t kj = 0; kj < d.kw; ++kj, wt += DOB) {
+              const __m256 x0 = row8(xr + kj, d.sw, stride);
+              const __m256 x1 = row8(xr + kj + 8 * d.sw, d.sw, stride);
+#pragma GCC unroll 6
+              for (int q = 0; q < DOB; ++q) {
+                const __m256 wq = _mm256_broadcast_ss(wt + q);
+                acc[q][0] = _mm256_fmadd_ps(wq, x0, acc[q][0]);
+                acc[q][1] = _mm256_fmadd_ps(wq, x1, acc[q][1]);
+              }
+            }
+          }
+        }
+        const int64_t n = std::min<int64_t>(16, d.OW - ow0);
+#pragma GCC unroll 6
+        for (int q = 0; q < DOB; ++q) {  // constant bounds keep acc in registers
+          if (q >= ob) break;
+          float* yq = y + (o + q) * plane + oh * d.OW + ow0;
+          __m256 v0 = acc[q][0], v1 = acc[q][1];
+          if (relu) {  // v < 0 ? 0 : v (NaN passes)
+            v0 = _mm256_andnot_ps(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ), v0);
+            v1 = _mm256_andnot_ps(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ), v1);
+          }
+          if (n >= 8) {
+            _mm256_storeu_ps(yq, v0);
+            if (n == 16)
+              _mm256_storeu_ps(yq + 8, v1);
+            else
+              store_first(yq + 8, v1, n - 8);
+          } else {
+            store_first(yq, v0, n);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Direct weight gradient (see DirectDw in gemm.h): for each (o, c, ki), KW x V ymm accumulators
+// over every image and output row, then lane sums. dy and x are both masked to the row, so lanes
+// past it add exact zeros (never 0 * Inf). KW is a template parameter so the accumulators stay
+// in registers: two vectors (16 pixels) a step up to KW = 6, one beyond.
+template <int KW>
+void direct_dw_avx2_kw(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                       const float* dy, float* dw, int64_t o0, int64_t o1) {
+  constexpr int V = KW <= 6 ? 2 : 1;
+  const int64_t plane = d.OH * d.OW;
+  const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                            _mm256_set1_epi32(static_cast<int32_t>(d.sw)));
+  for (int64_t o = o0; o < o1; ++o) {
+    for (int64_t c = 0; c < d.C; ++c) {
+      for (int64_t ki = 0; ki < d.kh; ++ki) {
+        __m256 acc[KW][V];
+#pragma GCC unroll 8
+        for (int kj = 0; kj < KW; ++kj)
+#pragma GCC unroll 2
+          for (int v = 0; v < V; ++v) acc[kj][v] = _mm256_setzero_ps();
+        for (int64_t n = 0; n < N; ++n) {
+          const float* dyo = dy + (n * d.O + o) * plane;
+          for (int64_t oh = 0; oh < d.OH; ++oh) {
+            const float* xr = xp + n * image + (c * d.Hp + oh * d.sh + ki) * d.Wp;
+            const float* dr = dyo + oh * d.OW;
+            for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 8 * V) {
+              const int64_t rest = d.OW - ow0;
+              const float* xs = xr + ow0 * d.sw;
+              __m256 g[V];
+              if (rest >= 8 * V) {
+#pragma GCC unroll 2
+                for (int v = 0; v < V; ++v) g[v] = _mm256_loadu_ps(dr + ow0 + 8 * v);
+#pragma GCC unroll 8
+                for (int kj = 0; kj < KW; ++kj)
+#pragma GCC unroll 2
+                  for (int v = 0; v < V; ++v)
+                    acc[kj][v] = _mm256_fmadd_ps(g[v], row8(xs + kj + 8 * v * d.sw, d.sw, stride),
+                                                 acc[kj][v]);
+              } else {
+                __m256i keep[V];
+#pragma GCC unroll 2
+                for (int v = 0; v < V; ++v) {
+                  keep[v] = lanes(rest - 8 * v);
+                  g[v] = _mm256_maskload_ps(dr + ow0 + 8 * v, keep[v]);
+                }
+#pragma GCC unroll 8
+                for (int kj = 0; kj < KW; ++kj)
+#pragma GCC unroll 2
+                  for (int v = 0; v < V; ++v)
+                    acc[kj][v] = _mm256_fmadd_ps(
+                        g[v], row8_masked(xs + kj + 8 * v * d.sw, d.sw, stride, keep[v]),
+                        acc[kj][v]);
+              }
+            }
+          }
+        }
+#pragma GCC unroll 8
+        for (int kj = 0; kj < KW; ++kj) {
+          __m256 s = acc[kj][0];
+          if (V == 2) s = _mm256_add_ps(s, acc[kj][V - 1]);
+          dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] = lane_sum(s);
+        }
+      }
+    }
+  }
+}
+
+void direct_dw_avx2(const Direct2d& d, int64_t N, const float* xp, int64_t image, const float* dy,
+                    float* dw, int64_t o0, int64_t o1) {
+  switch (d.kw) {
+    case 1:
+      return direct_dw_avx2_kw<1>(d, N, xp, image, dy, dw, o0, o1);
+    case 2:
+      return direct_dw_avx2_kw<2>(d, N, xp, image, dy, dw, o0, o1);
+    case 3:
+      return direct_dw_avx2_kw<3>(d, N, xp, image, dy, dw, o0, o1);
+    case 4:
+      return direct_dw_avx2_kw<4>(d, N, xp, image, dy, dw, o0, o1);
+    case 5:
+      return direct_dw_avx2_kw<5>(d, N, xp, image, dy, dw, o0, o1);
+    case 6:
+      return direct_dw_avx2_kw<6>(d, N, xp, image, dy, dw, o0, o1);
+    case 7:
+      return direct_dw_avx2_kw<7>(d, N, xp, image, dy, dw, o0, o1);
+    default:  // kw <= kDirectMaxKw = 8 (see use_direct in conv2d.cpp)
+      return direct_dw_avx2_kw<8>(d, N, xp, image, dy, dw, o0, o1);
+  }
+}
+
 // 2x2 max-pooling (see MaxPool2x2 in gemm.h), 8 outputs a step: the even and odd columns of the
 // two input rows deinterleaved into four vectors, then three compare-and-select steps carrying
-// the index along. Columns past the last multiple of 8 take the scalar loop.
+// the index along. A row's last, partial step uses masked loads and partial stores (a scalar
+// tail with data-dependent branches was slower than the whole vector loop).
 inline __m256 even_lanes(__m256 a, __m256 b) {  // a0 a2 a4 a6 b0 b2 b4 b6
   const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
@@ -148,21 +344,31 @@ inline __m256 odd_lanes(__m256 a, __m256 b) {  // a1 a3 a5 a7 b1 b3 b5 b7
 void maxpool2x2_avx2(const float* x, int64_t W, int64_t rows, int64_t OW, float* y,
                      int32_t* indices) {
   const __m256i lane2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i off1 = _mm256_set1_epi32(1), offw = _mm256_set1_epi32(static_cast<int32_t>(W));
+  const __m256i offw1 = _mm256_add_epi32(offw, off1);
   for (int64_t oh = 0; oh < rows; ++oh) {
     const float* r0 = x + 2 * oh * W;
     const float* r1 = r0 + W;
-    const int32_t row_base = static_cast<int32_t>(2 * oh * W);
-    int64_t ow = 0;
-    for (; ow + 8 <= OW; ow += 8) {
-      const __m256 a0 = _mm256_loadu_ps(r0 + 2 * ow), a1 = _mm256_loadu_ps(r0 + 2 * ow + 8);
-      const __m256 b0 = _mm256_loadu_ps(r1 + 2 * ow), b1 = _mm256_loadu_ps(r1 + 2 * ow + 8);
+    for (int64_t ow = 0; ow < OW; ow += 8) {
+      const int64_t n = std::min<int64_t>(8, OW - ow);
+      __m256 a0, a1, b0, b1;
+      if (n == 8) {
+        a0 = _mm256_loadu_ps(r0 + 2 * ow), a1 = _mm256_loadu_ps(r0 + 2 * ow + 8);
+        b0 = _mm256_loadu_ps(r1 + 2 * ow), b1 = _mm256_loadu_ps(r1 + 2 * ow + 8);
+      } else {
+        const __m256i k0 = lanes(2 * n), k1 = lanes(2 * n - 8);
+        a0 = _mm256_maskload_ps(r0 + 2 * ow, k0), a1 = _mm256_maskload_ps(r0 + 2 * ow + 8, k1);
+        b0 = _mm256_maskload_ps(r1 + 2 * ow, k0), b1 = _mm256_maskload_ps(r1 + 2 * ow + 8, k1);
+      }
       const __m256 cand[4] = {even_lanes(a0, a1), odd_lanes(a0, a1), even_lanes(b0, b1),
                               odd_lanes(b0, b1)};
       const __m256i base =
-          _mm256_add_epi32(_mm256_set1_epi32(row_base + static_cast<int32_t>(2 * ow)), lane2);
-      const int32_t offset[4] = {0, 1, static_cast<int32_t>(W), static_cast<int32_t>(W) + 1};
+          _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), lane2);
+      const __m256i at_c[4] = {base, _mm256_add_epi32(base, off1), _mm256_add_epi32(base, offw),
+                               _mm256_add_epi32(base, offw1)};
       __m256 best = cand[0];
       __m256i at = base;
+#pragma GCC unroll 3
       for (int c = 1; c < 4; ++c) {
         // beats: v > best, or v is NaN while best is not
         const __m256 gt = _mm256_cmp_ps(cand[c], best, _CMP_GT_OQ);
@@ -170,24 +376,16 @@ void maxpool2x2_avx2(const float* x, int64_t W, int64_t rows, int64_t OW, float*
                                          _mm256_cmp_ps(best, best, _CMP_ORD_Q));
         const __m256 win = _mm256_or_ps(gt, nan);
         best = _mm256_blendv_ps(best, cand[c], win);
-        const __m256i moved = _mm256_add_epi32(base, _mm256_set1_epi32(offset[c]));
         at = _mm256_castps_si256(
-            _mm256_blendv_ps(_mm256_castsi256_ps(at), _mm256_castsi256_ps(moved), win));
+            _mm256_blendv_ps(_mm256_castsi256_ps(at), _mm256_castsi256_ps(at_c[c]), win));
       }
-      _mm256_storeu_ps(y + oh * OW + ow, best);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(indices + oh * OW + ow), at);
-    }
-    for (; ow < OW; ++ow) {
-      const int32_t i0 = row_base + static_cast<int32_t>(2 * ow);
-      const int32_t cand[4] = {i0, i0 + 1, i0 + static_cast<int32_t>(W),
-                               i0 + static_cast<int32_t>(W) + 1};
-      int32_t at = cand[0];
-      for (int c = 1; c < 4; ++c) {
-        const float v = x[cand[c]], b = x[at];
-        if (v > b || (v != v && b == b)) at = cand[c];
+      if (n == 8) {
+        _mm256_storeu_ps(y + oh * OW + ow, best);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(indices + oh * OW + ow), at);
+      } else {
+        store_first(y + oh * OW + ow, best, n);
+        store_first(reinterpret_cast<float*>(indices + oh * OW + ow), _mm256_castsi256_ps(at), n);
       }
-      y[oh * OW + ow] = x[at];
-      indices[oh * OW + ow] = at;
     }
   }
 }
@@ -203,23 +401,29 @@ bool maxpool2x2_backward_avx2(const float* dy, const int32_t* indices, const flo
   for (int64_t oh = 0; oh < OH; ++oh) {
     float* d0 = dx + 2 * oh * W;
     float* d1 = d0 + W;
-    const int32_t row_base = static_cast<int32_t>(2 * oh * W);
-    int64_t ow = 0;
-    for (; ow + 8 <= OW; ow += 8) {
-      __m256 g = _mm256_loadu_ps(dy + oh * OW + ow);
-      if (y)  // ReLU'd forward: the gradient passes where y > 0 is not false (NaN passes)
-        g = _mm256_and_ps(g, _mm256_cmp_ps(_mm256_loadu_ps(y + oh * OW + ow), zero, _CMP_NLE_UQ));
-      const __m256i at =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + oh * OW + ow));
+    for (int64_t ow = 0; ow < OW; ow += 8) {
+      const int64_t n = std::min<int64_t>(8, OW - ow);
+      const __m256i kn = lanes(n);
+      const float* dyp = dy + oh * OW + ow;
+      const int32_t* ip = indices + oh * OW + ow;
+      __m256 g = n == 8 ? _mm256_loadu_ps(dyp) : _mm256_maskload_ps(dyp, kn);
+      if (y) {  // ReLU'd forward: the gradient passes where y > 0 is not false (NaN passes)
+        const float* yp = y + oh * OW + ow;
+        const __m256 yv = n == 8 ? _mm256_loadu_ps(yp) : _mm256_maskload_ps(yp, kn);
+        g = _mm256_and_ps(g, _mm256_cmp_ps(yv, zero, _CMP_NLE_UQ));
+      }
+      const __m256i at = n == 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ip))
+                                : _mm256_maskload_epi32(ip, kn);
       const __m256i base =
-          _mm256_add_epi32(_mm256_set1_epi32(row_base + static_cast<int32_t>(2 * ow)), lane2);
+          _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), lane2);
       const __m256i rel = _mm256_sub_epi32(at, base);  // 0, 1, W, W+1
       const __m256i e00 = _mm256_cmpeq_epi32(rel, _mm256_setzero_si256());
       const __m256i e01 = _mm256_cmpeq_epi32(rel, one);
       const __m256i e10 = _mm256_cmpeq_epi32(rel, w0);
       const __m256i e11 = _mm256_cmpeq_epi32(rel, w1);
       const __m256i hit = _mm256_or_si256(_mm256_or_si256(e00, e01), _mm256_or_si256(e10, e11));
-      if (_mm256_movemask_ps(_mm256_castsi256_ps(hit)) != 0xff) return false;
+      const int want = _mm256_movemask_ps(_mm256_castsi256_ps(kn));
+      if ((_mm256_movemask_ps(_mm256_castsi256_ps(hit)) & want) != want) return false;
       const __m256 g00 = _mm256_and_ps(g, _mm256_castsi256_ps(e00));
       const __m256 g01 = _mm256_and_ps(g, _mm256_castsi256_ps(e01));
       const __m256 g10 = _mm256_and_ps(g, _mm256_castsi256_ps(e10));
@@ -227,20 +431,23 @@ bool maxpool2x2_backward_avx2(const float* dy, const int32_t* indices, const flo
       // unpack interleaves within 128-bit halves; permute2f128 puts the halves in order.
       const __m256 lo0 = _mm256_unpacklo_ps(g00, g01), hi0 = _mm256_unpackhi_ps(g00, g01);
       const __m256 lo1 = _mm256_unpacklo_ps(g10, g11), hi1 = _mm256_unpackhi_ps(g10, g11);
-      _mm256_storeu_ps(d0 + 2 * ow, _mm256_permute2f128_ps(lo0, hi0, 0x20));
-      _mm256_storeu_ps(d0 + 2 * ow + 8, _mm256_permute2f128_ps(lo0, hi0, 0x31));
-      _mm256_storeu_ps(d1 + 2 * ow, _mm256_permute2f128_ps(lo1, hi1, 0x20));
-      _mm256_storeu_ps(d1 + 2 * ow + 8, _mm256_permute2f128_ps(lo1, hi1, 0x31));
-    }
-    for (; ow < OW; ++ow) {
-      float g = dy[oh * OW + ow];
-      if (y && y[oh * OW + ow] <= 0.f) g = 0.f;  // NaN passes, as above
-      const int32_t rel = indices[oh * OW + ow] - (row_base + static_cast<int32_t>(2 * ow));
-      if (rel != 0 && rel != 1 && rel != W && rel != W + 1) return false;
-      d0[2 * ow] = rel == 0 ? g : 0.f;
-      d0[2 * ow + 1] = rel == 1 ? g : 0.f;
-      d1[2 * ow] = rel == W ? g : 0.f;
-      d1[2 * ow + 1] = rel == W + 1 ? g : 0.f;
+      const __m256 out[4] = {
+          _mm256_permute2f128_ps(lo0, hi0, 0x20), _mm256_permute2f128_ps(lo0, hi0, 0x31),
+          _mm256_permute2f128_ps(lo1, hi1, 0x20), _mm256_permute2f128_ps(lo1, hi1, 0x31)};
+      if (n == 8) {
+        _mm256_storeu_ps(d0 + 2 * ow, out[0]);
+        _mm256_storeu_ps(d0 + 2 * ow + 8, out[1]);
+        _mm256_storeu_ps(d1 + 2 * ow, out[2]);
+        _mm256_storeu_ps(d1 + 2 * ow + 8, out[3]);
+      } else if (n >= 4) {  // 2n < 16 values a row
+        _mm256_storeu_ps(d0 + 2 * ow, out[0]);
+        _mm256_storeu_ps(d1 + 2 * ow, out[2]);
+        store_first(d0 + 2 * ow + 8, out[1], 2 * n - 8);
+        store_first(d1 + 2 * ow + 8, out[3], 2 * n - 8);
+      } else {
+        store_first(d0 + 2 * ow, out[0], 2 * n);
+        store_first(d1 + 2 * ow, out[2], 2 * n);
+      }
     }
     for (int64_t w = 2 * OW; w < W; ++w) d0[w] = d1[w] = 0.f;  // an odd last column
   }
@@ -250,10 +457,17 @@ bool maxpool2x2_backward_avx2(const float* dy, const int32_t* indices, const flo
 }
 }  // namespace
 
-const GemmKernel kGemmAvx2 = {"avx2", MR, NR, kernel_avx2, CMR, CNR, conv_avx2,
-                              // No direct kernels: the portable ones compiled for AVX2 were
-                              // slower on few-channel convolutions than the im2col path.
-                              nullptr, nullptr, maxpool2x2_avx2, maxpool2x2_backward_avx2,
+const GemmKernel kGemmAvx2 = {"avx2",
+                              MR,
+                              NR,
+                              kernel_avx2,
+                              CMR,
+                              CNR,
+                              conv_avx2,
+                              direct_fwd_avx2,
+                              direct_dw_avx2,
+                              maxpool2x2_avx2,
+                              maxpool2x2_backward_avx2,
                               kernel_avx2_ib};
 
 }  // namespace fastcnn
