@@ -1,21 +1,22 @@
-// The pybind11 module fastcnn._C: argument checks, output allocation, GIL release, the call.
-// Nothing here computes. Every check happens before any memory is touched, and every error
-// names the argument and the expected versus actual shape. fastcnn/ops.py is the public face.
+// The pybind11 module fastcnn._C: argument checks (checks.h), output allocation, GIL release,
+// the call. Nothing here computes. Every check happens before any memory is touched, and every
+// error names the argument and the expected versus actual shape. fastcnn/ops.py is the public
+// face. With CUDA, the submodule _C.cuda (bindings_cuda.cpp) holds the same ops on DeviceArrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <limits>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "cpu/common.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/ops.h"
 #ifdef FASTCNN_HAS_CUDA
 #include "cuda/common.cuh"
+void bind_cuda(pybind11::module_& m);  // bindings_cuda.cpp
 #endif
 
 namespace py = pybind11;
@@ -23,64 +24,15 @@ using fastcnn::Window2d;
 
 namespace {
 
+using namespace fastcnn::checks;  // the argument checks, shared with bindings_cuda.cpp
 using F32 = py::array_t<float, py::array::c_style>;
-using Shape = std::vector<int64_t>;
-
-std::string shape_str(const Shape& s) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
-}
-
-Shape shape_of(const py::array& a) {
-  return Shape(a.shape(), a.shape() + a.ndim());
-}
-
-[[noreturn]] void value_error(const std::string& msg) {
-  throw py::value_error(msg);
-}
-[[noreturn]] void type_error(const std::string& msg) {
-  throw py::type_error(msg);
-}
-
-// Checks that `a` is a C-contiguous float32 array of `ndim` dimensions (ndim < 0: any).
-const float* in_f32(const py::array& a, const char* name, int ndim) {
-  if (!a.dtype().is(py::dtype::of<float>()))
-    type_error(std::string(name) + " must be float32, got " + std::string(py::str(a.dtype())) +
-               " (convert with .astype(np.float32))");
-  if (!(a.flags() & py::array::c_style))
-    value_error(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
-  if (ndim >= 0 && a.ndim() != ndim)
-    value_error(std::string(name) + " must have " + std::to_string(ndim) +
-                " dimensions, got shape " + shape_str(shape_of(a)));
-  return static_cast<const float*>(a.data());
-}
-
-void expect_shape(const py::array& a, const char* name, const Shape& want) {
-  if (shape_of(a) != want)
-    value_error(std::string(name) + " must have shape " + shape_str(want) + ", got " +
-                shape_str(shape_of(a)));
-}
-
-bool overlaps(const py::array& a, const py::array& b) {
-  const char* a0 = static_cast<const char*>(a.data());
-  const char* b0 = static_cast<const char*>(b.data());
-  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
-}
 
 // The output: `out` if given (checked: float32, C-contiguous, exact shape, writeable, sharing no
 // memory with `inputs`), else a new array.
 F32 make_out(const std::optional<py::array>& out, const Shape& shape, const char* name = "out",
              std::initializer_list<const py::array*> inputs = {}) {
   if (out) {
-    in_f32(*out, name, static_cast<int>(shape.size()));
-    expect_shape(*out, name, shape);
-    if (!out->writeable()) value_error(std::string(name) + " must be writeable");
-    for (const py::array* in : inputs)
-      if (overlaps(*out, *in))
-        value_error(std::string(name) + " must not share memory with an input of this op");
+    check_out(*out, shape, name, inputs);
     return py::reinterpret_borrow<F32>(*out);
   }
   return F32(shape);
@@ -88,69 +40,6 @@ F32 make_out(const std::optional<py::array>& out, const Shape& shape, const char
 
 float* data(F32& a) {
   return a.mutable_data();
-}
-
-void check_window(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
-  if (kh < 1 || kw < 1)
-    value_error("kernel_size must be >= 1, got (" + std::to_string(kh) + ", " + std::to_string(kw) +
-                ")");
-  if (sh < 1 || sw < 1)
-    value_error("stride must be >= 1, got (" + std::to_string(sh) + ", " + std::to_string(sw) +
-                ")");
-  if (ph < 0 || pw < 0)
-    value_error("padding must be >= 0, got (" + std::to_string(ph) + ", " + std::to_string(pw) +
-                ")");
-}
-
-// Geometry of conv2d(x, w), every disagreement reported in terms of the user's arguments.
-Window2d conv_geometry(const py::array& x, const py::array& w, int64_t sh, int64_t sw, int64_t ph,
-                       int64_t pw) {
-  in_f32(x, "x", 4);
-  in_f32(w, "w", 4);
-  Window2d g;
-  g.N = x.shape(0), g.C = x.shape(1), g.H = x.shape(2), g.W = x.shape(3);
-  g.O = w.shape(0), g.kh = w.shape(2), g.kw = w.shape(3);
-  g.sh = sh, g.sw = sw, g.ph = ph, g.pw = pw;
-  if (w.shape(1) != g.C)
-    value_error("channel mismatch: x has " + std::to_string(g.C) + " channels (shape " +
-                shape_str(shape_of(x)) + ") but w expects " + std::to_string(w.shape(1)) +
-                " (shape " + shape_str(shape_of(w)) + ")");
-  check_window(g.kh, g.kw, sh, sw, ph, pw);
-  if (g.H + 2 * ph < g.kh || g.W + 2 * pw < g.kw)
-    value_error("kernel " + shape_str({g.kh, g.kw}) + " is larger than the padded input " +
-                shape_str({g.H + 2 * ph, g.W + 2 * pw}) + " (x shape " + shape_str(shape_of(x)) +
-                ", padding " + shape_str({ph, pw}) + ")");
-  g.finish();
-  return g;
-}
-
-Window2d pool_geometry(const Shape& xs, const char* name, int64_t kh, int64_t kw, int64_t sh,
-                       int64_t sw) {
-  if (xs.size() != 4)
-    value_error(std::string(name) + " must have 4 dimensions (N, C, H, W), got shape " +
-                shape_str(xs));
-  for (int64_t d : xs)
-    if (d < 0) value_error(std::string(name) + " has a negative dimension: " + shape_str(xs));
-  check_window(kh, kw, sh, sw, 0, 0);
-  Window2d g;
-  g.N = xs[0], g.C = xs[1], g.H = xs[2], g.W = xs[3], g.O = xs[1];
-  g.kh = kh, g.kw = kw, g.sh = sh, g.sw = sw;
-  if (g.H < kh || g.W < kw)
-    value_error("kernel_size " + shape_str({kh, kw}) + " is larger than the input " +
-                shape_str({g.H, g.W}) + " (" + name + " shape " + shape_str(xs) + ")");
-  if (g.H * g.W > std::numeric_limits<int32_t>::max())
-    value_error(std::string(name) + " planes are too large for int32 indices");
-  g.finish();
-  return g;
-}
-
-const float* optional_bias(const std::optional<py::array>& b, int64_t n) {
-  if (!b) return nullptr;
-  const float* p = in_f32(*b, "b", 1);
-  if (b->shape(0) != n)
-    value_error("b must have shape (" + std::to_string(n) +
-                ",) to match the output features, got " + shape_str(shape_of(*b)));
-  return p;
 }
 
 // ---- conv2d -----------------------------------------------------------------------------------
@@ -206,12 +95,7 @@ py::tuple maxpool2d_forward(const py::array& x, int64_t kh, int64_t kw, int64_t 
   F32 y = make_out(out, ys, "out", {&x});
   py::array_t<int32_t> idx;
   if (indices_out) {
-    if (!indices_out->dtype().is(py::dtype::of<int32_t>()) ||
-        !(indices_out->flags() & py::array::c_style) || !indices_out->writeable())
-      type_error("indices_out must be a writeable, C-contiguous int32 array");
-    expect_shape(*indices_out, "indices_out", ys);
-    if (overlaps(*indices_out, x) || overlaps(*indices_out, y))
-      value_error("indices_out must not share memory with x or out");
+    check_indices_out(*indices_out, ys, x, static_cast<const py::array&>(y));
     idx = py::reinterpret_borrow<py::array_t<int32_t>>(*indices_out);
   } else {
     idx = py::array_t<int32_t>(ys);
@@ -228,24 +112,8 @@ py::tuple maxpool2d_forward(const py::array& x, int64_t kh, int64_t kw, int64_t 
 
 F32 maxpool2d_backward(const py::array& dy, const py::array& indices, const Shape& x_shape,
                        const OptArray& y, const OptArray& out) {
-  // The window itself is not needed: indices say where each dy goes.
+  const Window2d g = maxpool_backward_geometry(dy, indices, x_shape);
   const float* dyp = in_f32(dy, "dy", 4);
-  const Shape ys = shape_of(dy);
-  if (x_shape.size() != 4)
-    value_error("x_shape must have 4 dimensions (N, C, H, W), got " + shape_str(x_shape));
-  if (x_shape[0] != ys[0] || x_shape[1] != ys[1] || x_shape[2] < 1 || x_shape[3] < 1)
-    value_error("dy shape " + shape_str(ys) + " does not match x_shape " + shape_str(x_shape) +
-                " (N and C must agree)");
-  if (x_shape[2] * x_shape[3] > std::numeric_limits<int32_t>::max())
-    value_error("x_shape planes are too large for int32 indices");
-  Window2d g;
-  g.N = x_shape[0], g.C = g.O = x_shape[1], g.H = x_shape[2], g.W = x_shape[3];
-  g.OH = ys[2], g.OW = ys[3];
-  if (!indices.dtype().is(py::dtype::of<int32_t>()))
-    type_error("indices must be int32 (as returned by maxpool2d_forward), got " +
-               std::string(py::str(indices.dtype())));
-  if (!(indices.flags() & py::array::c_style)) value_error("indices must be C-contiguous");
-  expect_shape(indices, "indices", ys);
   const int32_t* ip = static_cast<const int32_t*>(indices.data());
   // An index outside its plane would write outside dx: refuse it before touching memory.
   const int64_t count = g.N * g.C * g.OH * g.OW, plane = g.H * g.W;
@@ -256,7 +124,7 @@ F32 maxpool2d_backward(const py::array& dy, const py::array& indices, const Shap
   const float* yp = nullptr;
   if (y) {
     yp = in_f32(*y, "y", 4);
-    expect_shape(*y, "y", ys);
+    expect_shape(*y, "y", shape_of(dy));
   }
   F32 dx = make_out(out, x_shape, "out", {&dy, &indices});
   if (y && overlaps(dx, *y)) value_error("out must not share memory with y");
@@ -297,15 +165,6 @@ F32 avgpool2d_backward(const py::array& dy, const Shape& x_shape, int64_t kh, in
 }
 
 // ---- linear -----------------------------------------------------------------------------------
-
-void linear_check(const py::array& x, const py::array& w) {
-  in_f32(x, "x", 2);
-  in_f32(w, "w", 2);
-  if (x.shape(1) != w.shape(1))
-    value_error("feature mismatch: x has " + std::to_string(x.shape(1)) + " features (shape " +
-                shape_str(shape_of(x)) + ") but w expects " + std::to_string(w.shape(1)) +
-                " (shape " + shape_str(shape_of(w)) + ")");
-}
 
 F32 linear_forward(const py::array& x, const py::array& w, const std::optional<py::array>& b,
                    bool relu, const std::optional<py::array>& out) {
@@ -378,17 +237,8 @@ F32 relu_backward(const py::array& y, const py::array& dy, const std::optional<p
 
 py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels,
                                 const OptArray& out) {
+  const auto [N, K] = loss_geometry(logits, labels);
   const float* zp = in_f32(logits, "logits", 2);
-  const int64_t N = logits.shape(0), K = logits.shape(1);
-  if (N < 1)
-    value_error("logits must hold at least one row, got shape " + shape_str(shape_of(logits)));
-  if (K < 1)
-    value_error("logits must have at least one class, got shape " + shape_str(shape_of(logits)));
-  if (labels.ndim() != 1 || labels.shape(0) != N)
-    value_error("labels must have shape (" + std::to_string(N) + ",) to match logits " +
-                shape_str(shape_of(logits)) + ", got " + shape_str(shape_of(labels)));
-  if (!labels.dtype().is(py::dtype::of<int64_t>()) || !(labels.flags() & py::array::c_style))
-    type_error("labels must be a contiguous int64 array (fastcnn.ops converts integer labels)");
   const int64_t* lp = static_cast<const int64_t*>(labels.data());
   for (int64_t i = 0; i < N; ++i)
     if (lp[i] < 0 || lp[i] >= K)
@@ -407,23 +257,16 @@ py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels
 
 // ---- optimizer updates ------------------------------------------------------------------------
 
-float* inout_f32(py::array& a, const char* name) {
-  in_f32(a, name, -1);
-  if (!a.writeable()) value_error(std::string(name) + " must be writeable");
+float* mutable_f32(py::array& a) {
   return static_cast<float*>(a.mutable_data());
 }
 
 void sgd_step(py::array param, const py::array& grad, std::optional<py::array> buf, float lr,
               float momentum, float weight_decay, bool nesterov, bool first) {
-  float* p = inout_f32(param, "param");
+  sgd_check(param, grad, buf, momentum);
+  float* p = mutable_f32(param);
   const float* g = in_f32(grad, "grad", -1);
-  expect_shape(grad, "grad", shape_of(param));
-  float* bp = nullptr;
-  if (momentum != 0.f) {
-    if (!buf) value_error("momentum_buffer is required when momentum != 0");
-    bp = inout_f32(*buf, "momentum_buffer");
-    expect_shape(*buf, "momentum_buffer", shape_of(param));
-  }
+  float* bp = momentum != 0.f ? mutable_f32(*buf) : nullptr;
   const int64_t n = param.size();
   py::gil_scoped_release nogil;
   fastcnn::sgd_step(n, p, g, bp, lr, momentum, weight_decay, nesterov, first);
@@ -431,14 +274,10 @@ void sgd_step(py::array param, const py::array& grad, std::optional<py::array> b
 
 void adam_step(py::array param, const py::array& grad, py::array m, py::array v, float lr,
                float beta1, float beta2, float eps, float weight_decay, int64_t step) {
-  float* p = inout_f32(param, "param");
+  adam_check(param, grad, m, v, step);
+  float* p = mutable_f32(param);
   const float* g = in_f32(grad, "grad", -1);
-  expect_shape(grad, "grad", shape_of(param));
-  float* mp = inout_f32(m, "exp_avg");
-  float* vp = inout_f32(v, "exp_avg_sq");
-  expect_shape(m, "exp_avg", shape_of(param));
-  expect_shape(v, "exp_avg_sq", shape_of(param));
-  if (step < 1) value_error("step must be >= 1");
+  float *mp = mutable_f32(m), *vp = mutable_f32(v);
   const int64_t n = param.size();
   py::gil_scoped_release nogil;
   fastcnn::adam_step(n, p, g, mp, vp, lr, beta1, beta2, eps, weight_decay, step);
@@ -447,13 +286,8 @@ void adam_step(py::array param, const py::array& grad, py::array m, py::array v,
 // ---- gemm (tests and benchmarks) --------------------------------------------------------------
 
 F32 sgemm(const py::array& a, const py::array& b, bool trans_a, bool trans_b, bool reference) {
-  const float* ap = in_f32(a, "a", 2);
-  const float* bp = in_f32(b, "b", 2);
-  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
-  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
-  if (K != Kb)
-    value_error("inner dimensions differ: op(a) is " + shape_str({M, K}) + ", op(b) is " +
-                shape_str({Kb, N}));
+  const auto [M, N, K] = gemm_dims(a, b, trans_a, trans_b);
+  const float *ap = in_f32(a, "a", 2), *bp = in_f32(b, "b", 2);
   F32 c(Shape{M, N});
   float* cp = data(c);
   const int64_t lda = a.shape(1), ldb = b.shape(1);
@@ -537,6 +371,7 @@ PYBIND11_MODULE(_C, m) {
 #ifdef FASTCNN_HAS_CUDA
   m.attr("has_cuda") = true;  // built with the CUDA backend; whether a GPU answers is below
   m.def("cuda_device_count", &fastcnn::cuda::device_count);
+  bind_cuda(m);  // the submodule _C.cuda: DeviceArray and the ops on it
 #else
   m.attr("has_cuda") = false;
 #endif

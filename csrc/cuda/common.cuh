@@ -2,8 +2,9 @@
 // csrc/cpu one to one (same names, same Window2d geometry, same "overwrite, never accumulate"
 // rule for outputs), on device pointers.
 //
-// Status: these sources compile (CI builds them with nvcc whenever it is present) but are not
-// yet bound to Python nor run on a GPU; see README "CUDA".
+// Python reaches them through csrc/bindings_cuda.cpp (fastcnn._C.cuda), on DeviceArrays
+// (cuda/array.cuh). They compile and bind on any machine with nvcc; see README "CUDA" for what
+// has run on a GPU.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,13 +18,16 @@
 namespace fastcnn::cuda {
 
 // Every CUDA call and launch goes through this: a failure becomes a C++ exception (the binding
-// layer turns it into a Python RuntimeError) naming the call and CUDA's message.
-#define FASTCNN_CUDA_CHECK(call)                                                             \
-  do {                                                                                       \
-    const cudaError_t fastcnn_err = (call);                                                  \
-    if (fastcnn_err != cudaSuccess)                                                          \
-      throw std::runtime_error(std::string("CUDA error in ") + #call + ": " +                \
-                               cudaGetErrorString(fastcnn_err));                             \
+// layer turns it into a Python RuntimeError) naming the call and CUDA's message. The error is
+// cleared (unless sticky), so a later launch check does not report it a second time.
+#define FASTCNN_CUDA_CHECK(call)                                              \
+  do {                                                                        \
+    const cudaError_t fastcnn_err = (call);                                   \
+    if (fastcnn_err != cudaSuccess) {                                         \
+      cudaGetLastError();                                                     \
+      throw std::runtime_error(std::string("CUDA error in ") + #call + ": " + \
+                               cudaGetErrorString(fastcnn_err));              \
+    }                                                                         \
   } while (0)
 
 #define FASTCNN_CUDA_LAUNCH_CHECK() FASTCNN_CUDA_CHECK(cudaGetLastError())
