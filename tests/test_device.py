@@ -358,3 +358,31 @@ def test_cuda_answers_without_crashing():
 def test_unknown_device_is_a_value_error():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         net().to("tpu")
+
+
+def test_cli_predict_and_eval_on_a_device(device, tmp_path, capsys):
+    from PIL import Image
+
+    from fastcnn import cli
+
+    train = squares(96, 7)
+    model = net()
+    fastcnn.fit(model, train, epochs=1, batch_size=32, progress=False)
+    path = tmp_path / "m.safetensors"
+    fastcnn.save(model, path)
+    folder = tmp_path / "data"
+    for i, (image, label) in enumerate(zip(train.raw[:8], train.labels[:8])):
+        (folder / str(train.classes[label])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.reshape(image.shape[-2:])).save(
+            folder / str(train.classes[label]) / f"{i}.png"
+        )
+    files = sorted(str(p) for p in folder.rglob("*.png"))[:3]
+    assert cli.main(["predict", str(path), *files, "--device", device]) == 0
+    on_device = capsys.readouterr().out
+    assert cli.main(["predict", str(path), *files]) == 0
+    on_cpu = capsys.readouterr().out
+    assert len(on_device.splitlines()) == 3
+    labels = [line.split("\t")[1] for line in on_device.splitlines()]
+    assert labels == [line.split("\t")[1] for line in on_cpu.splitlines()]
+    assert cli.main(["eval", str(path), str(folder), "--device", device]) == 0
+    assert "accuracy" in capsys.readouterr().out
