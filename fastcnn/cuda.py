@@ -12,7 +12,16 @@ from . import _C
 
 __all__ = ["is_available", "device_count", "require", "to_device", "DeviceArray"]
 
-DeviceArray = _C.cuda.DeviceArray if getattr(_C, "has_cuda", False) else None
+if getattr(_C, "has_cuda", False):
+    DeviceArray = _C.cuda.DeviceArray
+else:
+
+    class DeviceArray:
+        """Stands in for the GPU array type in a build without CUDA: nothing is one, and
+        creating one says why (so `isinstance(x, fastcnn.cuda.DeviceArray)` works anywhere)."""
+
+        def __new__(cls, *args, **kwargs):
+            require()
 
 
 def is_available() -> bool:

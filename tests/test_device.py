@@ -386,3 +386,10 @@ def test_cli_predict_and_eval_on_a_device(device, tmp_path, capsys):
     assert labels == [line.split("\t")[1] for line in on_cpu.splitlines()]
     assert cli.main(["eval", str(path), str(folder), "--device", device]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_device_array_type_exists_in_every_build():
+    assert not isinstance(np.zeros(3, np.float32), cuda.DeviceArray)
+    if not cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            cuda.DeviceArray(np.zeros(3, np.float32))
