@@ -31,6 +31,9 @@
 #ifdef FASTCNN_OPENMP
 #include <omp.h>
 #endif
+#ifdef __SSE__
+#include <xmmintrin.h>  // baseline on x86-64: the 4x4 transposes of pad_nhwc
+#endif
 
 namespace fastcnn {
 
@@ -232,12 +235,30 @@ void pad_nhwc(const Indirect& cv, const float* x, float* xp) {
     std::fill(row, row + cv.pw * C, 0.f);
     std::fill(row + (cv.pw + W) * C, row + Wp * C, 0.f);
     float* dst = row + cv.pw * C;
-    // A (C x W) -> (W x C) transpose in blocks of 8 channels: 8 input rows are read in step
-    // and each output pixel gets 8 contiguous channels at a time.
+    // A (C x W) -> (W x C) transpose: 4 x 4 blocks in SSE registers where the baseline ISA
+    // has them, then blocks of 8 channels (8 input rows read in step, each output pixel
+    // getting 8 contiguous channels at a time), then single channels.
+    const int64_t plane = H * W;
     int64_t c0 = 0;
+#ifdef __SSE__
+    for (; c0 + 4 <= C; c0 += 4) {
+      const float* s = x + (c0 * H + h) * W;
+      int64_t w = 0;
+      for (; w + 4 <= W; w += 4) {
+        __m128 r0 = _mm_loadu_ps(s + w), r1 = _mm_loadu_ps(s + plane + w);
+        __m128 r2 = _mm_loadu_ps(s + 2 * plane + w), r3 = _mm_loadu_ps(s + 3 * plane + w);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(dst + w * C + c0, r0);
+        _mm_storeu_ps(dst + (w + 1) * C + c0, r1);
+        _mm_storeu_ps(dst + (w + 2) * C + c0, r2);
+        _mm_storeu_ps(dst + (w + 3) * C + c0, r3);
+      }
+      for (; w < W; ++w)
+        for (int j = 0; j < 4; ++j) dst[w * C + c0 + j] = s[j * plane + w];
+    }
+#endif
     for (; c0 + 8 <= C; c0 += 8) {
       const float* s = x + (c0 * H + h) * W;
-      const int64_t plane = H * W;
       for (int64_t w = 0; w < W; ++w) {
         float* d = dst + w * C + c0;
         for (int j = 0; j < 8; ++j) d[j] = s[j * plane + w];
