@@ -43,7 +43,7 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
-enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kSlots };
+enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kDwBlock, kSlots };
 // Floats of L1 data cache a blocked loop may plan to keep resident (32 KB L1d, with room to
 // spare for the accumulator tile and the stack).
 constexpr int64_t kL1Floats = 20 * 1024 / 4;
@@ -458,18 +458,18 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
         std::clamp<int64_t>(kL1Floats / (m_panels * mr + k.nr) / 8 * 8, 16, kGemmKC);
     parallel_range(n_panels, threads, [&](int64_t j0, int64_t j1) {
       std::vector<const float*> rows(kc_max);
-      std::vector<float> a_block(m_panels * mr * kc_max);
+      float* a_block = scratch(kDwBlock, m_panels * mr * kc_max);
       for (int64_t pc = 0; pc < K; pc += kc_max) {
         const int64_t kc = std::min(kc_max, K - pc);
         for (int64_t kk = 0; kk < kc; ++kk) {
           const int64_t kg = pc + kk, n = kg / P;
           rows[kk] = xp + n * img + pix_off[kg - n * P];
         }
-        pack_a(0, 0, pc, kc, mr, a_block.data(), 0, m_panels);
+        pack_a(0, 0, pc, kc, mr, a_block, 0, m_panels);
         for (int64_t jr = j0; jr < j1; ++jr)
           for (int64_t ir = 0; ir < m_panels; ++ir) {
             const int m = static_cast<int>(std::min<int64_t>(mr, g.O - ir * mr));
-            k.fn_indirect_b(kc, a_block.data() + ir * mr * kc, rows.data(), col_off[jr * k.nr],
+            k.fn_indirect_b(kc, a_block + ir * mr * kc, rows.data(), col_off[jr * k.nr],
                             dw_tc + ir * mr * TC + jr * k.nr, TC, m, k.nr, pc > 0);
           }
       }

@@ -46,34 +46,16 @@ inline void store_tile(__m256 (&c)[MR][2], float* C, int64_t ldc, int m, int n, 
       C[i * ldc + j] = accumulate ? C[i * ldc + j] + tile[i][j] : tile[i][j];
 }
 
-// GEMM: per k, two loads of B and six broadcasts of A feed twelve FMAs.
-void kernel_avx2(int64_t K, const float* Ap, const float* Bp, float* C, int64_t ldc, int m, int n,
-                 bool accumulate) {
+// The 6 x 16 tile: per k, two loads of B's row k (`b_row(k)`: packed, or read in place) and six
+// broadcasts of A feed twelve FMAs.
+template <class BRow>
+inline void tile_avx2(int64_t K, const float* Ap, BRow b_row, float* C, int64_t ldc, int m, int n,
+                      bool accumulate) {
   __m256 c[MR][2];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(Bp + k * NR);
-    const __m256 b1 = _mm256_loadu_ps(Bp + k * NR + 8);
-    const float* a = Ap + k * MR;
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + i);
-      c[i][0] = _mm256_fmadd_ps(ai, b0, c[i][0]);
-      c[i][1] = _mm256_fmadd_ps(ai, b1, c[i][1]);
-    }
-  }
-  store_tile(c, C, ldc, m, n, accumulate);
-}
-
-// The same tile with B read in place (see GemmKernel::fn_indirect_b): n must be NR.
-void kernel_avx2_ib(int64_t K, const float* Ap, const float* const* brow, int64_t boff, float* C,
-                    int64_t ldc, int m, int n, bool accumulate) {
-  __m256 c[MR][2];
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const float* b = brow[k] + boff;
+    const float* b = b_row(k);
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + 8);
     const float* a = Ap + k * MR;
@@ -85,6 +67,17 @@ void kernel_avx2_ib(int64_t K, const float* Ap, const float* const* brow, int64_
     }
   }
   store_tile(c, C, ldc, m, n, accumulate);
+}
+
+void kernel_avx2(int64_t K, const float* Ap, const float* Bp, float* C, int64_t ldc, int m, int n,
+                 bool accumulate) {
+  tile_avx2(K, Ap, [Bp](int64_t k) { return Bp + k * NR; }, C, ldc, m, n, accumulate);
+}
+
+// The same tile with B read in place (see GemmKernel::fn_indirect_b): n must be NR.
+void kernel_avx2_ib(int64_t K, const float* Ap, const float* const* brow, int64_t boff, float* C,
+                    int64_t ldc, int m, int n, bool accumulate) {
+  tile_avx2(K, Ap, [brow, boff](int64_t k) { return brow[k] + boff; }, C, ldc, m, n, accumulate);
 }
 
 // Convolution (see ConvKernel in gemm.h): 6 pixels x 16 channels. Per (tap, input channel): two
