@@ -43,7 +43,7 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
-enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kDwBlock, kSlots };
+enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kSlots };
 // Floats of L1 data cache a blocked loop may plan to keep resident (32 KB L1d, with room to
 // spare for the accumulator tile and the stack).
 constexpr int64_t kL1Floats = 20 * 1024 / 4;
@@ -76,6 +76,28 @@ void parallel_range(int64_t n, int threads, Fn fn) {
       int64_t b, e;
       split_range(n, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
       fn(b, e);
+    }
+    return;
+  }
+#endif
+  DenormalGuard denormals;
+  fn(0, n);
+}
+
+// Runs fn(begin, end) over [0, n) in chunks of `chunk`, each thread claiming the next chunk as
+// it finishes its last: a core slowed by other work (a shared machine) then does fewer, instead
+// of everyone waiting for it at the end. Each chunk is done whole by one thread, so nothing's
+// value depends on which thread did it.
+template <class Fn>
+void parallel_chunks(int64_t n, int64_t chunk, int threads, Fn fn) {
+  const int64_t chunks = (n + chunk - 1) / chunk;
+#ifdef FASTCNN_OPENMP
+  if (threads > 1 && chunks > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      DenormalGuard denormals;
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t c = 0; c < chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
     }
     return;
   }
@@ -316,7 +338,7 @@ void indirect_batch(const GemmKernel& k, const Indirect& cv, int64_t N, const fl
   std::vector<int64_t> toff(T);
   tap_offsets(cv, toff.data());
   if (N >= threads || threads == 1) {  // whole images per thread
-    parallel_range(N, threads, [&](int64_t b, int64_t e) {
+    parallel_chunks(N, 1, threads, [&](int64_t b, int64_t e) {
       float* xp = scratch(kPad, cv.padded_size());
       for (int64_t n = b; n < e; ++n) {
         pad_nhwc(cv, x + n * in_size, xp);
@@ -395,30 +417,46 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   for (int64_t j = 0; j < TC; ++j) col_off[j] = toff[j / g.C] + j % g.C;
   for (int64_t p = 0; p < P; ++p) pix_off[p] = pixel_offset(cv, p);
 
-  // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p. Transposed once into
-  // whole-K panels of mr rows (images split over the threads), so that packing a block is a copy.
+  // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p, transposed once (images
+  // split over the threads) into panels of mr rows, in blocks of kb columns: a block's panels lie
+  // next to each other (panel q, column kk of block b at b*kb*a_rows + (q*len + kk)*mr, len the
+  // block's width). The in-place-B path below reads a block where it lies; the GEMM path (one
+  // block, kb = K) copies panels into its own blocks.
   const int mr = k.mr;
-  const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr;
-  float* dy_panels = scratch(kDyPanels, a_panels * mr * K);
+  const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr, a_rows = a_panels * mr;
+  const bool in_place_b = k.fn_indirect_b && g.C % k.nr == 0;
+  // In-place B: a block (a_rows x kb) and one B panel (kb scattered rows of nr) stay in L1
+  // together. (Read from whole-K panels, the A panels were K*mr floats apart and fell on the
+  // same cache sets; with that and the GEMM's KC of 192, a tenth of the kernel's loads missed L1
+  // under cachegrind.)
+  const int64_t kb =
+      in_place_b ? std::clamp<int64_t>(kL1Floats / (a_rows + k.nr) / 8 * 8, 16, kGemmKC) : K;
+  auto a_at = [&](int64_t q, int64_t kk) {
+    const int64_t b0 = kk / kb * kb, len = std::min(kb, K - b0);
+    return b0 * a_rows + (q * len + kk - b0) * mr;
+  };
+  float* dy_panels = scratch(kDyPanels, a_rows * K);
   parallel_range(g.N, threads, [&](int64_t b0, int64_t b1) {
-    for (int64_t q = 0; q < a_panels; ++q)
-      for (int64_t n = b0; n < b1; ++n) {
-        float* dst = dy_panels + (q * K + n * P) * mr;
-        for (int i = 0; i < mr; ++i) {
-          const int64_t o = q * mr + i;
-          const float* src = dy + (n * g.O + o) * P;
-          if (o < g.O)
-            for (int64_t p = 0; p < P; ++p) dst[p * mr + i] = src[p];
-          else
-            for (int64_t p = 0; p < P; ++p) dst[p * mr + i] = 0.f;
+    for (int64_t n = b0; n < b1; ++n)
+      for (int64_t q = 0; q < a_panels; ++q)
+        for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
+          const int64_t k1 = std::min((k0 / kb + 1) * kb, (n + 1) * P);
+          float* dst = dy_panels + a_at(q, k0);
+          for (int i = 0; i < mr; ++i) {
+            const int64_t o = q * mr + i;
+            const float* src = dy + (n * g.O + o) * P + (k0 - n * P);
+            if (o < g.O)
+              for (int64_t p = 0; p < k1 - k0; ++p) dst[p * mr + i] = src[p];
+            else
+              for (int64_t p = 0; p < k1 - k0; ++p) dst[p * mr + i] = 0.f;
+          }
+          k0 = k1;
         }
-      }
   });
   auto pack_a = [&](int64_t i0, int64_t, int64_t p0, int64_t kc, int, float* Ap, int64_t q0,
                     int64_t q1) {
     for (int64_t q = q0; q < q1; ++q)
-      std::memcpy(Ap + q * mr * kc, dy_panels + ((i0 / mr + q) * K + p0) * mr,
-                  sizeof(float) * mr * kc);
+      std::memcpy(Ap + q * mr * kc, dy_panels + a_at(i0 / mr + q, p0), sizeof(float) * mr * kc);
   };
   // B = col as (N*P x T*C): element (k, j) = padded image n at pixel p, tap j / C, channel j % C.
   auto pack_b = [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* Bp, int64_t q0,
@@ -445,29 +483,24 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     std::fill(dw, dw + g.O * TC, 0.f);
     return;
   }
-  if (k.fn_indirect_b && g.C % k.nr == 0) {
-    // Nothing packed: A panels are dy_panels as they stand, and a B panel (nr channels of one
-    // tap) is read in place from the images through one pointer per pixel. Threads split the
-    // panels of dw, each summing all of K in order. K goes in blocks of kc pixels small enough
-    // that the block's A panels, copied next to each other, and one B panel (kc scattered rows)
-    // stay in L1 together. (Read where they lie, the A panels are K*mr floats apart and fall
-    // on the same cache sets; with that and the GEMM's KC of 192, a tenth of the kernel's
-    // loads missed L1 under cachegrind.)
-    const int64_t m_panels = a_panels, n_panels = TC / k.nr;
-    const int64_t kc_max =
-        std::clamp<int64_t>(kL1Floats / (m_panels * mr + k.nr) / 8 * 8, 16, kGemmKC);
-    parallel_range(n_panels, threads, [&](int64_t j0, int64_t j1) {
-      std::vector<const float*> rows(kc_max);
-      float* a_block = scratch(kDwBlock, m_panels * mr * kc_max);
-      for (int64_t pc = 0; pc < K; pc += kc_max) {
-        const int64_t kc = std::min(kc_max, K - pc);
+  if (in_place_b) {
+    // Nothing packed: a block of A is read where it lies in dy_panels, and a B panel (nr
+    // channels of one tap) in place from the images through one pointer per pixel. Threads take
+    // chunks of dw's column panels as they finish the last, each summing all of K in order.
+    const int64_t n_panels = TC / k.nr;
+    const int64_t chunk = std::max<int64_t>(1, (n_panels + 4 * threads - 1) / (4 * threads));
+    parallel_chunks(n_panels, chunk, threads, [&](int64_t j0, int64_t j1) {
+      thread_local std::vector<const float*> rows;
+      rows.resize(kb);
+      for (int64_t pc = 0; pc < K; pc += kb) {
+        const int64_t kc = std::min(kb, K - pc);
         for (int64_t kk = 0; kk < kc; ++kk) {
           const int64_t kg = pc + kk, n = kg / P;
           rows[kk] = xp + n * img + pix_off[kg - n * P];
         }
-        pack_a(0, 0, pc, kc, mr, a_block, 0, m_panels);
+        const float* a_block = dy_panels + a_at(0, pc);
         for (int64_t jr = j0; jr < j1; ++jr)
-          for (int64_t ir = 0; ir < m_panels; ++ir) {
+          for (int64_t ir = 0; ir < a_panels; ++ir) {
             const int m = static_cast<int>(std::min<int64_t>(mr, g.O - ir * mr));
             k.fn_indirect_b(kc, a_block + ir * mr * kc, rows.data(), col_off[jr * k.nr],
                             dw_tc + ir * mr * TC + jr * k.nr, TC, m, k.nr, pc > 0);
@@ -516,7 +549,7 @@ void forward_direct(const GemmKernel& k, const Window2d& g, const float* x, cons
   const int64_t in_size = g.C * g.H * g.W, out_size = g.O * g.OH * g.OW, img = direct_image_size(d);
   const int threads = num_threads();
   if (g.N >= threads || threads == 1) {
-    parallel_range(g.N, threads, [&](int64_t b0, int64_t b1) {
+    parallel_chunks(g.N, 1, threads, [&](int64_t b0, int64_t b1) {
       float* xp = scratch(kPad, img);
       for (int64_t n = b0; n < b1; ++n) {
         pad_nchw(g, d, x + n * in_size, xp);
@@ -542,9 +575,10 @@ void dw_direct(const GemmKernel& k, const Window2d& g, const float* x, const flo
   parallel_range(g.N, threads, [&](int64_t b0, int64_t b1) {
     for (int64_t n = b0; n < b1; ++n) pad_nchw(g, d, x + n * in_size, xp + n * img);
   });
-  // Threads split the output channels: each dw element is summed by one thread, in order.
-  parallel_range(g.O, threads,
-                 [&](int64_t o0, int64_t o1) { k.direct_dw(d, g.N, xp, img, dy, dw, o0, o1); });
+  // Threads take chunks of output channels: each dw element is summed by one thread, in order.
+  const int64_t chunk = std::max<int64_t>(1, (g.O + 4 * threads - 1) / (4 * threads));
+  parallel_chunks(g.O, chunk, threads,
+                  [&](int64_t o0, int64_t o1) { k.direct_dw(d, g.N, xp, img, dy, dw, o0, o1); });
 }
 
 bool use_direct(const GemmKernel& k, const Window2d& g) {
