@@ -425,12 +425,14 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   const int mr = k.mr;
   const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr, a_rows = a_panels * mr;
   const bool in_place_b = k.fn_indirect_b && g.C % k.nr == 0;
-  // In-place B: a block (a_rows x kb) and one B panel (kb scattered rows of nr) stay in L1
-  // together. (Read from whole-K panels, the A panels were K*mr floats apart and fell on the
-  // same cache sets; with that and the GEMM's KC of 192, a tenth of the kernel's loads missed L1
-  // under cachegrind.)
+  // In-place B: blocks of kb columns whose B panel (kb scattered rows of nr floats, read by
+  // every A panel in turn) takes a third of the L1 budget, while the block's A panels stream
+  // from L2. (Measured on Zen 3, AVX2, SeedNet's conv2: kb 96-128 ran 3-6% faster than 56,
+  // which kept the whole A block in L1 too; 192 was no faster than 56. Read from whole-K panels,
+  // K*mr floats apart, the A panels fell on the same cache sets: a tenth of the kernel's loads
+  // missed L1 in cachegrind.)
   const int64_t kb =
-      in_place_b ? std::clamp<int64_t>(kL1Floats / (a_rows + k.nr) / 8 * 8, 16, kGemmKC) : K;
+      in_place_b ? std::clamp<int64_t>(kL1Floats / (3 * k.nr) / 8 * 8, 16, kGemmKC) : K;
   auto a_at = [&](int64_t q, int64_t kk) {
     const int64_t b0 = kk / kb * kb, len = std::min(kb, K - b0);
     return b0 * a_rows + (q * len + kk - b0) * mr;
