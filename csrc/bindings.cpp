@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -116,8 +118,13 @@ F32 maxpool2d_backward(const py::array& dy, const py::array& indices, const Shap
   const float* dyp = in_f32(dy, "dy", 4);
   const int32_t* ip = static_cast<const int32_t*>(indices.data());
   // An index outside its plane would write outside dx: refuse it before touching memory.
+  // One branch-free pass (it vectorises; a negative index is a huge unsigned one), then the
+  // search for the first bad index only when there is one.
   const int64_t count = g.N * g.C * g.OH * g.OW, plane = g.H * g.W;
-  for (int64_t i = 0; i < count; ++i)
+  const auto limit = static_cast<uint32_t>(std::min<int64_t>(plane, INT32_MAX + int64_t{1}));
+  bool bad = false;
+  for (int64_t i = 0; i < count; ++i) bad |= static_cast<uint32_t>(ip[i]) >= limit;
+  for (int64_t i = 0; bad && i < count; ++i)
     if (ip[i] < 0 || ip[i] >= plane)
       value_error("indices holds " + std::to_string(ip[i]) + ", outside the input plane of " +
                   std::to_string(plane) + " elements (x_shape " + shape_str(x_shape) + ")");

@@ -234,6 +234,16 @@ CASES = [
         "indices",
     ),
     (
+        "maxpool bwd one bad index after many good ones",
+        lambda: ops.maxpool2d_backward(
+            f32(3, 5, 8, 8),
+            np.concatenate([np.zeros(3 * 5 * 64 - 1, np.int32), [256]]).reshape(3, 5, 8, 8),
+            (3, 5, 16, 16),
+        ),
+        ValueError,
+        "indices holds 256",
+    ),
+    (
         "maxpool bwd indices negative",
         lambda: ops.maxpool2d_backward(
             f32(1, 2, 2, 2), np.full((1, 2, 2, 2), -1, np.int32), (1, 2, 4, 4)
