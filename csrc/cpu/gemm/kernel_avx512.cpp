@@ -14,8 +14,21 @@ namespace fastcnn {
 namespace {
 constexpr int MR = 8, NR = 32;
 
+// Asks for the tile of C (read or written only after the k loop) now, so that it arrives from
+// memory while the loop runs: a large GEMM's C block does not stay in cache (on Zen 3 the AVX2
+// kernel's SGEMM 2048^3 ran 21-28% faster with it; not measured on an AVX-512 machine).
+inline void prefetch_tile(const float* C, int64_t ldc, int m) {
+  for (int i = 0; i < m; ++i) {
+    const char* row = reinterpret_cast<const char*>(C + i * ldc);
+    _mm_prefetch(row, _MM_HINT_T0);
+    _mm_prefetch(row + 64, _MM_HINT_T0);
+    _mm_prefetch(row + 4 * NR - 1, _MM_HINT_T0);
+  }
+}
+
 void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_t ldc, int m, int n,
                    bool accumulate) {
+  prefetch_tile(C, ldc, m);
   __m512 c[MR][2];
   for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
@@ -46,6 +59,7 @@ void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_
 // The same tile with B read in place (see GemmKernel::fn_indirect_b): n must be NR.
 void kernel_avx512_ib(int64_t K, const float* Ap, const float* const* brow, int64_t boff, float* C,
                       int64_t ldc, int m, int n, bool accumulate) {
+  prefetch_tile(C, ldc, m);
   __m512 c[MR][2];
   for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
