@@ -293,57 +293,6 @@ void pad_nhwc(const Indirect& cv, const float* x, float* xp) {
   }
 }
 
-// dst[p*rows + i] = src[i][p] for p < len, i < rows (a null src[i] reads as zeros): rows of an
-// NCHW plane interleaved into a k-major A panel. With every row present, 4 pixels at a time
-// go through SSE registers for 6 rows (the AVX2 kernel's mr: a 4 x 4 transpose plus the two
-// rows left interleaved) and 8 rows (AVX-512's: two transposes).
-constexpr int kMaxMr = 16;
-void interleave_rows(const float* const* src, int rows, int64_t len, float* dst) {
-  int64_t p = 0;
-#ifdef __SSE__
-  const bool all = std::all_of(src, src + rows, [](const float* r) { return r != nullptr; });
-  if (all && rows == 6) {
-    for (; p + 4 <= len; p += 4, dst += 24) {
-      __m128 r0 = _mm_loadu_ps(src[0] + p), r1 = _mm_loadu_ps(src[1] + p);
-      __m128 r2 = _mm_loadu_ps(src[2] + p), r3 = _mm_loadu_ps(src[3] + p);
-      const __m128 r4 = _mm_loadu_ps(src[4] + p), r5 = _mm_loadu_ps(src[5] + p);
-      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);  // r_j: rows 0-3 of pixel p + j
-      const __m128 lo = _mm_unpacklo_ps(r4, r5), hi = _mm_unpackhi_ps(r4, r5);  // rows 4-5
-      _mm_storeu_ps(dst, r0);
-      _mm_storeu_ps(dst + 4, _mm_movelh_ps(lo, r1));
-      _mm_storeu_ps(dst + 8, _mm_shuffle_ps(r1, lo, _MM_SHUFFLE(3, 2, 3, 2)));
-      _mm_storeu_ps(dst + 12, r2);
-      _mm_storeu_ps(dst + 16, _mm_movelh_ps(hi, r3));
-      _mm_storeu_ps(dst + 20, _mm_shuffle_ps(r3, hi, _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-  } else if (all && rows == 8) {
-    for (; p + 4 <= len; p += 4, dst += 32) {
-      __m128 r0 = _mm_loadu_ps(src[0] + p), r1 = _mm_loadu_ps(src[1] + p);
-      __m128 r2 = _mm_loadu_ps(src[2] + p), r3 = _mm_loadu_ps(src[3] + p);
-      __m128 r4 = _mm_loadu_ps(src[4] + p), r5 = _mm_loadu_ps(src[5] + p);
-      __m128 r6 = _mm_loadu_ps(src[6] + p), r7 = _mm_loadu_ps(src[7] + p);
-      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-      _MM_TRANSPOSE4_PS(r4, r5, r6, r7);
-      _mm_storeu_ps(dst, r0);
-      _mm_storeu_ps(dst + 4, r4);
-      _mm_storeu_ps(dst + 8, r1);
-      _mm_storeu_ps(dst + 12, r5);
-      _mm_storeu_ps(dst + 16, r2);
-      _mm_storeu_ps(dst + 20, r6);
-      _mm_storeu_ps(dst + 24, r3);
-      _mm_storeu_ps(dst + 28, r7);
-    }
-  }
-#endif
-  for (int i = 0; i < rows; ++i) {
-    float* d = dst + i;
-    if (src[i])
-      for (int64_t j = p; j < len; ++j, d += rows) *d = src[i][j];
-    else
-      for (int64_t j = p; j < len; ++j, d += rows) *d = 0.f;
-  }
-}
-
 // Offsets (floats) of each tap from a pixel's top-left tap in the padded NHWC image.
 void tap_offsets(const Indirect& cv, int64_t* toff) {
   for (int64_t ki = 0; ki < cv.kh; ++ki)
@@ -494,7 +443,7 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
       for (int64_t q = 0; q < a_panels; ++q)
         for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
           const int64_t k1 = std::min((k0 / kb + 1) * kb, (n + 1) * P);
-          const float* src[kMaxMr];
+          const float* src[kMaxInterleaveRows];
           for (int i = 0; i < mr; ++i) {
             const int64_t o = q * mr + i;
             src[i] = o < g.O ? dy + (n * g.O + o) * P + (k0 - n * P) : nullptr;

@@ -6,9 +6,56 @@
 #include <cstring>
 #include <vector>
 
+#ifdef __SSE__
+#include <xmmintrin.h>  // baseline on x86-64: interleave_rows' transposes
+#endif
+
 #include "cpu/gemm/gemm_driver.h"
 
 namespace fastcnn {
+
+// With every row present, 4 values of each row at a time go through SSE registers (baseline on
+// x86-64): 4 x 4 transposes for a multiple of 4 rows, and for 6 rows (the AVX2 kernel's mr) a
+// transpose plus the last two rows interleaved.
+void interleave_rows(const float* const* src, int rows, int64_t len, float* dst) {
+  int64_t p = 0;
+#ifdef __SSE__
+  const bool all = std::all_of(src, src + rows, [](const float* r) { return r != nullptr; });
+  if (all && rows % 4 == 0) {
+    for (; p + 4 <= len; p += 4, dst += 4 * rows)
+      for (int g = 0; g < rows; g += 4) {
+        __m128 r0 = _mm_loadu_ps(src[g] + p), r1 = _mm_loadu_ps(src[g + 1] + p);
+        __m128 r2 = _mm_loadu_ps(src[g + 2] + p), r3 = _mm_loadu_ps(src[g + 3] + p);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);  // r_j: rows g..g+3 at p + j
+        _mm_storeu_ps(dst + g, r0);
+        _mm_storeu_ps(dst + rows + g, r1);
+        _mm_storeu_ps(dst + 2 * rows + g, r2);
+        _mm_storeu_ps(dst + 3 * rows + g, r3);
+      }
+  } else if (all && rows == 6) {
+    for (; p + 4 <= len; p += 4, dst += 24) {
+      __m128 r0 = _mm_loadu_ps(src[0] + p), r1 = _mm_loadu_ps(src[1] + p);
+      __m128 r2 = _mm_loadu_ps(src[2] + p), r3 = _mm_loadu_ps(src[3] + p);
+      const __m128 r4 = _mm_loadu_ps(src[4] + p), r5 = _mm_loadu_ps(src[5] + p);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      const __m128 lo = _mm_unpacklo_ps(r4, r5), hi = _mm_unpackhi_ps(r4, r5);  // rows 4-5
+      _mm_storeu_ps(dst, r0);
+      _mm_storeu_ps(dst + 4, _mm_movelh_ps(lo, r1));
+      _mm_storeu_ps(dst + 8, _mm_shuffle_ps(r1, lo, _MM_SHUFFLE(3, 2, 3, 2)));
+      _mm_storeu_ps(dst + 12, r2);
+      _mm_storeu_ps(dst + 16, _mm_movelh_ps(hi, r3));
+      _mm_storeu_ps(dst + 20, _mm_shuffle_ps(r3, hi, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+  }
+#endif
+  for (int i = 0; i < rows; ++i) {
+    float* d = dst + i;
+    if (src[i])
+      for (int64_t j = p; j < len; ++j, d += rows) *d = src[i][j];
+    else
+      for (int64_t j = p; j < len; ++j, d += rows) *d = 0.f;
+  }
+}
 
 namespace {
 // Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) into panels of mr rows, k-major.
@@ -18,12 +65,10 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
     const int64_t r0 = panel * mr;
     const int64_t rows = std::min<int64_t>(mr, mc - r0);
     float* dst = Ap + panel * mr * kc;
-    if (!trans) {  // op(A)[i, k] = A[i*lda + k]
-      for (int64_t k = 0; k < kc; ++k) {
-        int64_t i = 0;
-        for (; i < rows; ++i) dst[k * mr + i] = A[(i0 + r0 + i) * lda + p0 + k];
-        for (; i < mr; ++i) dst[k * mr + i] = 0.f;
-      }
+    if (!trans) {  // op(A)[i, k] = A[i*lda + k]: rows of A interleaved
+      const float* src[kMaxInterleaveRows];
+      for (int i = 0; i < mr; ++i) src[i] = i < rows ? A + (i0 + r0 + i) * lda + p0 : nullptr;
+      interleave_rows(src, mr, kc, dst);
     } else {  // op(A)[i, k] = A[k*lda + i]
       for (int64_t k = 0; k < kc; ++k) {
         const float* src = A + (p0 + k) * lda + i0 + r0;
@@ -48,13 +93,10 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
         std::memcpy(dst + k * nr, src, sizeof(float) * cols);
         for (int64_t j = cols; j < nr; ++j) dst[k * nr + j] = 0.f;
       }
-    } else {  // op(B)[k, j] = B[j*ldb + k]
-      for (int64_t j = 0; j < cols; ++j) {
-        const float* src = B + (j0 + c0 + j) * ldb + p0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = src[k];
-      }
-      for (int64_t j = cols; j < nr; ++j)
-        for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = 0.f;
+    } else {  // op(B)[k, j] = B[j*ldb + k]: rows of B interleaved
+      const float* src[kMaxInterleaveRows];
+      for (int j = 0; j < nr; ++j) src[j] = j < cols ? B + (j0 + c0 + j) * ldb + p0 : nullptr;
+      interleave_rows(src, nr, kc, dst);
     }
   }
 }

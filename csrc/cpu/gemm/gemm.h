@@ -107,6 +107,12 @@ void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
                      int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                      const GemmEpilogue& epilogue);
 
+// dst[p*rows + i] = src[i][p] for p < len, i < rows <= kMaxInterleaveRows (a null src[i] reads
+// as zeros): rows interleaved into a k-major panel, the packing of A (non-transposed) and of
+// B (transposed) for sgemm, and of dy's rows for conv2d's weight gradient.
+constexpr int kMaxInterleaveRows = 64;
+void interleave_rows(const float* const* src, int rows, int64_t len, float* dst);
+
 // Pack buffers of the calling thread, grown to at least the sizes asked for (never shrunk).
 void gemm_pack_buffers(size_t a_floats, size_t b_floats, float** a, float** b);
 

@@ -17,6 +17,8 @@ namespace fastcnn {
 
 namespace {
 constexpr int MR = 6, NR = 16;
+static_assert(MR <= kMaxInterleaveRows && NR <= kMaxInterleaveRows,
+              "packing holds a row pointer each");
 
 // Writes the m x n top-left of a 6 x 16 tile of accumulators to C (row stride ldc), adding to C
 // when accumulate is set.

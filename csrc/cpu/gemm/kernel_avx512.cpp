@@ -13,6 +13,8 @@ namespace fastcnn {
 
 namespace {
 constexpr int MR = 8, NR = 32;
+static_assert(MR <= kMaxInterleaveRows && NR <= kMaxInterleaveRows,
+              "packing holds a row pointer each");
 
 // Asks for the tile of C (read or written only after the k loop) now, so that it arrives from
 // memory while the loop runs: a large GEMM's C block does not stay in cache (on Zen 3 the AVX2

@@ -7,6 +7,8 @@ namespace fastcnn {
 
 namespace {
 constexpr int MR = 4, NR = 16;
+static_assert(MR <= kMaxInterleaveRows && NR <= kMaxInterleaveRows,
+              "packing holds a row pointer each");
 
 void kernel_generic(int64_t K, const float* Ap, const float* Bp, float* C, int64_t ldc, int m,
                     int n, bool accumulate) {
