@@ -13,8 +13,10 @@
 //             a permutation to PyTorch's (O, C, kh, kw). dy is transposed once into the A panels;
 //             B is never packed where the micro-kernel can read it in place (a channel count
 //             that fills whole NR panels), else packed straight from the NHWC images (no im2col
-//             copy). Threads split dw's panels, so every element is summed over images and
-//             pixels in one fixed order.
+//             copy). Read in place, the batch goes in segments of whole images fixed by the
+//             shapes, each summed by one thread into a partial dw, the partials then added in
+//             order; otherwise threads split dw's panels. Either way every element is summed
+//             over images and pixels in one fixed order.
 // "direct" (few input channels, like an image's 1 or 3): forward and dw loop over taps with the
 //   output pixels of a row in vector lanes; nothing is packed.
 // "im2col" (the reference, and the fallback for small channel counts or strided dx): im2col +
@@ -43,10 +45,12 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
-enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kSlots };
+enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kDwPartials, kSlots };
 // Floats of L1 data cache a blocked loop may plan to keep resident (32 KB L1d, with room to
 // spare for the accumulator tile and the stack).
 constexpr int64_t kL1Floats = 20 * 1024 / 4;
+// Floats the weight gradient may hold in partial sums (8 MB), see dw_indirect.
+constexpr int64_t kDwPartialFloats = 2 * 1024 * 1024;
 
 float* scratch(Slot slot, size_t n) {
   thread_local ScratchBuffer buf[kSlots];
@@ -418,10 +422,11 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   for (int64_t p = 0; p < P; ++p) pix_off[p] = pixel_offset(cv, p);
 
   // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p, transposed once (images
-  // split over the threads) into panels of mr rows, in blocks of kb columns: a block's panels lie
-  // next to each other (panel q, column kk of block b at b*kb*a_rows + (q*len + kk)*mr, len the
-  // block's width). The in-place-B path below reads a block where it lies; the GEMM path (one
-  // block, kb = K) copies panels into its own blocks.
+  // split over the threads) into panels of mr rows, in blocks of at most kb columns: a block's
+  // panels lie next to each other (panel q, column kk of the block starting at b0, len wide, at
+  // b0*a_rows + (q*len + kk - b0)*mr). Blocks start at each segment's first column (see below).
+  // The in-place-B path reads a block where it lies; the GEMM path (one block, kb = K) copies
+  // panels into its own blocks.
   const int mr = k.mr;
   const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr, a_rows = a_panels * mr;
   const bool in_place_b = k.fn_indirect_b && g.C % k.nr == 0;
@@ -433,16 +438,34 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   // missed L1 in cachegrind.)
   const int64_t kb =
       in_place_b ? std::clamp<int64_t>(kL1Floats / (3 * k.nr) / 8 * 8, 16, kGemmKC) : K;
+  // In-place B, K also goes in segments of whole images, each summed into its own partial dw by
+  // one thread (A and the images then travel from memory once, not once per group of dw
+  // panels), the partials added in segment order at the end. The segments depend on the shapes
+  // only, never on the thread count, and so do the results.
+  const int64_t segments_max =
+      in_place_b ? std::clamp<int64_t>(kDwPartialFloats / (g.O * TC), 1, 8) : 1;
+  const int64_t seg_images = (g.N + segments_max - 1) / segments_max;
+  const int64_t seg_len = std::max<int64_t>(seg_images * P, 1);
+  const int64_t segments = (K + seg_len - 1) / seg_len;
+  // The block holding column kk: [*b0, *b1).
+  auto block_of = [&](int64_t kk, int64_t* b0, int64_t* b1) {
+    const int64_t s0 = kk / seg_len * seg_len;
+    *b0 = s0 + (kk - s0) / kb * kb;
+    *b1 = std::min({*b0 + kb, s0 + seg_len, K});
+  };
   auto a_at = [&](int64_t q, int64_t kk) {
-    const int64_t b0 = kk / kb * kb, len = std::min(kb, K - b0);
-    return b0 * a_rows + (q * len + kk - b0) * mr;
+    int64_t b0, b1;
+    block_of(kk, &b0, &b1);
+    return b0 * a_rows + (q * (b1 - b0) + kk - b0) * mr;
   };
   float* dy_panels = scratch(kDyPanels, a_rows * K);
-  parallel_range(g.N, threads, [&](int64_t b0, int64_t b1) {
-    for (int64_t n = b0; n < b1; ++n)
+  parallel_range(g.N, threads, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
       for (int64_t q = 0; q < a_panels; ++q)
         for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
-          const int64_t k1 = std::min((k0 / kb + 1) * kb, (n + 1) * P);
+          int64_t b0, b1;
+          block_of(k0, &b0, &b1);
+          const int64_t k1 = std::min(b1, (n + 1) * P);
           const float* src[kMaxInterleaveRows];
           for (int i = 0; i < mr; ++i) {
             const int64_t o = q * mr + i;
@@ -484,28 +507,47 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   }
   if (in_place_b) {
     // Nothing packed: a block of A is read where it lies in dy_panels, and a B panel (nr
-    // channels of one tap) in place from the images through one pointer per pixel. Threads take
-    // chunks of dw's column panels as they finish the last, each summing all of K in order.
+    // channels of one tap) in place from the images through one pointer per pixel. A work item
+    // is a segment and a group of dw's column panels (all of them when there are segments
+    // enough to keep the threads busy); threads take items as they finish the last.
     const int64_t n_panels = TC / k.nr;
-    const int64_t chunk = std::max<int64_t>(1, (n_panels + 4 * threads - 1) / (4 * threads));
-    parallel_chunks(n_panels, chunk, threads, [&](int64_t j0, int64_t j1) {
+    const int64_t groups =
+        std::clamp<int64_t>((4 * threads + segments - 1) / segments, 1, n_panels);
+    const int64_t group = (n_panels + groups - 1) / groups;
+    float* partials = segments > 1 ? scratch(kDwPartials, segments * g.O * TC) : dw_tc;
+    parallel_chunks(segments * groups, 1, threads, [&](int64_t item0, int64_t item1) {
       thread_local std::vector<const float*> rows;
       rows.resize(kb);
-      for (int64_t pc = 0; pc < K; pc += kb) {
-        const int64_t kc = std::min(kb, K - pc);
-        for (int64_t kk = 0; kk < kc; ++kk) {
-          const int64_t kg = pc + kk, n = kg / P;
-          rows[kk] = xp + n * img + pix_off[kg - n * P];
-        }
-        const float* a_block = dy_panels + a_at(0, pc);
-        for (int64_t jr = j0; jr < j1; ++jr)
-          for (int64_t ir = 0; ir < a_panels; ++ir) {
-            const int m = static_cast<int>(std::min<int64_t>(mr, g.O - ir * mr));
-            k.fn_indirect_b(kc, a_block + ir * mr * kc, rows.data(), col_off[jr * k.nr],
-                            dw_tc + ir * mr * TC + jr * k.nr, TC, m, k.nr, pc > 0);
+      for (int64_t item = item0; item < item1; ++item) {
+        const int64_t s0 = item / groups * seg_len, s1 = std::min(s0 + seg_len, K);
+        const int64_t j0 = item % groups * group, j1 = std::min(j0 + group, n_panels);
+        float* part = partials + item / groups * g.O * TC;
+        for (int64_t pc = s0; pc < s1; pc += kb) {
+          const int64_t kc = std::min(kb, s1 - pc);
+          for (int64_t kk = 0; kk < kc; ++kk) {
+            const int64_t kg = pc + kk, n = kg / P;
+            rows[kk] = xp + n * img + pix_off[kg - n * P];
           }
+          const float* a_block = dy_panels + a_at(0, pc);
+          for (int64_t jr = j0; jr < j1; ++jr)
+            for (int64_t ir = 0; ir < a_panels; ++ir) {
+              const int m = static_cast<int>(std::min<int64_t>(mr, g.O - ir * mr));
+              k.fn_indirect_b(kc, a_block + ir * mr * kc, rows.data(), col_off[jr * k.nr],
+                              part + ir * mr * TC + jr * k.nr, TC, m, k.nr, pc > s0);
+            }
+        }
       }
     });
+    if (segments > 1) {  // the partials, added in segment order
+      const int64_t size = g.O * TC;
+      parallel_range(size, threads, [&](int64_t i0, int64_t i1) {
+        std::copy(partials + i0, partials + i1, dw_tc + i0);
+        for (int64_t sg = 1; sg < segments; ++sg) {
+          const float* part = partials + sg * size;
+          for (int64_t i = i0; i < i1; ++i) dw_tc[i] += part[i];
+        }
+      });
+    }
   } else {
     gemm_blocked(k, g.O, TC, K, pack_a, pack_b, dw_tc, TC, GemmEpilogue{}, threads);
   }
