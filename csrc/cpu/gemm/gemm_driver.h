@@ -27,8 +27,8 @@
 
 namespace fastcnn {
 
-constexpr int64_t kGemmKC = 192;   // B panel (KC x NR) stays in L1
-constexpr int64_t kGemmMC = 192;   // A block (MC x KC) stays in L2; a multiple of every MR
+// KC and MC are the kernel's (GemmKernel::kc, mc); kGemmKC bounds other K blockings.
+constexpr int64_t kGemmKC = 192;
 constexpr int64_t kGemmNC = 3072;  // B block (KC x NC) stays in L3; a multiple of every NR
 
 // Bias and ReLU on the m x n tile of C whose top-left element is C[i0, j0].
@@ -58,8 +58,9 @@ template <class PackA, class PackB>
 void gemm_run(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const PackA& pack_a,
               const PackB& pack_b, float* C, int64_t ldc, const GemmEpilogue& ep, int threads) {
   const int mr = kern.mr, nr = kern.nr;
-  const int64_t kc_max = std::min(kGemmKC, K);
-  const int64_t mc_max = std::min(kGemmMC, (M + mr - 1) / mr * mr);
+  const int64_t KC = kern.kc, MC = kern.mc;
+  const int64_t kc_max = std::min(KC, K);
+  const int64_t mc_max = std::min(MC, (M + mr - 1) / mr * mr);
   const int64_t nc_max = std::min(kGemmNC, (N + nr - 1) / nr * nr);
   float *Ap, *Bp;
   gemm_pack_buffers(mc_max * kc_max, nc_max * kc_max, &Ap, &Bp);
@@ -69,14 +70,14 @@ void gemm_run(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const Pac
     for (int64_t jc = 0; jc < N; jc += kGemmNC) {
       const int64_t nc = std::min(kGemmNC, N - jc);
       const int64_t n_panels = (nc + nr - 1) / nr;
-      for (int64_t pc = 0; pc < K; pc += kGemmKC) {
-        const int64_t kc = std::min(kGemmKC, K - pc);
+      for (int64_t pc = 0; pc < K; pc += KC) {
+        const int64_t kc = std::min(KC, K - pc);
         const bool first_k = pc == 0, last_k = pc + kc == K;
         int64_t b0, b1;
         split_range(n_panels, nt, tid, &b0, &b1);
         pack_b(pc, kc, jc, nc, nr, Bp, b0, b1);
-        for (int64_t ic = 0; ic < M; ic += kGemmMC) {
-          const int64_t mc = std::min(kGemmMC, M - ic);
+        for (int64_t ic = 0; ic < M; ic += MC) {
+          const int64_t mc = std::min(MC, M - ic);
           const int64_t m_panels = (mc + mr - 1) / mr;
           int64_t a0, a1;
           split_range(m_panels, nt, tid, &a0, &a1);
@@ -127,7 +128,7 @@ void gemm_blocked(const GemmKernel& kern, int64_t M, int64_t N, int64_t K, const
   // enough columns: each thread computes its own slice of columns from start to end with its
   // own pack buffers, never waiting on the others (A is packed by both, it is small).
   const int64_t all_panels = (N + nr - 1) / nr;
-  if (threads > 1 && M <= kGemmMC && all_panels >= 2 * threads) {
+  if (threads > 1 && M <= kern.mc && all_panels >= 2 * threads) {
 #pragma omp parallel num_threads(threads)
     {
       int64_t q0, q1;

@@ -461,6 +461,9 @@ bool maxpool2x2_backward_avx2(const float* dy, const int32_t* indices, const flo
 }
 }  // namespace
 
+// Cache blocks KC 256 (a 16 KB B panel, half of L1) and MC 144: 2-6% faster than 192 x 192 on
+// Zen 3 (SGEMM 2048^3, 1 and 2 threads, interleaved runs), with fewer passes over C, which a
+// large GEMM reads from memory.
 const GemmKernel kGemmAvx2 = {"avx2",
                               MR,
                               NR,
@@ -472,7 +475,9 @@ const GemmKernel kGemmAvx2 = {"avx2",
                               direct_dw_avx2,
                               maxpool2x2_avx2,
                               maxpool2x2_backward_avx2,
-                              kernel_avx2_ib};
+                              kernel_avx2_ib,
+                              /*kc=*/256,
+                              /*mc=*/144};
 
 }  // namespace fastcnn
 
