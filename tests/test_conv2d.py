@@ -204,6 +204,27 @@ def test_backward_overwrites(case, gemm_kernel, rng):
         ref.assert_close(g, e, name=name)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 0, 8, 8, 16, 1, 1, 4, 0),  # no input channels: y is the bias, dw is empty
+        (2, 0, 9, 9, 32, 3, 3, 1, 1),
+        (0, 32, 8, 8, 16, 3, 3, 1, 1),  # no images
+        (2, 32, 8, 8, 0, 3, 3, 1, 1),  # no output channels
+    ],
+    ids=str,
+)
+def test_empty_dimensions(case, gemm_kernel, conv_algorithm, rng):
+    x, w, b, stride, padding = make(rng, case)
+    y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    ref.assert_close(y, ref.conv2d_forward(x, w, b, stride, padding), name="y")
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    got = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+    for g, e, name in zip(got, ref.conv2d_backward(x, w, dy, stride, padding), "dx dw db".split()):
+        assert g.shape == e.shape, name
+        ref.assert_close(g, e, name=name)
+
+
 def test_backward_zero_dy_gives_zero_gradients(rng):
     x, w, _, stride, padding = make(rng, CASES[4])
     dy = np.zeros(ref_out_shape(CASES[4]), np.float32)

@@ -14,9 +14,10 @@
 //             B is never packed where the micro-kernel can read it in place (a channel count
 //             that fills whole NR panels), else packed straight from the NHWC images (no im2col
 //             copy). Read in place, the batch goes in segments of whole images fixed by the
-//             shapes, each summed by one thread into a partial dw, the partials then added in
-//             order; otherwise threads split dw's panels. Either way every element is summed
-//             over images and pixels in one fixed order.
+//             shapes, each summed into a partial dw (threads take a segment, or a segment's
+//             group of dw panels), the partials then added in order; packed, threads split dw's
+//             panels. Either way every element is summed over images and pixels in one fixed
+//             order.
 // "direct" (few input channels, like an image's 1 or 3): forward and dw loop over taps with the
 //   output pixels of a row in vector lanes; nothing is packed.
 // "im2col" (the reference, and the fallback for small channel counts or strided dx): im2col +
@@ -429,7 +430,7 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   // panels into its own blocks.
   const int mr = k.mr;
   const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr, a_rows = a_panels * mr;
-  const bool in_place_b = k.fn_indirect_b && g.C % k.nr == 0;
+  const bool in_place_b = k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0;
   // In-place B: blocks of kb columns whose B panel (kb scattered rows of nr floats, read by
   // every A panel in turn) takes a third of the L1 budget, while the block's A panels stream
   // from L2. (Measured on Zen 3, AVX2, SeedNet's conv2: kb 96-128 ran 3-6% faster than 56,
@@ -438,10 +439,11 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   // missed L1 in cachegrind.)
   const int64_t kb =
       in_place_b ? std::clamp<int64_t>(kL1Floats / (3 * k.nr) / 8 * 8, 16, kGemmKC) : K;
-  // In-place B, K also goes in segments of whole images, each summed into its own partial dw by
-  // one thread (A and the images then travel from memory once, not once per group of dw
-  // panels), the partials added in segment order at the end. The segments depend on the shapes
-  // only, never on the thread count, and so do the results.
+  // In-place B, K also goes in segments of whole images, each summed into its own partial dw
+  // (with segments enough for the threads, by one thread: A and the images then travel from
+  // memory once, not once per group of dw panels), the partials added in segment order at the
+  // end. The segments depend on the shapes only, never on the thread count, and so do the
+  // results.
   const int64_t segments_max =
       in_place_b ? std::clamp<int64_t>(kDwPartialFloats / (g.O * TC), 1, 8) : 1;
   const int64_t seg_images = (g.N + segments_max - 1) / segments_max;
@@ -508,11 +510,13 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   if (in_place_b) {
     // Nothing packed: a block of A is read where it lies in dy_panels, and a B panel (nr
     // channels of one tap) in place from the images through one pointer per pixel. A work item
-    // is a segment and a group of dw's column panels (all of them when there are segments
-    // enough to keep the threads busy); threads take items as they finish the last.
+    // is a segment and a group of dw's column panels (all of them with one thread, or segments
+    // enough to keep the threads busy); threads take items as they finish the last. Each
+    // element of a partial is summed by one item, in order.
     const int64_t n_panels = TC / k.nr;
     const int64_t groups =
-        std::clamp<int64_t>((4 * threads + segments - 1) / segments, 1, n_panels);
+        threads == 1 ? 1
+                     : std::clamp<int64_t>((4 * threads + segments - 1) / segments, 1, n_panels);
     const int64_t group = (n_panels + groups - 1) / groups;
     float* partials = segments > 1 ? scratch(kDwPartials, segments * g.O * TC) : dw_tc;
     parallel_chunks(segments * groups, 1, threads, [&](int64_t item0, int64_t item1) {

@@ -80,8 +80,8 @@ struct GemmKernel {
   void (*fn_indirect_b)(int64_t K, const float* Ap, const float* const* brow, int64_t boff,
                         float* C, int64_t ldc, int m, int n, bool accumulate);
   // sgemm's cache blocks for this kernel (see gemm_driver.h): KC, the depth of a B panel
-  // (KC x NR) kept in L1, and MC, the height of an A block (MC x KC, a multiple of MR) kept in
-  // L2.
+  // (KC x NR) kept in L1, and MC, the height of an A block (MC x KC, a multiple of MR: conv2d's
+  // dW packs A by whole panels) kept in L2.
   int kc = 192, mc = 192;
 };
 

@@ -464,6 +464,7 @@ bool maxpool2x2_backward_avx2(const float* dy, const int32_t* indices, const flo
 // Cache blocks KC 256 (a 16 KB B panel, half of L1) and MC 144: 2-6% faster than 192 x 192 on
 // Zen 3 (SGEMM 2048^3, 1 and 2 threads, interleaved runs), with fewer passes over C, which a
 // large GEMM reads from memory.
+static_assert(144 % MR == 0, "an A block is whole MR-row panels");
 const GemmKernel kGemmAvx2 = {"avx2",
                               MR,
                               NR,
