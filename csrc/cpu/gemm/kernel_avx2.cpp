@@ -159,15 +159,20 @@ inline void store_first(float* p, __m256 v, int64_t n) {
   if (n >= 1) _mm_store_ss(p, h);
 }
 
-// Eight pixels of a row, `sw` floats apart; `stride` holds 0, sw, 2sw, ... 7sw.
-inline __m256 row8(const float* p, int64_t sw, __m256i stride) {
-  return sw == 1 ? _mm256_loadu_ps(p) : _mm256_i32gather_ps(p, stride, 4);
+// Eight pixels of a row from p on: consecutive, or (kStrided) `stride` apart, gathered (stride
+// holds 0, sw, 2sw, ... 7sw).
+template <bool kStrided>
+inline __m256 row8(const float* p, __m256i stride) {
+  return kStrided ? _mm256_i32gather_ps(p, stride, 4) : _mm256_loadu_ps(p);
 }
-// The same, zero in the lanes `keep` leaves out (never reading them).
-inline __m256 row8_masked(const float* p, int64_t sw, __m256i stride, __m256i keep) {
-  return sw == 1 ? _mm256_maskload_ps(p, keep)
-                 : _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, stride,
-                                            _mm256_castsi256_ps(keep), 4);
+// The same, zero in the lanes `keep` leaves out. Unstrided, those lanes are read (the caller
+// makes sure they lie in its buffer) and cleared, which is cheaper than a masked load; a NaN or
+// Inf read there never reaches a result. Gathered, they are not read.
+template <bool kStrided>
+inline __m256 row8_masked(const float* p, __m256i stride, __m256i keep) {
+  return kStrided ? _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, stride,
+                                             _mm256_castsi256_ps(keep), 4)
+                  : _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(keep));
 }
 
 // Sum of the 8 lanes, in lane order.
@@ -185,14 +190,16 @@ inline float lane_sum(__m256 v) {
 // padded image has slack after its last row, so their loads stay inside it).
 constexpr int DOB = 6;
 
-void direct_fwd_avx2(const Direct2d& d, const float* xp, const float* w, const float* b, bool relu,
-                     float* y, int64_t o0, int64_t o1) {
-  const int64_t T = d.kh * d.kw, CT = d.C * T, plane = d.OH * d.OW;
-  if (CT > 256) return direct_fwd<DOB, 8>(d, xp, w, b, relu, y, o0, o1);
+// kStrided: a stride other than 1 (inputs gathered); unstrided, one register and a branch per
+// load fewer.
+template <bool kStrided>
+void direct_fwd_avx2_s(const Direct2d& d, const float* xp, const float* w, const float* b,
+                       bool relu, float* y, int64_t o0, int64_t o1) {
+  const int64_t T = d.kh * d.kw, CT = d.C * T, plane = d.OH * d.OW, sw = kStrided ? d.sw : 1;
   alignas(32) float wblk[256 * DOB];
   const __m256 zero = _mm256_setzero_ps();
   const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                            _mm256_set1_epi32(static_cast<int32_t>(d.sw)));
+                                            _mm256_set1_epi32(static_cast<int32_t>(sw)));
   for (int64_t o = o0; o < o1; o += DOB) {
     const int ob = static_cast<int>(std::min<int64_t>(DOB, o1 - o));
     for (int64_t ct = 0; ct < CT; ++ct)  // filters of this channel block, tap-major
@@ -206,10 +213,10 @@ void direct_fwd_avx2(const Direct2d& d, const float* xp, const float* w, const f
         const float* wt = wblk;
         for (int64_t c = 0; c < d.C; ++c) {
           for (int64_t ki = 0; ki < d.kh; ++ki) {
-            const float* xr = xp + (c * d.Hp + oh * d.sh + ki) * d.Wp + ow0 * d.sw;
+            const float* xr = xp + (c * d.Hp + oh * d.sh + ki) * d.Wp + ow0 * sw;
             for (int64_t kj = 0; kj < d.kw; ++kj, wt += DOB) {
-              const __m256 x0 = row8(xr + kj, d.sw, stride);
-              const __m256 x1 = row8(xr + kj + 8 * d.sw, d.sw, stride);
+              const __m256 x0 = row8<kStrided>(xr + kj, stride);
+              const __m256 x1 = row8<kStrided>(xr + kj + 8 * sw, stride);
 #pragma GCC unroll 6
               for (int q = 0; q < DOB; ++q) {
                 const __m256 wq = _mm256_broadcast_ss(wt + q);
@@ -244,70 +251,98 @@ void direct_fwd_avx2(const Direct2d& d, const float* xp, const float* w, const f
   }
 }
 
+void direct_fwd_avx2(const Direct2d& d, const float* xp, const float* w, const float* b, bool relu,
+                     float* y, int64_t o0, int64_t o1) {
+  if (d.C * d.kh * d.kw > 256) return direct_fwd<DOB, 8>(d, xp, w, b, relu, y, o0, o1);
+  if (d.sw == 1)
+    direct_fwd_avx2_s<false>(d, xp, w, b, relu, y, o0, o1);
+  else
+    direct_fwd_avx2_s<true>(d, xp, w, b, relu, y, o0, o1);
+}
+
 // Direct weight gradient (see DirectDw in gemm.h): for each (o, c, ki), KW x V ymm accumulators
 // over every image and output row, then lane sums. dy and x are both masked to the row, so lanes
 // past it add exact zeros (never 0 * Inf). KW is a template parameter so the accumulators stay
 // in registers: two vectors (16 pixels) a step up to KW = 6, one beyond.
-template <int KW>
+template <int KW, bool kStrided>
 void direct_dw_avx2_kw(const Direct2d& d, int64_t N, const float* xp, int64_t image,
                        const float* dy, float* dw, int64_t o0, int64_t o1) {
   constexpr int V = KW <= 6 ? 2 : 1;
-  const int64_t plane = d.OH * d.OW;
+  const int64_t plane = d.OH * d.OW, sw = kStrided ? d.sw : 1;
   const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                            _mm256_set1_epi32(static_cast<int32_t>(d.sw)));
+                                            _mm256_set1_epi32(static_cast<int32_t>(sw)));
+  // Each output row: whole chunks of 8V columns, then the rest (under masks made once here).
+  const int64_t whole = d.OW / (8 * V) * (8 * V), rest = d.OW - whole;
+  __m256i keep[V];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) keep[v] = lanes(rest - 8 * v);
+  // Images outermost: one image's dy plane and input plane stay in L1 while every tap row
+  // reads them. Each tap row's sums wait in `run` between images.
+  alignas(32) float run[kDirectMaxKw][KW][V][8];
   for (int64_t o = o0; o < o1; ++o) {
     for (int64_t c = 0; c < d.C; ++c) {
-      for (int64_t ki = 0; ki < d.kh; ++ki) {
-        __m256 acc[KW][V];
+      std::fill(&run[0][0][0][0], &run[0][0][0][0] + sizeof(run) / sizeof(float), 0.f);
+      for (int64_t n = 0; n < N; ++n) {
+        const float* dyo = dy + (n * d.O + o) * plane;
+        for (int64_t ki = 0; ki < d.kh; ++ki) {
+          __m256 acc[KW][V];
 #pragma GCC unroll 8
-        for (int kj = 0; kj < KW; ++kj)
+          for (int kj = 0; kj < KW; ++kj)
 #pragma GCC unroll 2
-          for (int v = 0; v < V; ++v) acc[kj][v] = _mm256_setzero_ps();
-        for (int64_t n = 0; n < N; ++n) {
-          const float* dyo = dy + (n * d.O + o) * plane;
+            for (int v = 0; v < V; ++v) acc[kj][v] = _mm256_load_ps(run[ki][kj][v]);
           for (int64_t oh = 0; oh < d.OH; ++oh) {
             const float* xr = xp + n * image + (c * d.Hp + oh * d.sh + ki) * d.Wp;
             const float* dr = dyo + oh * d.OW;
-            for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 8 * V) {
-              const int64_t rest = d.OW - ow0;
-              const float* xs = xr + ow0 * d.sw;
+            for (int64_t ow0 = 0; ow0 < whole; ow0 += 8 * V) {
+              const float* xs = xr + ow0 * sw;
               __m256 g[V];
-              if (rest >= 8 * V) {
 #pragma GCC unroll 2
-                for (int v = 0; v < V; ++v) g[v] = _mm256_loadu_ps(dr + ow0 + 8 * v);
+              for (int v = 0; v < V; ++v) g[v] = _mm256_loadu_ps(dr + ow0 + 8 * v);
 #pragma GCC unroll 8
-                for (int kj = 0; kj < KW; ++kj)
+              for (int kj = 0; kj < KW; ++kj)
 #pragma GCC unroll 2
-                  for (int v = 0; v < V; ++v)
-                    acc[kj][v] = _mm256_fmadd_ps(g[v], row8(xs + kj + 8 * v * d.sw, d.sw, stride),
-                                                 acc[kj][v]);
-              } else {
-                __m256i keep[V];
+                for (int v = 0; v < V; ++v)
+                  acc[kj][v] = _mm256_fmadd_ps(g[v], row8<kStrided>(xs + kj + 8 * v * sw, stride),
+                                               acc[kj][v]);
+            }
+            if (rest > 0) {
+              const float* xs = xr + whole * sw;
+              __m256 g[V];
 #pragma GCC unroll 2
-                for (int v = 0; v < V; ++v) {
-                  keep[v] = lanes(rest - 8 * v);
-                  g[v] = _mm256_maskload_ps(dr + ow0 + 8 * v, keep[v]);
-                }
+              for (int v = 0; v < V; ++v) g[v] = _mm256_maskload_ps(dr + whole + 8 * v, keep[v]);
 #pragma GCC unroll 8
-                for (int kj = 0; kj < KW; ++kj)
+              for (int kj = 0; kj < KW; ++kj)
 #pragma GCC unroll 2
-                  for (int v = 0; v < V; ++v)
-                    acc[kj][v] = _mm256_fmadd_ps(
-                        g[v], row8_masked(xs + kj + 8 * v * d.sw, d.sw, stride, keep[v]),
-                        acc[kj][v]);
-              }
+                for (int v = 0; v < V; ++v)
+                  acc[kj][v] = _mm256_fmadd_ps(
+                      g[v], row8_masked<kStrided>(xs + kj + 8 * v * sw, stride, keep[v]),
+                      acc[kj][v]);
             }
           }
-        }
 #pragma GCC unroll 8
-        for (int kj = 0; kj < KW; ++kj) {
-          __m256 s = acc[kj][0];
-          if (V == 2) s = _mm256_add_ps(s, acc[kj][V - 1]);
-          dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] = lane_sum(s);
+          for (int kj = 0; kj < KW; ++kj)
+#pragma GCC unroll 2
+            for (int v = 0; v < V; ++v) _mm256_store_ps(run[ki][kj][v], acc[kj][v]);
         }
       }
+      for (int64_t ki = 0; ki < d.kh; ++ki)
+#pragma GCC unroll 8
+        for (int kj = 0; kj < KW; ++kj) {
+          __m256 s = _mm256_load_ps(run[ki][kj][0]);
+          if (V == 2) s = _mm256_add_ps(s, _mm256_load_ps(run[ki][kj][V - 1]));
+          dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] = lane_sum(s);
+        }
     }
   }
+}
+
+template <int KW>
+void direct_dw_avx2_kw(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                       const float* dy, float* dw, int64_t o0, int64_t o1) {
+  if (d.sw == 1)
+    direct_dw_avx2_kw<KW, false>(d, N, xp, image, dy, dw, o0, o1);
+  else
+    direct_dw_avx2_kw<KW, true>(d, N, xp, image, dy, dw, o0, o1);
 }
 
 void direct_dw_avx2(const Direct2d& d, int64_t N, const float* xp, int64_t image, const float* dy,
