@@ -160,6 +160,13 @@ def _kernels(_inout=(), **arrays):
     numpy arrays come back as contiguous float32 (see _f32) for the CPU kernels, except those
     named in _inout: arrays updated in place go as they are (the kernel checks them; a converted
     copy would take the update)."""
+    if all(type(a) is np.ndarray or a is None for a in arrays.values()):  # the usual case
+        return _C, [
+            a
+            if a is None or name in _inout or (a.dtype == np.float32 and a.flags.c_contiguous)
+            else _f32(a, name)
+            for name, a in arrays.items()
+        ]
     devices = {name: device_of(a) for name, a in arrays.items() if a is not None}
     kinds = set(devices.values())
     if len(kinds) > 1:
