@@ -160,25 +160,20 @@ def _kernels(_inout=(), **arrays):
     numpy arrays come back as contiguous float32 (see _f32) for the CPU kernels, except those
     named in _inout: arrays updated in place go as they are (the kernel checks them; a converted
     copy would take the update)."""
-    if all(type(a) is np.ndarray or a is None for a in arrays.values()):  # the usual case
-        return _C, [
-            a
-            if a is None or name in _inout or (a.dtype == np.float32 and a.flags.c_contiguous)
-            else _f32(a, name)
-            for name, a in arrays.items()
-        ]
-    devices = {name: device_of(a) for name, a in arrays.items() if a is not None}
-    kinds = set(devices.values())
-    if len(kinds) > 1:
-        where = ", ".join(f"{name} on {d}" for name, d in devices.items())
-        raise TypeError(
-            f"arrays on different devices ({where}): move them to one device "
-            "(fastcnn.ops.to_device, or model.to(device))"
-        )
-    device = kinds.pop() if kinds else "cpu"
-    if device == "cpu":
-        return _C, [a if name in _inout else _f32(a, name) for name, a in arrays.items()]
-    return _devices[device], list(arrays.values())
+    # Plain numpy arrays (the usual case) skip the device bookkeeping.
+    if not all(type(a) is np.ndarray or a is None for a in arrays.values()):
+        devices = {name: device_of(a) for name, a in arrays.items() if a is not None}
+        kinds = set(devices.values())
+        if len(kinds) > 1:
+            where = ", ".join(f"{name} on {d}" for name, d in devices.items())
+            raise TypeError(
+                f"arrays on different devices ({where}): move them to one device "
+                "(fastcnn.ops.to_device, or model.to(device))"
+            )
+        device = kinds.pop() if kinds else "cpu"
+        if device != "cpu":
+            return _devices[device], list(arrays.values())
+    return _C, [a if name in _inout else _f32(a, name) for name, a in arrays.items()]
 
 
 # ---- conv2d -------------------------------------------------------------------------------------

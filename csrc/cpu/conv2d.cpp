@@ -437,8 +437,7 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   // which kept the whole A block in L1 too; 192 was no faster than 56. Read from whole-K panels,
   // K*mr floats apart, the A panels fell on the same cache sets: a tenth of the kernel's loads
   // missed L1 in cachegrind.)
-  const int64_t kb =
-      in_place_b ? std::clamp<int64_t>(kL1Floats / (3 * k.nr) / 8 * 8, 16, kGemmKC) : K;
+  const int64_t kb = in_place_b ? std::clamp<int64_t>(kL1Floats / (3 * k.nr) / 8 * 8, 16, k.kc) : K;
   // In-place B, K also goes in segments of whole images, each summed into its own partial dw
   // (with segments enough for the threads, by one thread: A and the images then travel from
   // memory once, not once per group of dw panels), the partials added in segment order at the

@@ -27,8 +27,7 @@
 
 namespace fastcnn {
 
-// KC and MC are the kernel's (GemmKernel::kc, mc); kGemmKC bounds other K blockings.
-constexpr int64_t kGemmKC = 192;
+// KC and MC are the kernel's (GemmKernel::kc, mc).
 constexpr int64_t kGemmNC = 3072;  // B block (KC x NC) stays in L3; a multiple of every NR
 
 // Bias and ReLU on the m x n tile of C whose top-left element is C[i0, j0].
