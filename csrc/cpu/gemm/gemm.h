@@ -25,9 +25,10 @@ using MicroKernel = void (*)(int64_t K, const float* Ap, const float* Bp, float*
 
 // The convolution micro-kernel ("indirect" convolution, no im2col): one tile of m <= CMR output
 // pixels x n <= CNR output channels of an NCHW output, read straight from an NHWC input.
-//   pix:  CMR pointers, pixel i's top-left tap in the zero-padded NHWC input (C floats each);
-//         all valid (the caller repeats a real pixel past m).
-//   toff: T offsets (in floats) from a pixel's top-left tap to tap t.
+//   pix:  CMR pointers, pixel i's top-left tap in the zero-padded NHWC input; all valid (the
+//         caller repeats a real pixel past m).
+//   toff: T offsets (in floats) from a pixel's top-left tap to run t, the C contiguous input
+//         floats it reads there (conv2d passes a tap row: kw taps of all channels, kw*C floats).
 //   Wp:   packed filters for CNR output channels: Wp[(t*C + c)*CNR + j].
 //   bias: CNR values (zero past n) or null; relu: max(0, .) after it.
 //   y:    the tile's first output, y[j*ldy + i] for channel j, pixel i (NCHW planes).
