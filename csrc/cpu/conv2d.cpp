@@ -415,6 +415,26 @@ void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const f
   indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, dx);
 }
 
+// dw (O, C, T), PyTorch's layout, from `parts` partial gradients in the GEMM's (O, T, C) layout,
+// O*T*C floats apart, added in order; output channels split over the threads.
+void sum_to_oct(const float* parts, int64_t count, int64_t O, int64_t T, int64_t C, float* dw,
+                int threads) {
+  const int64_t size = O * T * C;
+  parallel_range(O, threads, [&](int64_t o0, int64_t o1) {
+    float acc[64];  // a row's channels, 64 at a time
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t c0 = 0; c0 < C; c0 += 64) {
+          const int64_t n = std::min<int64_t>(64, C - c0);
+          const float* p = parts + (o * T + t) * C + c0;
+          std::copy(p, p + n, acc);
+          for (int64_t s = 1; s < count; ++s)
+            for (int64_t c = 0; c < n; ++c) acc[c] += p[s * size + c];
+          for (int64_t c = 0; c < n; ++c) dw[(o * C + c0 + c) * T + t] = acc[c];
+        }
+  });
+}
+
 // dw (O, C, kh, kw) = sum over images and pixels of dy (x) col, as one GEMM with K = N*P.
 void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
                  float* dw) {
@@ -511,7 +531,6 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
       }
     }
   };
-  float* dw_tc = scratch(kDw, g.O * TC);  // (O, T, C)
   if (g.N * P == 0) {
     std::fill(dw, dw + g.O * TC, 0.f);
     return;
@@ -528,7 +547,7 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
         threads == 1 ? 1
                      : std::clamp<int64_t>((8 * threads + segments - 1) / segments, 1, n_panels);
     const int64_t group = (n_panels + groups - 1) / groups;
-    float* partials = segments > 1 ? scratch(kDwPartials, segments * g.O * TC) : dw_tc;
+    float* partials = scratch(kDwPartials, segments * g.O * TC);
     parallel_chunks(segments * groups, 1, threads, [&](int64_t item0, int64_t item1) {
       thread_local std::vector<const float*> rows;
       rows.resize(kb);
@@ -552,22 +571,12 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
         }
       }
     });
-    if (segments > 1) {  // the partials, added in segment order
-      const int64_t size = g.O * TC;
-      parallel_range(size, threads, [&](int64_t i0, int64_t i1) {
-        std::copy(partials + i0, partials + i1, dw_tc + i0);
-        for (int64_t sg = 1; sg < segments; ++sg) {
-          const float* part = partials + sg * size;
-          for (int64_t i = i0; i < i1; ++i) dw_tc[i] += part[i];
-        }
-      });
-    }
+    sum_to_oct(partials, segments, g.O, T, g.C, dw, threads);
   } else {
+    float* dw_tc = scratch(kDw, g.O * TC);  // (O, T, C)
     gemm_blocked(k, g.O, TC, K, pack_a, pack_b, dw_tc, TC, GemmEpilogue{}, threads);
+    sum_to_oct(dw_tc, 1, g.O, T, g.C, dw, threads);
   }
-  for (int64_t o = 0; o < g.O; ++o)
-    for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t t = 0; t < T; ++t) dw[(o * g.C + c) * T + t] = dw_tc[(o * T + t) * g.C + c];
 }
 
 // ---- direct path (few input channels) ----------------------------------------------------------
