@@ -42,6 +42,11 @@ CASES = [
     (2, 16, 6, 6, 16, 3, 3, 1, 3),  # padding past k-1: dx takes the im2col path
     (5, 18, 7, 7, 19, 1, 1, 1, 0),  # pointwise
     (1, 24, 4, 4, 32, 4, 4, 1, 0),  # kernel covers the input: one output pixel
+    # The weight gradient reading the images in place (in channels a multiple of 16), which
+    # skips the pixels whose tap row falls in the zero border:
+    (2, 16, 9, 8, 20, 3, 3, 2, 1),  # strided
+    (3, 32, 7, 6, 8, 5, 5, (2, 1), 3),  # strided, padding past k-1: rows with no valid tap
+    (5, 16, 6, 6, 16, 3, 3, 1, 1),  # small images: a block spans several of them
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
