@@ -118,16 +118,15 @@ F32 maxpool2d_backward(const py::array& dy, const py::array& indices, const Shap
   const float* dyp = in_f32(dy, "dy", 4);
   const int32_t* ip = static_cast<const int32_t*>(indices.data());
   // An index outside its plane would write outside dx: refuse it before touching memory.
-  // One branch-free pass (it vectorises; a negative index is a huge unsigned one), then the
-  // search for the first bad index only when there is one.
   const int64_t count = g.N * g.C * g.OH * g.OW, plane = g.H * g.W;
-  const auto limit = static_cast<uint32_t>(std::min<int64_t>(plane, INT32_MAX + int64_t{1}));
-  bool bad = false;
-  for (int64_t i = 0; i < count; ++i) bad |= static_cast<uint32_t>(ip[i]) >= limit;
-  for (int64_t i = 0; bad && i < count; ++i)
-    if (ip[i] < 0 || ip[i] >= plane)
-      value_error("indices holds " + std::to_string(ip[i]) + ", outside the input plane of " +
-                  std::to_string(plane) + " elements (x_shape " + shape_str(x_shape) + ")");
+  int64_t bad;
+  {
+    py::gil_scoped_release nogil;
+    bad = fastcnn::first_index_outside(ip, count, plane);
+  }
+  if (bad >= 0)
+    value_error("indices holds " + std::to_string(ip[bad]) + ", outside the input plane of " +
+                std::to_string(plane) + " elements (x_shape " + shape_str(x_shape) + ")");
   const float* yp = nullptr;
   if (y) {
     yp = in_f32(*y, "y", 4);

@@ -30,6 +30,9 @@ void maxpool2d_forward(const Window2d& g, const float* x, float* y, int32_t* ind
 // is then masked by y > 0), else null.
 void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indices, const float* y,
                         float* dx);
+// The position of the first of n indices outside [0, plane), or -1 (checked before
+// maxpool2d_backward writes through them).
+int64_t first_index_outside(const int32_t* indices, int64_t n, int64_t plane);
 void avgpool2d_forward(const Window2d& g, const float* x, float* y);
 void avgpool2d_backward(const Window2d& g, const float* dy, float* dx);
 

@@ -123,6 +123,22 @@ void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indic
     }
   });
 }
+int64_t first_index_outside(const int32_t* indices, int64_t n, int64_t plane) {
+  // One branch-free pass that vectorises, split over the threads (a negative index is a huge
+  // unsigned one), then the search for the first bad index only when there is one.
+  const auto limit = static_cast<uint32_t>(std::min<int64_t>(plane, INT32_MAX + int64_t{1}));
+  const int T = num_threads();
+  uint32_t bad = 0;
+#ifdef FASTCNN_OPENMP
+#pragma omp parallel for schedule(static) num_threads(T) reduction(| : bad) if (T > 1 && n > 65536)
+#endif
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>(indices[i]) >= limit;
+  (void)T;
+  for (int64_t i = 0; bad && i < n; ++i)
+    if (indices[i] < 0 || indices[i] >= plane) return i;
+  return -1;
+}
+
 // ---- average: forward, backward ---------------------------------------------------------------
 
 void avgpool2d_forward(const Window2d& g, const float* x, float* y) {
