@@ -260,79 +260,79 @@ void direct_fwd_avx2(const Direct2d& d, const float* xp, const float* w, const f
     direct_fwd_avx2_s<true>(d, xp, w, b, relu, y, o0, o1);
 }
 
-// Direct weight gradient (see DirectDw in gemm.h): for each (o, c), image by image, and for each
-// tap row ki, KW x V ymm accumulators over the image's output rows; then lane sums. dy and x
-// are both masked to the row, so lanes past it add exact zeros (never 0 * Inf). KW is a
-// template parameter so the accumulators stay in registers: two vectors (16 pixels) a step up
-// to KW = 6, one beyond.
+// Direct weight gradient (see DirectDw in gemm.h): for OB output channels at a time and each
+// input channel, image by image, and for each tap row ki, OB x KW ymm accumulators over the
+// image's output rows, 8 pixels a step; then lane sums. Each step loads the KW shifted input
+// vectors once for all OB channels (with one channel at a time, twelve loads fed ten FMAs at
+// KW = 5 and the loop was bound by loads: SeedNet's conv1 dW ran at a third of the FMA peak).
+// dy and x are both masked to the row, so lanes past it add exact zeros (never 0 * Inf). KW
+// and OB are template parameters so the accumulators stay in registers: OB x (KW + 1) + 1
+// of the 16 (accumulators, dy vectors, the input vector).
 template <int KW, bool kStrided>
 void direct_dw_avx2_kw(const Direct2d& d, int64_t N, const float* xp, int64_t image,
                        const float* dy, float* dw, int64_t o0, int64_t o1) {
-  constexpr int V = KW <= 6 ? 2 : 1;
+  constexpr int OB = std::min(4, 15 / (KW + 1));
   const int64_t plane = d.OH * d.OW, sw = kStrided ? d.sw : 1;
   const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                             _mm256_set1_epi32(static_cast<int32_t>(sw)));
-  // Each output row: whole chunks of 8V columns, then the rest (under masks made once here).
-  const int64_t whole = d.OW / (8 * V) * (8 * V), rest = d.OW - whole;
-  __m256i keep[V];
-#pragma GCC unroll 2
-  for (int v = 0; v < V; ++v) keep[v] = lanes(rest - 8 * v);
-  // Images outermost: one image's dy plane and input plane stay in L1 while every tap row
+  // Each output row: whole chunks of 8 columns, then the rest (under a mask made once here).
+  const int64_t whole = d.OW / 8 * 8, rest = d.OW - whole;
+  const __m256i keep = lanes(rest);
+  // Images outermost: one image's dy planes and input plane stay in L1 while every tap row
   // reads them. Each tap row's sums wait in `run` between images.
-  alignas(32) float run[kDirectMaxKw][KW][V][8];
-  for (int64_t o = o0; o < o1; ++o) {
+  alignas(32) float run[kDirectMaxKw][OB][KW][8];
+  for (int64_t o = o0; o < o1; o += OB) {
+    const int ob = static_cast<int>(std::min<int64_t>(OB, o1 - o));
     for (int64_t c = 0; c < d.C; ++c) {
       std::fill(&run[0][0][0][0], &run[0][0][0][0] + sizeof(run) / sizeof(float), 0.f);
       for (int64_t n = 0; n < N; ++n) {
-        const float* dyo = dy + (n * d.O + o) * plane;
+        const float* dyo[OB];  // channels past ob repeat the last (summed, then dropped)
+        for (int q = 0; q < OB; ++q) dyo[q] = dy + (n * d.O + o + std::min(q, ob - 1)) * plane;
         for (int64_t ki = 0; ki < d.kh; ++ki) {
-          __m256 acc[KW][V];
+          __m256 acc[OB][KW];
+#pragma GCC unroll 4
+          for (int q = 0; q < OB; ++q)
 #pragma GCC unroll 8
-          for (int kj = 0; kj < KW; ++kj)
-#pragma GCC unroll 2
-            for (int v = 0; v < V; ++v) acc[kj][v] = _mm256_load_ps(run[ki][kj][v]);
+            for (int kj = 0; kj < KW; ++kj) acc[q][kj] = _mm256_load_ps(run[ki][q][kj]);
           for (int64_t oh = 0; oh < d.OH; ++oh) {
             const float* xr = xp + n * image + (c * d.Hp + oh * d.sh + ki) * d.Wp;
-            const float* dr = dyo + oh * d.OW;
-            for (int64_t ow0 = 0; ow0 < whole; ow0 += 8 * V) {
+            const int64_t row = oh * d.OW;
+            for (int64_t ow0 = 0; ow0 < whole; ow0 += 8) {
               const float* xs = xr + ow0 * sw;
-              __m256 g[V];
-#pragma GCC unroll 2
-              for (int v = 0; v < V; ++v) g[v] = _mm256_loadu_ps(dr + ow0 + 8 * v);
+              __m256 g[OB];
+#pragma GCC unroll 4
+              for (int q = 0; q < OB; ++q) g[q] = _mm256_loadu_ps(dyo[q] + row + ow0);
 #pragma GCC unroll 8
-              for (int kj = 0; kj < KW; ++kj)
-#pragma GCC unroll 2
-                for (int v = 0; v < V; ++v)
-                  acc[kj][v] = _mm256_fmadd_ps(g[v], row8<kStrided>(xs + kj + 8 * v * sw, stride),
-                                               acc[kj][v]);
+              for (int kj = 0; kj < KW; ++kj) {
+                const __m256 xv = row8<kStrided>(xs + kj, stride);
+#pragma GCC unroll 4
+                for (int q = 0; q < OB; ++q) acc[q][kj] = _mm256_fmadd_ps(g[q], xv, acc[q][kj]);
+              }
             }
             if (rest > 0) {
               const float* xs = xr + whole * sw;
-              __m256 g[V];
-#pragma GCC unroll 2
-              for (int v = 0; v < V; ++v) g[v] = _mm256_maskload_ps(dr + whole + 8 * v, keep[v]);
+              __m256 g[OB];
+#pragma GCC unroll 4
+              for (int q = 0; q < OB; ++q) g[q] = _mm256_maskload_ps(dyo[q] + row + whole, keep);
 #pragma GCC unroll 8
-              for (int kj = 0; kj < KW; ++kj)
-#pragma GCC unroll 2
-                for (int v = 0; v < V; ++v)
-                  acc[kj][v] = _mm256_fmadd_ps(
-                      g[v], row8_masked<kStrided>(xs + kj + 8 * v * sw, stride, keep[v]),
-                      acc[kj][v]);
+              for (int kj = 0; kj < KW; ++kj) {
+                const __m256 xv = row8_masked<kStrided>(xs + kj, stride, keep);
+#pragma GCC unroll 4
+                for (int q = 0; q < OB; ++q) acc[q][kj] = _mm256_fmadd_ps(g[q], xv, acc[q][kj]);
+              }
             }
           }
+#pragma GCC unroll 4
+          for (int q = 0; q < OB; ++q)
 #pragma GCC unroll 8
-          for (int kj = 0; kj < KW; ++kj)
-#pragma GCC unroll 2
-            for (int v = 0; v < V; ++v) _mm256_store_ps(run[ki][kj][v], acc[kj][v]);
+            for (int kj = 0; kj < KW; ++kj) _mm256_store_ps(run[ki][q][kj], acc[q][kj]);
         }
       }
-      for (int64_t ki = 0; ki < d.kh; ++ki)
-#pragma GCC unroll 8
-        for (int kj = 0; kj < KW; ++kj) {
-          __m256 s = _mm256_load_ps(run[ki][kj][0]);
-          if (V == 2) s = _mm256_add_ps(s, _mm256_load_ps(run[ki][kj][V - 1]));
-          dw[((o * d.C + c) * d.kh + ki) * d.kw + kj] = lane_sum(s);
-        }
+      for (int q = 0; q < ob; ++q)
+        for (int64_t ki = 0; ki < d.kh; ++ki)
+          for (int kj = 0; kj < KW; ++kj)
+            dw[(((o + q) * d.C + c) * d.kh + ki) * d.kw + kj] =
+                lane_sum(_mm256_load_ps(run[ki][q][kj]));
     }
   }
 }
