@@ -47,6 +47,11 @@ CASES = [
     (2, 16, 9, 8, 20, 3, 3, 2, 1),  # strided
     (3, 32, 7, 6, 8, 5, 5, (2, 1), 3),  # strided, padding past k-1: rows with no valid tap
     (5, 16, 6, 6, 16, 3, 3, 1, 1),  # small images: a block spans several of them
+    # The direct kernels (few input channels) at the kernel widths no case above has, with
+    # output channels not a multiple of the channels a step:
+    (2, 2, 9, 11, 7, 3, 4, 1, 1),
+    (1, 1, 12, 13, 5, 2, 6, 1, 2),
+    (2, 3, 10, 19, 3, 3, 8, (1, 2), (1, 3)),
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
