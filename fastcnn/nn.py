@@ -286,10 +286,15 @@ class Sequential(Module):
         for i in reversed(range(len(steps))):
             layer = steps[i][0]
             layer.reuse_buffers = i > 0  # the input gradient handed out is fresh
+            if i > 0 and steps[i][1] and isinstance(layer, MaxPool2d):
+                # Conv2d, ReLU, MaxPool2d: the conv's output is dead once pooled (its backward
+                # needs only its input), so the pool's input gradient is written over it.
+                layer._dx_into = getattr(steps[i - 1][0], "_y", None)
             try:
                 grad_out = layer.backward(grad_out)
             finally:
                 layer.reuse_buffers = False
+                layer._dx_into = None
         return grad_out
 
     def __repr__(self):
@@ -473,10 +478,13 @@ class MaxPool2d(_Pool2d):
         self._x_shape, self._indices, self._y = x.shape, indices, (y if relu else None)
         return y
 
+    _dx_into = None  # set by Sequential: an array of x's shape free to take dx
+
     def backward(self, dy):
-        return ops.maxpool2d_backward(
-            dy, self._indices, self._x_shape, self._y, self._buffer("dx", self._x_shape, dy)
-        )
+        out = self._dx_into
+        if out is None or out.shape != tuple(self._x_shape) or not self.reuse_buffers:
+            out = self._buffer("dx", self._x_shape, dy)
+        return ops.maxpool2d_backward(dy, self._indices, self._x_shape, self._y, out)
 
 
 class AvgPool2d(_Pool2d):

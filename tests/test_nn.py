@@ -455,8 +455,11 @@ def test_float32_finite_differences_through_fastcnn(batch):
         assert checked >= 4, (li, name, checked)
 
 
-def test_sequential_equals_running_its_layers_one_by_one(rng):
-    """However Sequential runs its layers (fused or not), results are those of the plain chain."""
+@pytest.mark.parametrize("pool2", [nn.AvgPool2d, nn.MaxPool2d])
+def test_sequential_equals_running_its_layers_one_by_one(rng, pool2):
+    """However Sequential runs its layers (fused, with buffers reused from pass to pass and a
+    max-pool's input gradient written over its conv's output), results are those of the plain
+    chain, pass after pass."""
 
     def build():
         nn.manual_seed(9)
@@ -466,7 +469,7 @@ def test_sequential_equals_running_its_layers_one_by_one(rng):
             nn.MaxPool2d(2),
             nn.Conv2d(4, 4, 3, padding=1),
             nn.ReLU(),
-            nn.AvgPool2d(2),
+            pool2(2),
             nn.ReLU(),
             nn.Flatten(),
             nn.Linear(4 * 2 * 2, 6),
@@ -474,26 +477,28 @@ def test_sequential_equals_running_its_layers_one_by_one(rng):
             nn.Linear(6, 3),
         )
 
-    x = rng.standard_normal((5, 2, 8, 8), dtype=np.float32)
-    y = rng.integers(0, 3, 5)
     loss_fn = nn.CrossEntropyLoss()
-    seq = build()
-    out = seq(x)
-    loss_fn(out, y)
-    dx = seq.backward(loss_fn.backward())
+    seq, chain = build(), build()
+    for _ in range(3):
+        x = rng.standard_normal((5, 2, 8, 8), dtype=np.float32)
+        y = rng.integers(0, 3, 5)
+        seq.zero_grad()
+        out = seq(x)
+        loss_fn(out, y)
+        dx = seq.backward(loss_fn.backward())
 
-    chain = build()
-    h = x
-    for layer in chain:
-        h = layer(h).copy()
-    np.testing.assert_allclose(out, h, rtol=1e-6, atol=1e-6)
-    loss_fn(h, y)
-    g = loss_fn.backward()
-    for layer in reversed(chain.layers):
-        g = layer.backward(g).copy()
-    np.testing.assert_allclose(dx, g, rtol=1e-5, atol=1e-7)
-    for (k, a), b in zip(seq.named_parameters(), chain.parameters()):
-        np.testing.assert_allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7, err_msg=k)
+        chain.zero_grad()
+        h = x
+        for layer in chain:
+            h = layer(h).copy()
+        np.testing.assert_allclose(out, h, rtol=1e-6, atol=1e-6)
+        loss_fn(h, y)
+        g = loss_fn.backward()
+        for layer in reversed(chain.layers):
+            g = layer.backward(g).copy()
+        np.testing.assert_allclose(dx, g, rtol=1e-5, atol=1e-7)
+        for (k, a), b in zip(seq.named_parameters(), chain.parameters()):
+            np.testing.assert_allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7, err_msg=k)
 
 
 def test_outputs_and_input_gradients_are_not_overwritten_by_the_next_pass(batch, rng):
