@@ -244,6 +244,30 @@ CASES = [
         "indices holds 256",
     ),
     (
+        "maxpool bwd one bad index among enough for the threads to split the check",
+        lambda: ops.maxpool2d_backward(
+            f32(5, 64, 16, 16),
+            np.concatenate(
+                [np.zeros(5 * 64 * 256 - 7, np.int32), np.int32([1024]), np.zeros(6, np.int32)]
+            ).reshape(5, 64, 16, 16),
+            (5, 64, 32, 32),
+        ),
+        ValueError,
+        "indices holds 1024",
+    ),
+    (
+        "maxpool bwd a negative index among enough for the threads to split the check",
+        lambda: ops.maxpool2d_backward(
+            f32(5, 64, 16, 16),
+            np.concatenate(
+                [np.zeros(40000, np.int32), np.int32([-3]), np.zeros(41919, np.int32)]
+            ).reshape(5, 64, 16, 16),
+            (5, 64, 32, 32),
+        ),
+        ValueError,
+        "indices holds -3",
+    ),
+    (
         "maxpool bwd indices negative",
         lambda: ops.maxpool2d_backward(
             f32(1, 2, 2, 2), np.full((1, 2, 2, 2), -1, np.int32), (1, 2, 4, 4)
