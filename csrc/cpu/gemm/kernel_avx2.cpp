@@ -185,69 +185,85 @@ inline float lane_sum(__m256 v) {
 }
 
 // Direct convolution (few input channels; see DirectFwd in gemm.h): 16 output pixels of a row in
-// two ymm registers times 6 output channels, 12 accumulators; per tap two input loads (gathers
-// for strided rows) feed 12 FMAs. Lanes past the row compute garbage that is never stored (the
-// padded image has slack after its last row, so their loads stay inside it).
+// two ymm registers times OB output channels (6, or 4 for the last few: SeedNet's 32 channels go
+// 6, 6, 6, 6, 4, 4 rather than 6 x 5 and 2 in a block of 6), 2 OB accumulators; per tap two
+// input loads (gathers for strided rows) feed 2 OB FMAs. Lanes past the row compute garbage that
+// is never stored (the padded image has slack after its last row, so their loads stay inside it).
 constexpr int DOB = 6;
 
+// Output channels [o, o + ob) of the image, ob <= OB; wblk: their filters, tap-major, OB apart.
 // kStrided: a stride other than 1 (inputs gathered); unstrided, one register and a branch per
 // load fewer.
-template <bool kStrided>
-void direct_fwd_avx2_s(const Direct2d& d, const float* xp, const float* w, const float* b,
-                       bool relu, float* y, int64_t o0, int64_t o1) {
-  const int64_t T = d.kh * d.kw, CT = d.C * T, plane = d.OH * d.OW, sw = kStrided ? d.sw : 1;
-  alignas(32) float wblk[256 * DOB];
+template <int OB, bool kStrided>
+void direct_fwd_block(const Direct2d& d, const float* xp, const float* wblk, const float* b,
+                      bool relu, float* y, int64_t o, int ob) {
+  const int64_t plane = d.OH * d.OW, sw = kStrided ? d.sw : 1;
   const __m256 zero = _mm256_setzero_ps();
   const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                             _mm256_set1_epi32(static_cast<int32_t>(sw)));
-  for (int64_t o = o0; o < o1; o += DOB) {
-    const int ob = static_cast<int>(std::min<int64_t>(DOB, o1 - o));
-    for (int64_t ct = 0; ct < CT; ++ct)  // filters of this channel block, tap-major
-      for (int q = 0; q < DOB; ++q) wblk[ct * DOB + q] = q < ob ? w[(o + q) * CT + ct] : 0.f;
-    for (int64_t oh = 0; oh < d.OH; ++oh) {
-      for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 16) {
-        __m256 acc[DOB][2];
+  for (int64_t oh = 0; oh < d.OH; ++oh) {
+    for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 16) {
+      __m256 acc[OB][2];
 #pragma GCC unroll 6
-        for (int q = 0; q < DOB; ++q)
-          acc[q][0] = acc[q][1] = (b && q < ob) ? _mm256_set1_ps(b[o + q]) : zero;
-        const float* wt = wblk;
-        for (int64_t c = 0; c < d.C; ++c) {
-          for (int64_t ki = 0; ki < d.kh; ++ki) {
-            const float* xr = xp + (c * d.Hp + oh * d.sh + ki) * d.Wp + ow0 * sw;
-            for (int64_t kj = 0; kj < d.kw; ++kj, wt += DOB) {
-              const __m256 x0 = row8<kStrided>(xr + kj, stride);
-              const __m256 x1 = row8<kStrided>(xr + kj + 8 * sw, stride);
+      for (int q = 0; q < OB; ++q)
+        acc[q][0] = acc[q][1] = (b && q < ob) ? _mm256_set1_ps(b[o + q]) : zero;
+      const float* wt = wblk;
+      for (int64_t c = 0; c < d.C; ++c) {
+        for (int64_t ki = 0; ki < d.kh; ++ki) {
+          const float* xr = xp + (c * d.Hp + oh * d.sh + ki) * d.Wp + ow0 * sw;
+          for (int64_t kj = 0; kj < d.kw; ++kj, wt += OB) {
+            const __m256 x0 = row8<kStrided>(xr + kj, stride);
+            const __m256 x1 = row8<kStrided>(xr + kj + 8 * sw, stride);
 #pragma GCC unroll 6
-              for (int q = 0; q < DOB; ++q) {
-                const __m256 wq = _mm256_broadcast_ss(wt + q);
-                acc[q][0] = _mm256_fmadd_ps(wq, x0, acc[q][0]);
-                acc[q][1] = _mm256_fmadd_ps(wq, x1, acc[q][1]);
-              }
+            for (int q = 0; q < OB; ++q) {
+              const __m256 wq = _mm256_broadcast_ss(wt + q);
+              acc[q][0] = _mm256_fmadd_ps(wq, x0, acc[q][0]);
+              acc[q][1] = _mm256_fmadd_ps(wq, x1, acc[q][1]);
             }
           }
         }
-        const int64_t n = std::min<int64_t>(16, d.OW - ow0);
+      }
+      const int64_t n = std::min<int64_t>(16, d.OW - ow0);
 #pragma GCC unroll 6
-        for (int q = 0; q < DOB; ++q) {  // constant bounds keep acc in registers
-          if (q >= ob) break;
-          float* yq = y + (o + q) * plane + oh * d.OW + ow0;
-          __m256 v0 = acc[q][0], v1 = acc[q][1];
-          if (relu) {  // v < 0 ? 0 : v (NaN passes)
-            v0 = _mm256_andnot_ps(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ), v0);
-            v1 = _mm256_andnot_ps(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ), v1);
-          }
-          if (n >= 8) {
-            _mm256_storeu_ps(yq, v0);
-            if (n == 16)
-              _mm256_storeu_ps(yq + 8, v1);
-            else
-              store_first(yq + 8, v1, n - 8);
-          } else {
-            store_first(yq, v0, n);
-          }
+      for (int q = 0; q < OB; ++q) {  // constant bounds keep acc in registers
+        if (q >= ob) break;
+        float* yq = y + (o + q) * plane + oh * d.OW + ow0;
+        __m256 v0 = acc[q][0], v1 = acc[q][1];
+        if (relu) {  // v < 0 ? 0 : v (NaN passes)
+          v0 = _mm256_andnot_ps(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ), v0);
+          v1 = _mm256_andnot_ps(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ), v1);
+        }
+        if (n >= 8) {
+          _mm256_storeu_ps(yq, v0);
+          if (n == 16)
+            _mm256_storeu_ps(yq + 8, v1);
+          else
+            store_first(yq + 8, v1, n - 8);
+        } else {
+          store_first(yq, v0, n);
         }
       }
     }
+  }
+}
+
+template <bool kStrided>
+void direct_fwd_avx2_s(const Direct2d& d, const float* xp, const float* w, const float* b,
+                       bool relu, float* y, int64_t o0, int64_t o1) {
+  const int64_t CT = d.C * d.kh * d.kw;
+  alignas(32) float wblk[256 * DOB];
+  for (int64_t o = o0; o < o1;) {
+    // Blocks of 6 while more than 8 channels (or exactly 6 or 5) remain, then of 4.
+    const int64_t left = o1 - o;
+    const int OB = left > 8 || left == 6 || left == 5 ? DOB : 4;
+    const int ob = static_cast<int>(std::min<int64_t>(OB, left));
+    for (int64_t ct = 0; ct < CT; ++ct)  // filters of this channel block, tap-major
+      for (int q = 0; q < OB; ++q) wblk[ct * OB + q] = q < ob ? w[(o + q) * CT + ct] : 0.f;
+    if (OB == DOB)
+      direct_fwd_block<DOB, kStrided>(d, xp, wblk, b, relu, y, o, ob);
+    else
+      direct_fwd_block<4, kStrided>(d, xp, wblk, b, relu, y, o, ob);
+    o += ob;
   }
 }
 
