@@ -88,10 +88,16 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
     const int64_t cols = std::min<int64_t>(nr, nc - c0);
     float* dst = Bp + panel * nr * kc;
     if (!trans) {  // op(B)[k, j] = B[k*ldb + j]
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* src = B + (p0 + k) * ldb + j0 + c0;
-        std::memcpy(dst + k * nr, src, sizeof(float) * cols);
-        for (int64_t j = cols; j < nr; ++j) dst[k * nr + j] = 0.f;
+      const float* src = B + p0 * ldb + j0 + c0;
+      if (cols == 16) {  // whole AVX2 panels: a copy of constant size is a few moves, not a call
+        for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * 16, src + k * ldb, 16 * 4);
+      } else if (cols == 32) {  // whole AVX-512 panels
+        for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * 32, src + k * ldb, 32 * 4);
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          std::memcpy(dst + k * nr, src + k * ldb, sizeof(float) * cols);
+          for (int64_t j = cols; j < nr; ++j) dst[k * nr + j] = 0.f;
+        }
       }
     } else {  // op(B)[k, j] = B[j*ldb + k]: rows of B interleaved
       const float* src[kMaxInterleaveRows];
