@@ -744,17 +744,16 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
   const int T = num_threads();
   const GemmKernel& k = gemm_active_kernel();
 
-  // db[o] = sum over images and pixels of dy, in a fixed order.
+  // db[o] = sum over images and pixels of dy, in a fixed order: each plane's sum, added in
+  // image order. Threads take ranges of output channels and read their planes image by image,
+  // one contiguous run of dy each (channel by channel, the reads jumped from image to image).
   if (db) {
-    DenormalGuard denormals;
-#ifdef FASTCNN_OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1 && g.O * g.N * P > 32768)
-#endif
-    for (int64_t o = 0; o < g.O; ++o) {
-      double acc = 0.0;
-      for (int64_t n = 0; n < g.N; ++n) acc += sum(dy + (n * g.O + o) * P, P);
-      db[o] = static_cast<float>(acc);
-    }
+    parallel_range(g.O, g.O * g.N * P > 32768 ? T : 1, [&](int64_t o0, int64_t o1) {
+      std::vector<double> acc(o1 - o0, 0.0);
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t o = o0; o < o1; ++o) acc[o - o0] += sum(dy + (n * g.O + o) * P, P);
+      for (int64_t o = o0; o < o1; ++o) db[o] = static_cast<float>(acc[o - o0]);
+    });
   }
 
   if (use_direct(k, g))
