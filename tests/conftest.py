@@ -42,6 +42,22 @@ def conv_algorithm(request):
 
 
 @pytest.fixture
+def bench_module(monkeypatch):
+    """bench_module(name) imports bench/<name>.py afresh (bench/ is a folder of scripts, not a
+    package); sys.path is restored after the test."""
+    import importlib
+    import pathlib
+    import sys
+
+    def load(name):
+        monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+
+    return load
+
+
+@pytest.fixture
 def num_threads():
     """Lets a test change fastcnn's thread count; the previous count is restored afterwards."""
     import fastcnn

@@ -2,24 +2,16 @@
 and output), on "cuda" where a GPU is present."""
 
 import json
-import pathlib
-import sys
 
 import pytest
 from fake_device import register
 
 from fastcnn import cuda
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture
-def gpu_bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("gpu", None)
-    import gpu
-
-    return gpu
+def gpu_bench(bench_module):
+    return bench_module("gpu")
 
 
 @pytest.mark.parametrize("device", ["fake", "cuda"])

@@ -1,21 +1,12 @@
 """bench/kernels.py: a peak measured while a core was busy elsewhere must not turn into shares
 above the hardware's (the targets would read as met)."""
 
-import pathlib
-import sys
-
 import pytest
-
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture
-def kernels(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("kernels", None)
-    import kernels
-
-    return kernels
+def kernels(bench_module):
+    return bench_module("kernels")
 
 
 def record(gflops):

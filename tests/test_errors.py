@@ -19,6 +19,15 @@ def f32(*shape):
     return np.ones(shape, np.float32)
 
 
+def maxpool_backward_with_one_index(shape, at, value):
+    """maxpool2d_backward of a 2x2 pool over (N, C, 2H, 2W) inputs whose indices, shaped
+    (N, C, H, W), are all 0 but the flat position `at`, which holds `value`."""
+    indices = np.zeros(shape, np.int32)
+    indices.flat[at] = value
+    n, c, h, w = shape
+    return ops.maxpool2d_backward(f32(*shape), indices, (n, c, 2 * h, 2 * w))
+
+
 def typed(dtype, *shape):
     return np.ones(shape, dtype)
 
@@ -235,35 +244,20 @@ CASES = [
     ),
     (
         "maxpool bwd one bad index after many good ones",
-        lambda: ops.maxpool2d_backward(
-            f32(3, 5, 8, 8),
-            np.concatenate([np.zeros(3 * 5 * 64 - 1, np.int32), [256]]).reshape(3, 5, 8, 8),
-            (3, 5, 16, 16),
-        ),
+        lambda: maxpool_backward_with_one_index((3, 5, 8, 8), 3 * 5 * 64 - 1, 256),
         ValueError,
         "indices holds 256",
     ),
+    # Enough indices (over 65,536) for the threads to split the check:
     (
-        "maxpool bwd one bad index among enough for the threads to split the check",
-        lambda: ops.maxpool2d_backward(
-            f32(5, 64, 16, 16),
-            np.concatenate(
-                [np.zeros(5 * 64 * 256 - 7, np.int32), np.int32([1024]), np.zeros(6, np.int32)]
-            ).reshape(5, 64, 16, 16),
-            (5, 64, 32, 32),
-        ),
+        "maxpool bwd one bad index near the end of a threaded check",
+        lambda: maxpool_backward_with_one_index((5, 64, 16, 16), 5 * 64 * 256 - 7, 1024),
         ValueError,
         "indices holds 1024",
     ),
     (
-        "maxpool bwd a negative index among enough for the threads to split the check",
-        lambda: ops.maxpool2d_backward(
-            f32(5, 64, 16, 16),
-            np.concatenate(
-                [np.zeros(40000, np.int32), np.int32([-3]), np.zeros(41919, np.int32)]
-            ).reshape(5, 64, 16, 16),
-            (5, 64, 32, 32),
-        ),
+        "maxpool bwd a negative index in the middle of a threaded check",
+        lambda: maxpool_backward_with_one_index((5, 64, 16, 16), 40000, -3),
         ValueError,
         "indices holds -3",
     ),

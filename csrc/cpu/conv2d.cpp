@@ -472,9 +472,9 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p, transposed once (images
   // split over the threads) into panels of mr rows, in blocks of at most kb columns: a block's
   // panels lie next to each other (panel q, column kk of the block starting at b0, len wide, at
-  // b0*a_rows + (q*len + kk - b0)*mr). Blocks start at each segment's first column (see below).
-  // The in-place-B path reads a block where it lies; the GEMM path (one block, kb = K) copies
-  // panels into its own blocks.
+  // b0*a_rows + (q*len + kk - b0)*mr). Blocks start at each segment's (or image's) first column,
+  // see below. The in-place-B path reads a block where it lies; the GEMM path (one block,
+  // kb = K) copies panels into its own blocks.
   const int mr = k.mr;
   const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr, a_rows = a_panels * mr;
   const bool in_place_b = k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0;
@@ -519,10 +519,10 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     return b0 * a_rows + (q * (b1 - b0) + kk - b0) * mr;
   };
   float* dy_panels = scratch(kDyPanels, a_rows * K);
-  std::vector<char> finite(g.N);  // per image of dy, found on the way (see the skipping below)
+  std::vector<char> finite(g.N);  // per image of dy, for the in-place path's skipping below
   parallel_range(g.N, threads, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      finite[n] = all_finite(dy + n * g.O * P, g.O * P);
+      if (in_place_b) finite[n] = all_finite(dy + n * g.O * P, g.O * P);
       for (int64_t q = 0; q < a_panels; ++q)
         for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
           int64_t b0, b1;

@@ -123,6 +123,7 @@ void maxpool2d_backward(const Window2d& g, const float* dy, const int32_t* indic
     }
   });
 }
+
 int64_t first_index_outside(const int32_t* indices, int64_t n, int64_t plane) {
   // One branch-free pass that vectorises, split over the threads (a negative index is a huge
   // unsigned one), then the search for the first bad index only when there is one.
