@@ -302,6 +302,7 @@ def run_case(case, threads, timing) -> dict:
             "gflops": gflops,
             "gbs": case.nbytes / m["median_s"] * 1e-9 if case.nbytes else None,
             "peak_share": None,
+            "best_share": None,
         }
     mine = records["fastcnn"]
     mine["valid"], mine["max_rel_err"] = valid, err
@@ -331,59 +332,33 @@ def settle_peaks(results, peaks):
         if peak["gflops"] and not ok:
             unreliable.append(t)
         for _, r in recs:
-            r["peak_share"] = r["gflops"] / peak["gflops"] if ok and r["gflops"] else None
+            share = r["gflops"] / peak["gflops"] if ok and r["gflops"] else None
+            r["peak_share"] = share
+            # The fastest call's share: what the code reaches while the machine is quiet.
+            r["best_share"] = share * r["median_ms"] / r["min_ms"] if share else None
     return unreliable
 
 
 def kernel_targets(results, threads, sgemm_size):
-    """The issue's kernel targets, at the given thread count: (name, measured, goal, met)."""
+    """The issue's kernel targets, at the given thread count: (name, measured, fastest call,
+    goal, met). Measured is the median, which the goal is judged on; the fastest call's figure
+    (shares only) says what the code reaches while the machine is quiet."""
     t = threads
-
-    def rec(op, pas, impl="fastcnn"):
-        return results.get((op, pas, t), {}).get(impl)
-
+    specs = [
+        ("conv2", "fwd", f"conv2 fwd: share of FMA peak ({t} thr)", "peak_share", 0.80),
+        ("conv2", "bwd", f"conv2 bwd: share of FMA peak ({t} thr)", "peak_share", 0.80),
+        ("sgemm", "fwd", f"sgemm {sgemm_size}^3: share of FMA peak ({t} thr)", "peak_share", 0.85),
+        ("pool1", "fwd", f"max-pool fwd (pool1) vs torch ({t} thr)", "ratio_vs_torch", 5.0),
+        ("pool2", "fwd", f"max-pool fwd (pool2) vs torch ({t} thr)", "ratio_vs_torch", 5.0),
+    ]
     rows = []
-    for pas in ("fwd", "bwd"):
-        r = rec("conv2", pas)
-        share = r["peak_share"] if r else None
+    for op, pas, name, key, goal in specs:
+        r = results.get((op, pas, t), {}).get("fastcnn") or {}
+        value = r.get(key)
+        fastest = r.get("best_share") if key == "peak_share" else None
         rows.append(
-            [
-                f"conv2 {pas}: share of FMA peak ({t} thr)",
-                share,
-                ">= 0.80",
-                None if share is None else share >= 0.80,
-            ]
+            [name, value, fastest, f">= {goal:.2f}", None if value is None else value >= goal]
         )
-    r = rec("sgemm", "fwd")
-    share = r["peak_share"] if r else None
-    rows.append(
-        [
-            f"sgemm {sgemm_size}^3: share of FMA peak ({t} thr)",
-            share,
-            ">= 0.85",
-            None if share is None else share >= 0.85,
-        ]
-    )
-    r = rec("pool1", "fwd")
-    ratio = r.get("ratio_vs_torch") if r else None
-    rows.append(
-        [
-            f"max-pool fwd (pool1) vs torch ({t} thr)",
-            ratio,
-            ">= 5.0",
-            None if ratio is None else ratio >= 5.0,
-        ]
-    )
-    r = rec("pool2", "fwd")
-    ratio = r.get("ratio_vs_torch") if r else None
-    rows.append(
-        [
-            f"max-pool fwd (pool2) vs torch ({t} thr)",
-            ratio,
-            ">= 5.0",
-            None if ratio is None else ratio >= 5.0,
-        ]
-    )
     return rows
 
 
@@ -467,6 +442,7 @@ def main(argv=None):
                 mine["median_ms"],
                 mine["gflops"],
                 mine["peak_share"],
+                mine["best_share"],
                 ref["median_ms"] if ref else None,
                 recs["torch_cl"]["median_ms"] if "torch_cl" in recs else None,
                 mine.get("ratio_vs_torch"),
@@ -483,6 +459,7 @@ def main(argv=None):
             "fastcnn ms",
             "GFLOP/s",
             "peak",
+            "best",
             "torch ms",
             "torch_cl ms",
             "x torch",
@@ -522,7 +499,7 @@ def main(argv=None):
     target_threads = max(thread_counts)
     harness.print_table(
         f"kernel targets ({target_threads} threads)",
-        ["target", "measured", "goal", "met"],
+        ["target", "measured", "fastest call", "goal", "met"],
         kernel_targets(results, target_threads, args.sgemm_size),
     )
     print(harness.contention_note(contention))

@@ -9,8 +9,8 @@ def kernels(bench_module):
     return bench_module("kernels")
 
 
-def record(gflops):
-    return {"gflops": gflops, "peak_share": None}
+def record(gflops, median_ms=10.0, min_ms=10.0):
+    return {"gflops": gflops, "peak_share": None, "median_ms": median_ms, "min_ms": min_ms}
 
 
 def test_a_peak_beaten_by_sgemm_gives_no_shares(kernels):
@@ -41,3 +41,24 @@ def test_an_unknown_peak_gives_no_shares_and_no_warning(kernels):
     results = {("sgemm", "fwd", 1): {"fastcnn": record(70.0)}}
     assert kernels.settle_peaks(results, {1: {"gflops": None}}) == []
     assert results[("sgemm", "fwd", 1)]["fastcnn"]["peak_share"] is None
+
+
+def test_the_fastest_call_share_is_reported_beside_the_median_one_which_the_goal_judges(kernels):
+    results = {
+        ("conv2", "fwd", 2): {"fastcnn": record(150.0, median_ms=10.0, min_ms=8.0)},
+        ("sgemm", "fwd", 2): {"fastcnn": record(160.0, median_ms=10.0, min_ms=9.0)},
+    }
+    assert kernels.settle_peaks(results, {2: {"gflops": 200.0}}) == []
+    conv = results[("conv2", "fwd", 2)]["fastcnn"]
+    assert conv["peak_share"] == pytest.approx(0.75)
+    assert conv["best_share"] == pytest.approx(0.9375)
+    rows = {row[0].split(":")[0]: row for row in kernels.kernel_targets(results, 2, 2048)}
+    assert rows["conv2 fwd"][1:] == [pytest.approx(0.75), pytest.approx(0.9375), ">= 0.80", False]
+    assert rows["sgemm 2048^3"][1:] == [pytest.approx(0.8), pytest.approx(8 / 9), ">= 0.85", False]
+    assert rows["conv2 bwd"][1:] == [None, None, ">= 0.80", None]  # not measured
+
+
+def test_no_fastest_call_share_without_a_reliable_peak(kernels):
+    results = {("sgemm", "fwd", 1): {"fastcnn": record(120.0, median_ms=10.0, min_ms=5.0)}}
+    assert kernels.settle_peaks(results, {1: {"gflops": 100.0}}) == [1]
+    assert results[("sgemm", "fwd", 1)]["fastcnn"]["best_share"] is None
