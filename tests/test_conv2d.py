@@ -196,6 +196,23 @@ def test_backward(case, need_dx, gemm_kernel, conv_algorithm, rng):
     ref.assert_close(db, ref_db, name="db")
 
 
+def test_backward_finite_dy_whose_plane_sums_overflow(gemm_kernel, rng):
+    # The in-place weight gradient skips border taps only when dy's plane sums are finite (an
+    # Inf or NaN in dy must reach dw through 0 * Inf); a finite plane of huge values overflows
+    # its sum and turns the skipping off, which must not change dw.
+    case = (2, 32, 14, 14, 64, 5, 5, 1, 2)  # SeedNet conv2
+    x, w, _, stride, padding = make(rng, case)
+    dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
+    dy[:, 3] = np.float32(1e37)  # 196 of them per plane: the float sum is Inf
+    x *= np.float32(1e-3)
+    _, dw, db = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding, need_dx=False)
+    _, ref_dw, ref_db = ref.conv2d_backward(x, w, dy, stride, padding)
+    assert np.isfinite(dw).all()
+    ref.assert_close(dw, ref_dw, name="dw")
+    assert db[3] == np.inf
+    ref.assert_close(np.delete(db, 3), np.delete(ref_db, 3), name="db")
+
+
 @pytest.mark.parametrize("case", CASES[::4], ids=str)
 def test_backward_overwrites(case, gemm_kernel, rng):
     """Gradients never accumulate: a second call (new dy) gives that dy's gradients only."""

@@ -24,6 +24,7 @@
 //   sgemm per image, col2im for dx.
 // with T = kh*kw taps, P = OH*OW output pixels.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -421,15 +422,18 @@ void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const f
   indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, dx);
 }
 
-// Whether n floats hold no Inf or NaN (all exponent bits set), in one vectorisable pass.
-bool all_finite(const float* d, int64_t n) {
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, d + i, sizeof u);
-    bad |= (u & 0x7f800000u) == 0x7f800000u;
-  }
-  return !bad;
+// Sums of image n's O planes of dy (each in sum()'s fixed order).
+void plane_sums(const Window2d& g, const float* dy, int64_t n, float* sums) {
+  const int64_t P = g.pixels();
+  for (int64_t o = 0; o < g.O; ++o) sums[o] = sum(dy + (n * g.O + o) * P, P);
+}
+
+// db[o] = the sum over images, in image order and in double, of the plane sums (N x O).
+void db_of_plane_sums(const Window2d& g, const float* sums, float* db) {
+  std::vector<double> acc(g.O, 0.0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t o = 0; o < g.O; ++o) acc[o] += sums[n * g.O + o];
+  for (int64_t o = 0; o < g.O; ++o) db[o] = static_cast<float>(acc[o]);
 }
 
 // dw (O, C, T), PyTorch's layout, from `parts` partial gradients in the GEMM's (O, T, C) layout,
@@ -452,9 +456,10 @@ void sum_to_oct(const float* parts, int64_t count, int64_t O, int64_t T, int64_t
   });
 }
 
-// dw (O, C, kh, kw) = sum over images and pixels of dy (x) col, as one GEMM with K = N*P.
-void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
-                 float* dw) {
+// dw (O, C, kh, kw) = sum over images and pixels of dy (x) col, as one GEMM with K = N*P; and
+// db (when not null) from dy's plane sums, taken on the same pass over dy.
+void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* dy, float* dw,
+                 float* db) {
   const int64_t T = g.kh * g.kw, P = g.pixels(), TC = T * g.C;
   const Indirect cv = Indirect::of(g);
   const int64_t img = cv.padded_size(), in_size = g.C * g.H * g.W;
@@ -519,10 +524,13 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     return b0 * a_rows + (q * (b1 - b0) + kk - b0) * mr;
   };
   float* dy_panels = scratch(kDyPanels, a_rows * K);
-  std::vector<char> finite(g.N);  // per image of dy, for the in-place path's skipping below
+  // dy's plane sums (N x O), for db and for the in-place path's skipping below: a plane holds
+  // an Inf or a NaN only if its sum is not finite (a sum of finite values may overflow too,
+  // which only turns the skipping off).
+  std::vector<float> sums(db || in_place_b ? g.N * g.O : 0);
   parallel_range(g.N, threads, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      if (in_place_b) finite[n] = all_finite(dy + n * g.O * P, g.O * P);
+      if (!sums.empty()) plane_sums(g, dy, n, sums.data() + n * g.O);
       for (int64_t q = 0; q < a_panels; ++q)
         for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
           int64_t b0, b1;
@@ -538,6 +546,7 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
         }
     }
   });
+  if (db) db_of_plane_sums(g, sums.data(), db);
   auto pack_a = [&](int64_t i0, int64_t, int64_t p0, int64_t kc, int, float* Ap, int64_t q0,
                     int64_t q1) {
     for (int64_t q = q0; q < q1; ++q)
@@ -581,7 +590,8 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     // faster at 1 and 2 threads).
     // Only where dy is finite, though: Inf or NaN times a zero of the border is NaN, as in the
     // reference and PyTorch, and must reach dw.
-    const bool skip = std::all_of(finite.begin(), finite.end(), [](char f) { return f; });
+    const bool skip =
+        std::all_of(sums.begin(), sums.end(), [](float v) { return std::isfinite(v); });
     std::vector<int64_t> lo(g.kh, 0), hi(g.kh, P);  // pixel ranges of an image, per tap row
     for (int64_t ki = 0; ki < g.kh && skip; ++ki) {
       // Output row oh reads input row oh*sh + ki - ph, valid in [0, H).
@@ -620,12 +630,8 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
             for (int64_t n = pc / P; n * P < b1; ++n) {  // the block's part of image n
               const int64_t k0 = std::max(pc, n * P + lo[ki]), k1 = std::min(b1, n * P + hi[ki]);
               if (k0 >= k1) continue;
-              for (int64_t ir = 0; ir < a_panels; ++ir) {
-                const int m = static_cast<int>(std::min<int64_t>(mr, g.O - ir * mr));
-                k.fn_indirect_b(k1 - k0, a_block + (ir * kc + k0 - pc) * mr, rows.data() + k0 - pc,
-                                col_off[jr * k.nr], part + ir * mr * TC + jr * k.nr, TC, m, k.nr,
-                                true);
-              }
+              k.fn_indirect_b(k1 - k0, a_block + (k0 - pc) * mr, kc * mr, static_cast<int>(g.O),
+                              rows.data() + k0 - pc, col_off[jr * k.nr], part + jr * k.nr, TC);
             }
           }
         }
@@ -745,21 +751,20 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
   const GemmKernel& k = gemm_active_kernel();
 
   // db[o] = sum over images and pixels of dy, in a fixed order: each plane's sum, added in
-  // image order. Threads take ranges of output channels and read their planes image by image,
-  // one contiguous run of dy each (channel by channel, the reads jumped from image to image).
-  if (db) {
-    parallel_range(g.O, g.O * g.N * P > 32768 ? T : 1, [&](int64_t o0, int64_t o1) {
-      std::vector<double> acc(o1 - o0, 0.0);
-      for (int64_t n = 0; n < g.N; ++n)
-        for (int64_t o = o0; o < o1; ++o) acc[o - o0] += sum(dy + (n * g.O + o) * P, P);
-      for (int64_t o = o0; o < o1; ++o) db[o] = static_cast<float>(acc[o - o0]);
+  // image order (images split over the threads; dw_indirect takes the sums on its own pass).
+  const bool indirect = !use_direct(k, g) && use_indirect(k, g.O);
+  if (db && !indirect) {
+    std::vector<float> sums(g.N * g.O);
+    parallel_range(g.N, g.O * g.N * P > 32768 ? T : 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) plane_sums(g, dy, n, sums.data() + n * g.O);
     });
+    db_of_plane_sums(g, sums.data(), db);
   }
 
   if (use_direct(k, g))
     dw_direct(k, g, x, dy, dw);
-  else if (use_indirect(k, g.O))
-    dw_indirect(k, g, x, dy, dw);
+  else if (indirect)
+    dw_indirect(k, g, x, dy, dw, db);
   else
     dw_im2col(g, x, dy, dw);
 
