@@ -465,10 +465,7 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   const int64_t img = cv.padded_size(), in_size = g.C * g.H * g.W;
   const int threads = num_threads();
 
-  float* xp = scratch(kPad, g.N * img);  // every image, NHWC with a zero border
-  parallel_range(g.N, threads, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) pad_nhwc(cv, x + n * in_size, xp + n * img);
-  });
+  float* xp = scratch(kPad, g.N * img);  // every image, NHWC with a zero border (see below)
   std::vector<int64_t> toff(T), col_off(TC), pix_off(P);
   tap_offsets(cv, toff.data());
   for (int64_t j = 0; j < TC; ++j) col_off[j] = toff[j / g.C] + j % g.C;
@@ -527,9 +524,12 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   // dy's plane sums (N x O), for db and for the in-place path's skipping below: a plane holds
   // an Inf or a NaN only if its sum is not finite (a sum of finite values may overflow too,
   // which only turns the skipping off).
+  // One pass over the images (threads claim them as they go) pads x, sums dy's planes and
+  // transposes dy.
   std::vector<float> sums(db || in_place_b ? g.N * g.O : 0);
-  parallel_range(g.N, threads, [&](int64_t n0, int64_t n1) {
+  parallel_chunks(g.N, 1, threads, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
+      pad_nhwc(cv, x + n * in_size, xp + n * img);
       if (!sums.empty()) plane_sums(g, dy, n, sums.data() + n * g.O);
       for (int64_t q = 0; q < a_panels; ++q)
         for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
