@@ -7,13 +7,14 @@
 namespace fastcnn {
 
 namespace {
-constexpr int64_t kParallelMin = 1 << 15;
+constexpr int64_t kParallelMin = 1 << 15;  // `if (parallel: ...)`: see activation.cpp
 }
 
 void sgd_step(int64_t n, float* param, const float* grad, float* buf, float lr, float momentum,
               float weight_decay, bool nesterov, bool first) {
 #ifdef FASTCNN_OPENMP
-#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > kParallelMin)
+#pragma omp parallel for simd schedule(static) \
+    num_threads(num_threads()) if (parallel : n > kParallelMin)
 #endif
   for (int64_t i = 0; i < n; ++i) {
     float g = grad[i] + weight_decay * param[i];
@@ -33,7 +34,8 @@ void adam_step(int64_t n, float* param, const float* grad, float* m, float* v, f
   const float step_size = static_cast<float>(lr / bc1);
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
 #ifdef FASTCNN_OPENMP
-#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > kParallelMin)
+#pragma omp parallel for simd schedule(static) \
+    num_threads(num_threads()) if (parallel : n > kParallelMin)
 #endif
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i] + weight_decay * param[i];
