@@ -521,11 +521,10 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     return b0 * a_rows + (q * (b1 - b0) + kk - b0) * mr;
   };
   float* dy_panels = scratch(kDyPanels, a_rows * K);
-  // dy's plane sums (N x O), for db and for the in-place path's skipping below: a plane holds
-  // an Inf or a NaN only if its sum is not finite (a sum of finite values may overflow too,
-  // which only turns the skipping off).
-  // One pass over the images (threads claim them as they go) pads x, sums dy's planes and
-  // transposes dy.
+  // One pass over the images (threads claim them as they go) pads x, transposes dy and sums
+  // dy's planes (N x O), for db and for the in-place path's skipping below: a plane holds an
+  // Inf or a NaN only if its sum is not finite (a sum of finite values may overflow too, which
+  // only turns the skipping off).
   std::vector<float> sums(db || in_place_b ? g.N * g.O : 0);
   parallel_chunks(g.N, 1, threads, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
@@ -752,7 +751,7 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
 
   // db[o] = sum over images and pixels of dy, in a fixed order: each plane's sum, added in
   // image order (images split over the threads; dw_indirect takes the sums on its own pass).
-  const bool indirect = !use_direct(k, g) && use_indirect(k, g.O);
+  const bool direct = use_direct(k, g), indirect = !direct && use_indirect(k, g.O);
   if (db && !indirect) {
     std::vector<float> sums(g.N * g.O);
     parallel_range(g.N, g.O * g.N * P > 32768 ? T : 1, [&](int64_t n0, int64_t n1) {
@@ -761,7 +760,7 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
     db_of_plane_sums(g, sums.data(), db);
   }
 
-  if (use_direct(k, g))
+  if (direct)
     dw_direct(k, g, x, dy, dw);
   else if (indirect)
     dw_indirect(k, g, x, dy, dw, db);
