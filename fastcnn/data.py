@@ -60,28 +60,36 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# The official files, over HTTPS, from Zalando's repository (plain git blobs, the same bytes as
+# the S3 website mirror http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/, which
+# serves no HTTPS). Override with $FASTCNN_FASHION_MNIST_URL (a base URL ending in /).
+FASHION_MNIST_URL = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
+)
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
-# SHA-256 of the official .gz files. Zalando publishes only MD5s (8d4fb7e6..., 25c81989...,
-# bef4ecab..., bb300cfd...), so these come from two independent public projects that agree:
-# Britefury/batchup (batchup/datasets/fashion_mnist.py) and Connor Olding's `mnists` script.
+# SHA-256 of the official .gz files, the version published since 2017-08-31 (duplicates removed;
+# the files whose MD5s Zalando publishes: 8d4fb7e6..., 25c81989..., bef4ecab..., bb300cfd...).
+# The same digests are in torchvision (prototype/datasets/_builtin/mnist.py); the two label files
+# were also hashed here from the repository's blobs, whose MD5s are the published ones.
 # Debian's dataset-fashion-mnist is not a source: it recompresses the files (gzip header without
 # the original file name, 24 bytes shorter), so its .gz digests differ from the official ones.
 FASHION_MNIST_SHA256 = {
     "train-images-idx3-ubyte.gz":
-        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
     "train-labels-idx1-ubyte.gz":
-        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
     "t10k-images-idx3-ubyte.gz":
-        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
     "t10k-labels-idx1-ubyte.gz":
-        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }  # fmt: skip
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -547,11 +555,30 @@ class MNIST(_InMemory):
 class FashionMNIST(MNIST):
     """Fashion-MNIST (60k train / 10k test, 28x28 grey, 10 classes), found or downloaded.
 
-    Looks in `root` only, when given; otherwise in $FASTCNN_DATA, $FASTCNN_DATA/fashion-mnist,
-    /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist) and
-    ~/.cache/fastcnn/fashion-mnist. When absent and `download`, fetches the four official .gz
-    files (base URL: $FASTCNN_FASHION_MNIST_URL or FASHION_MNIST_URL) into `root` or the cache,
-    each checked against FASHION_MNIST_SHA256.
+    Args:
+        root: a folder holding the four IDX files (train-images-idx3-ubyte.gz,
+            train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz;
+            gzipped or not). When given, only this folder is searched, and a download goes
+            there. When None, fastcnn looks in $FASTCNN_DATA, $FASTCNN_DATA/fashion-mnist,
+            /usr/share/datasets/fashion-mnist (Debian's package dataset-fashion-mnist) and
+            ~/.cache/fastcnn/fashion-mnist, in that order, and downloads into the last.
+        train: the 60,000 training images (True) or the 10,000 test images (False).
+        download: when the files are nowhere to be found, fetch the four official .gz files
+            over HTTPS (base URL: $FASTCNN_FASHION_MNIST_URL, else FASHION_MNIST_URL), each
+            checked against its SHA-256 (FASHION_MNIST_SHA256) before it is kept.
+        normalize: normalise by the training split's mean and std (0.2860, 0.3530), for both
+            splits; False leaves the pixels in [0, 1].
+
+    Raises:
+        FileNotFoundError: not found, and download=False.
+        OSError: the download failed (no network, a refused connection, an HTTP error).
+        Both messages say how else to get the files.
+
+    Example:
+        >>> train = FashionMNIST(train=True)
+        >>> image, label = train[0]          # float32 (1, 28, 28), int
+        >>> train.classes[label]
+        'Ankle boot'
     """
 
     MEAN, STD = FASHION_MNIST_MEAN, FASHION_MNIST_STD
@@ -563,14 +590,31 @@ class FashionMNIST(MNIST):
         for d in dirs:
             if None not in _split_files(d, split):
                 return self._load(d, train, normalize)
+        target = dirs[0] if root is not None else dirs[-1]
+        searched = root is None
         if not download:
             raise FileNotFoundError(
-                f"FashionMNIST: not found in {', '.join(dirs)}; install Debian's "
-                "dataset-fashion-mnist, set $FASTCNN_DATA, or pass download=True"
+                f"FashionMNIST: not found in {', '.join(dirs)}; pass download=True to fetch it.\n"
+                + _fashion_mnist_help(target, searched)
             )
-        target = dirs[0] if root is not None else dirs[-1]
-        download_fashion_mnist(target)
+        try:
+            download_fashion_mnist(target)
+        except OSError as e:
+            raise type(e)(f"{e}\n{_fashion_mnist_help(target, searched)}") from e
         self._load(target, train, normalize)
+
+
+def _fashion_mnist_help(directory: str, searched: bool) -> str:
+    """How else to get Fashion-MNIST, for the errors of a failed download or a missing copy.
+    searched: FashionMNIST was given no root, so it looks in $FASTCNN_DATA and Debian's folder."""
+    files = ", ".join(FASHION_MNIST_FILES)
+    lines = ["Other ways to get Fashion-MNIST:"]
+    if searched:
+        lines.append(f"  - Debian: apt-get install {DEBIAN_PACKAGE} (installs {DEBIAN_DIR})")
+    lines.append(f"  - copy the four files {files} (or the same without .gz) into {directory}")
+    if searched:
+        lines[-1] += ", or into any folder and point FASTCNN_DATA at it"
+    return "\n".join(lines)
 
 
 def _fashion_mnist_dirs(root) -> list[str]:
@@ -580,13 +624,18 @@ def _fashion_mnist_dirs(root) -> list[str]:
     env = os.environ.get("FASTCNN_DATA")
     if env:
         dirs += [env, os.path.join(env, "fashion-mnist")]
-    dirs.append("/usr/share/datasets/fashion-mnist")
+    dirs.append(DEBIAN_DIR)
     dirs.append(os.path.join(os.path.expanduser("~"), ".cache", "fastcnn", "fashion-mnist"))
     return dirs
 
 
 def download_fashion_mnist(directory) -> str:
-    """Fetch the four Fashion-MNIST .gz files missing from `directory`; returns it."""
+    """Fetch the Fashion-MNIST .gz files missing from `directory` (created if need be).
+
+    Each file comes from $FASTCNN_FASHION_MNIST_URL (else FASHION_MNIST_URL) and is kept only
+    once its length and SHA-256 are right. Returns `directory`. Raises OSError when a file
+    cannot be fetched, ValueError when one arrives truncated or with the wrong digest.
+    """
     directory = os.fspath(directory)
     base = os.environ.get("FASTCNN_FASHION_MNIST_URL") or FASHION_MNIST_URL
     os.makedirs(directory, exist_ok=True)

@@ -162,3 +162,61 @@ def test_guard_refuses_other_hosts(tmp_path, monkeypatch, only_localhost):
         FashionMNIST(tmp_path / "fm", download=True)
     assert only_localhost == ["192.0.2.1"]
     assert leftovers(tmp_path / "fm") == []
+
+
+def test_default_url_is_https():
+    assert data.FASHION_MNIST_URL.startswith("https://")
+
+
+@pytest.fixture
+def no_debian_copy(tmp_path, monkeypatch):
+    """Hide a Debian-installed Fashion-MNIST, so that FashionMNIST() without a root downloads."""
+    monkeypatch.setattr(data, "DEBIAN_DIR", str(tmp_path / "no-debian"))
+
+
+def assert_names_other_sources(message):
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "FASTCNN_DATA" in message
+    for name in data.FASHION_MNIST_FILES:
+        assert name in message
+
+
+def test_failed_download_says_how_else_to_get_the_data(server, monkeypatch, no_debian_copy):
+    base, _ = server
+    monkeypatch.setenv("FASTCNN_FASHION_MNIST_URL", base + "missing/")
+    with pytest.raises(OSError, match="could not download .*missing/train-images") as info:
+        FashionMNIST(download=True)
+    assert_names_other_sources(str(info.value))
+
+
+def test_missing_data_without_download_says_how_to_get_it(no_debian_copy, only_localhost):
+    with pytest.raises(FileNotFoundError, match="download=True") as info:
+        FashionMNIST(download=False)
+    assert_names_other_sources(str(info.value))
+    assert only_localhost == []
+
+
+def test_failed_download_with_a_root_names_that_folder(tmp_path, server, monkeypatch):
+    base, _ = server
+    monkeypatch.setenv("FASTCNN_FASHION_MNIST_URL", base + "missing/")
+    root = tmp_path / "fm"
+    with pytest.raises(OSError, match="could not download") as info:
+        FashionMNIST(root, download=True)
+    message = str(info.value)
+    assert f"into {root}" in message  # the only folder FashionMNIST(root) looks in
+    assert "FASTCNN_DATA" not in message  # not consulted when a root is given
+
+
+def test_cli_train_without_data_says_how_to_get_it(
+    tmp_path, server, monkeypatch, capsys, no_debian_copy
+):
+    from fastcnn import cli
+
+    base, _ = server
+    monkeypatch.setenv("FASTCNN_FASHION_MNIST_URL", base + "missing/")
+    out = tmp_path / "model.safetensors"
+    assert cli.main(["train", "--quiet", "--epochs", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastcnn: error: could not download")
+    assert_names_other_sources(err)
+    assert not out.exists()
