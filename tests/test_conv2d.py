@@ -52,6 +52,9 @@ CASES = [
     (2, 2, 9, 11, 7, 3, 4, 1, 1),
     (1, 1, 12, 13, 5, 2, 6, 1, 2),
     (2, 3, 10, 19, 3, 3, 8, (1, 2), (1, 3)),
+    # Output pixels (the im2col GEMM's columns) filling 16 of the last 32-wide panel:
+    (2, 17, 8, 8, 6, 5, 5, 2, 2),  # 4x4 output, strided
+    (1, 1, 12, 12, 4, 5, 5, 1, 2),  # 144 pixels; dx of one input channel
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]

@@ -80,6 +80,12 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
   }
 }
 
+// dst[k*NR + j] = src[k*ld + j] for k < rows, j < NR.
+template <int NR>
+inline void copy_rows(const float* src, int64_t ld, int64_t rows, float* dst) {
+  for (int64_t k = 0; k < rows; ++k) std::memcpy(dst + k * NR, src + k * ld, NR * sizeof(float));
+}
+
 // Packs rows [p0, p0+kc) x cols [j0, j0+nc) of op(B) into panels of nr columns, k-major.
 void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nc,
             int nr, float* Bp, int64_t panel_begin, int64_t panel_end) {
@@ -89,10 +95,12 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
     float* dst = Bp + panel * nr * kc;
     if (!trans) {  // op(B)[k, j] = B[k*ldb + j]
       const float* src = B + p0 * ldb + j0 + c0;
-      if (cols == 16) {  // whole AVX2 panels: a copy of constant size is a few moves, not a call
-        for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * 16, src + k * ldb, 16 * 4);
-      } else if (cols == 32) {  // whole AVX-512 panels
-        for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * 32, src + k * ldb, 32 * 4);
+      // A whole panel of the common widths: a copy of constant size is a few moves, not a
+      // call. (A part-filled panel of 16 columns is not a whole panel when NR is 32.)
+      if (cols == nr && nr == 16) {
+        copy_rows<16>(src, ldb, kc, dst);
+      } else if (cols == nr && nr == 32) {
+        copy_rows<32>(src, ldb, kc, dst);
       } else {
         for (int64_t k = 0; k < kc; ++k) {
           std::memcpy(dst + k * nr, src + k * ldb, sizeof(float) * cols);
