@@ -359,6 +359,19 @@ PYBIND11_MODULE(_C, m) {
                                                                                   : "im2col");
   });
   m.def("gemm_kernels", &fastcnn::gemm_supported_kernels);
+  m.def("gemm_kernel_table", [] {
+    py::list table;
+    for (const fastcnn::GemmKernel& k : fastcnn::gemm_all_kernels()) {
+      py::dict row;
+      row["name"] = std::string(k.name);
+      row["isa"] = fastcnn::gemm_kernel_isa(k);
+      row["supported"] = fastcnn::gemm_kernel_supported(k.name);
+      row["mr"] = k.mr, row["nr"] = k.nr, row["cmr"] = k.cmr, row["cnr"] = k.cnr;
+      row["kc"] = k.kc, row["mc"] = k.mc;
+      table.append(row);
+    }
+    return table;
+  });
   m.def("gemm_kernel", [] { return std::string(fastcnn::gemm_active_kernel().name); });
   m.def("set_gemm_kernel", [](const std::string& name) {
     if (!fastcnn::gemm_set_kernel(name)) {

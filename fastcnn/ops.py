@@ -39,6 +39,7 @@ __all__ = [
     "set_conv_algorithm",
     "conv_algorithm",
     "gemm_kernels",
+    "gemm_kernel_table",
     "gemm_kernel",
     "set_gemm_kernel",
     "device_of",
@@ -359,8 +360,17 @@ def conv_algorithm() -> str:
 
 
 def gemm_kernels() -> list[str]:
-    """The GEMM micro-kernels this CPU can run, best first."""
+    """The GEMM micro-kernels this CPU can run, best first, then the portable twins of the ISA
+    kernels ("generic-avx512", "generic-avx2": plain C++ at those kernels' geometry, for tests)."""
     return list(_C.gemm_kernels())
+
+
+def gemm_kernel_table() -> list[dict]:
+    """Every micro-kernel this build has, as dicts: name, the ISA it needs ("" for portable
+    ones), whether this CPU runs it (`supported`), its GEMM tile (mr x nr), convolution tile
+    (cmr x cnr) and cache blocks (kc, mc). FASTCNN_DISABLE_ISA=avx512 (or "avx512,avx2") in the
+    environment before fastcnn is imported makes those ISAs count as missing."""
+    return list(_C.gemm_kernel_table())
 
 
 def gemm_kernel() -> str:
@@ -369,5 +379,5 @@ def gemm_kernel() -> str:
 
 
 def set_gemm_kernel(name: str) -> None:
-    """Force a GEMM micro-kernel ("avx512", "avx2", "generic"); ValueError if unsupported."""
+    """Force a GEMM micro-kernel (a name from gemm_kernels()); ValueError if unsupported."""
     _C.set_gemm_kernel(name)

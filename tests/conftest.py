@@ -7,7 +7,13 @@ fastcnn is imported inside the fixtures so that the reference self-tests
 import numpy as np
 import pytest
 
-ALL_GEMM_KERNELS = ["avx512", "avx2", "generic"]
+# Every micro-kernel table of the build (test_gemm.py checks this against the extension's):
+# the ISA kernels, the portable one, and the portable twins at the ISA kernels' geometry.
+ALL_GEMM_KERNELS = ["avx512", "avx2", "generic", "generic-avx512", "generic-avx2"]
+
+# Which kernel tables the gemm_kernel fixture ran and which it skipped, for the summary line.
+_kernels_ran: set = set()
+_kernels_skipped: dict = {}
 
 
 @pytest.fixture
@@ -22,7 +28,10 @@ def gemm_kernel(request):
 
     name = request.param
     if name not in ops.gemm_kernels():
-        pytest.skip(f"GEMM kernel {name!r} not supported on this CPU")
+        isa = next(k["isa"] for k in ops.gemm_kernel_table() if k["name"] == name)
+        _kernels_skipped[name] = isa
+        pytest.skip(f"GEMM kernel {name!r} needs {isa}, which this CPU lacks")
+    _kernels_ran.add(name)
     previous = ops.gemm_kernel()
     ops.set_gemm_kernel(name)
     assert ops.gemm_kernel() == name
@@ -93,3 +102,16 @@ def run_python(code, **env):
             cwd=cwd,
             env=environ,
         ).stdout.strip()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line naming the kernel tables the run exercised and those skipped for want of the
+    ISA (a skipped table's SIMD loops went untested on this machine)."""
+    if not _kernels_ran and not _kernels_skipped:
+        return
+    ran = [k for k in ALL_GEMM_KERNELS if k in _kernels_ran]
+    skipped = [f"{k} (no {_kernels_skipped[k]})" for k in ALL_GEMM_KERNELS if k in _kernels_skipped]
+    terminalreporter.write_line(
+        f"fastcnn kernel tables ran: {', '.join(ran) or 'none'}; "
+        f"skipped for want of the ISA: {', '.join(skipped) or 'none'}"
+    )

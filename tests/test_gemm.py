@@ -5,7 +5,7 @@ import ast
 import numpy as np
 import pytest
 import reference as ref
-from conftest import run_python
+from conftest import ALL_GEMM_KERNELS, run_python
 
 from fastcnn import ops
 
@@ -32,6 +32,10 @@ SIZES = [
 
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
+# The last panel of B holds 16 of the 32 columns of the AVX-512 tile (a packing once copied it
+# as a whole 16-wide AVX2 panel, and these products came out wrong).
+PART_PANEL_SIZES = [(4, 16, 425), (9, 48, 700), (33, 80, 300), (7, 112, 1000), (48, 48, 48)]
+
 
 def make(rng, m, n, k, trans_a, trans_b):
     a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
@@ -55,6 +59,41 @@ def test_sgemm_defaults_and_repeatable(size, gemm_kernel, rng):
     np.testing.assert_array_equal(c, ops.sgemm(a, b, False, False))
     np.testing.assert_array_equal(c, ops.sgemm(a, b))
     np.testing.assert_array_equal(c, ops.sgemm(np.ascontiguousarray(a.T), b, trans_a=True))
+
+
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=lambda t: f"ta{int(t[0])}tb{int(t[1])}")
+@pytest.mark.parametrize("size", PART_PANEL_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_sgemm_part_filled_last_panel(size, trans, gemm_kernel, rng):
+    # A product of other shapes first leaves other values in the pack buffers, as in real use.
+    a, b = make(rng, 64, 96, 500, *trans)
+    ops.sgemm(a, b, trans_a=trans[0], trans_b=trans[1])
+    a, b = make(rng, *size, *trans)
+    c = ops.sgemm(a, b, trans_a=trans[0], trans_b=trans[1])
+    ref.assert_close(c, ref.sgemm(a, b, *trans), name="c")
+
+
+def test_kernel_table():
+    """Every kernel table is listed once, in the test fixture's order; each ISA kernel has a
+    portable twin at exactly its geometry, which runs on any CPU."""
+    table = {k["name"]: k for k in ops.gemm_kernel_table()}
+    assert [k["name"] for k in ops.gemm_kernel_table()] == ALL_GEMM_KERNELS
+    geometry = ("mr", "nr", "cmr", "cnr", "kc", "mc")
+    for isa in ("avx512", "avx2"):
+        kernel, twin = table[isa], table[f"generic-{isa}"]
+        assert kernel["isa"] == isa and twin["isa"] == ""
+        assert [kernel[g] for g in geometry] == [twin[g] for g in geometry]
+        assert twin["supported"] and f"generic-{isa}" in ops.gemm_kernels()
+    assert table["avx512"]["nr"] != table["avx2"]["nr"]  # the twins cover different geometries
+    assert [k for k in ALL_GEMM_KERNELS if table[k]["supported"]] == ops.gemm_kernels()
+
+
+def test_disable_isa_runs_as_a_cpu_without_it():
+    code = "from fastcnn import ops; print(repr((ops.gemm_kernel(), ops.gemm_kernels())))"
+    default, kernels = ast.literal_eval(run_python(code, FASTCNN_DISABLE_ISA="avx512, avx2"))
+    assert default == "generic"
+    assert kernels == ["generic", "generic-avx512", "generic-avx2"]
+    default, kernels = ast.literal_eval(run_python(code, FASTCNN_DISABLE_ISA="avx512"))
+    assert "avx512" not in kernels and default in ("avx2", "generic")
 
 
 def test_sgemm_special_values(gemm_kernel):
@@ -84,7 +123,7 @@ def test_kernel_selection():
     kernels = ops.gemm_kernels()
     assert isinstance(kernels, list) and kernels
     assert "generic" in kernels
-    assert set(kernels) <= {"avx512", "avx2", "generic"}
+    assert set(kernels) <= set(ALL_GEMM_KERNELS)
     assert ops.gemm_kernel() in kernels
     previous = ops.gemm_kernel()
     try:

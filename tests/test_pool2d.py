@@ -209,3 +209,26 @@ def test_property_pools(case, seed, levels):
         ref.avgpool2d_backward(dy, x.shape, k, s),
         name="avg dx",
     )
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 6, 40), (1, 2, 5, 41), (1, 1, 4, 66), (3, 2, 2, 2)], ids=str
+)
+@pytest.mark.parametrize("relu", [False, True])
+def test_maxpool2x2_row_tails_and_foreign_indices(shape, relu, gemm_kernel, rng):
+    """2x2 pooling with rows of whole kernel steps plus a short one (16 outputs a step for the
+    AVX-512 kernels, 8 for AVX2), odd sizes, the ReLU-fused pair, and indices that lie in the
+    plane but outside their own window (the kernel gives up, the general path scatters them)."""
+    x = rng.standard_normal(shape, dtype=np.float32)
+    y, idx = ops.maxpool2d_forward(x, 2, relu=relu)
+    ref_y, ref_idx = ref.maxpool2d_forward(x, 2, None)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(y, np.maximum(ref_y, 0) if relu else ref_y)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    passed = np.where(y > 0, dy, 0) if relu else dy
+    dx = ops.maxpool2d_backward(dy, idx, shape, y if relu else None)
+    ref.assert_close(dx, ref.maxpool2d_backward(passed, idx, shape), name="dx")
+    foreign = idx.copy()
+    foreign[-1, -1, -1, -1] = 0  # the plane's first element: the last window's index no more
+    dx = ops.maxpool2d_backward(dy, foreign, shape, y if relu else None)
+    ref.assert_close(dx, ref.maxpool2d_backward(passed, foreign, shape), name="dx")

@@ -66,7 +66,7 @@ using MaxPool2x2Backward = bool (*)(const float* dy, const int32_t* indices, con
 constexpr int64_t kDirectMaxKw = 8;
 
 struct GemmKernel {
-  const char* name;  // "avx512", "avx2", "generic"
+  const char* name;  // "avx512", "avx2", "generic", "generic-avx512", "generic-avx2"
   int mr, nr;
   MicroKernel fn;
   int cmr, cnr;  // the convolution kernel's tile: pixels x channels
@@ -85,10 +85,13 @@ struct GemmKernel {
   // sgemm's cache blocks for this kernel (see gemm_driver.h): KC, the depth of a B panel
   // (KC x NR) kept in L1, and MC, the height of an A block (MC x KC, a multiple of MR: conv2d's
   // dW packs A by whole panels) kept in L2.
-  int kc = 192, mc = 192;
+  int kc, mc;
 };
 
-// Every kernel this build has, best first; `supported` says which this CPU can run.
+// Every kernel this build has, best first, then the portable twins of the ISA kernels (see
+// geometry.h), which are never chosen by default. A kernel is supported where its function is
+// built and the CPU has its ISA; FASTCNN_DISABLE_ISA=avx512 (or avx512,avx2) makes this process
+// treat those ISAs as missing, to run as a CPU without them would.
 const std::vector<GemmKernel>& gemm_all_kernels();
 bool gemm_kernel_supported(const std::string& name);
 std::vector<std::string> gemm_supported_kernels();
@@ -123,8 +126,14 @@ void interleave_rows(const float* const* src, int rows, int64_t len, float* dst)
 // Pack buffers of the calling thread, grown to at least the sizes asked for (never shrunk).
 void gemm_pack_buffers(size_t a_floats, size_t b_floats, float** a, float** b);
 
-// Micro-kernels (defined in kernel_<isa>.cpp; the ISA ones are null in a non-x86 build).
+// The ISA a kernel needs ("avx512", "avx2", or "" for the portable ones).
+std::string gemm_kernel_isa(const GemmKernel& k);
+
+// Micro-kernels (defined in kernel_<isa>.cpp; the ISA ones are null in a non-x86 build), and
+// the portable ones in kernel_generic.cpp.
 extern const GemmKernel kGemmGeneric;
+extern const GemmKernel kGemmGenericAvx512;
+extern const GemmKernel kGemmGenericAvx2;
 extern const GemmKernel kGemmAvx2;
 extern const GemmKernel kGemmAvx512;
 

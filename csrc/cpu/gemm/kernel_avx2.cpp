@@ -7,6 +7,7 @@
 // spilled all twelve to the stack on every k step, halving the kernel's speed.
 #include "cpu/gemm/conv_kernel.h"
 #include "cpu/gemm/gemm.h"
+#include "cpu/gemm/geometry.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -16,7 +17,9 @@
 namespace fastcnn {
 
 namespace {
-constexpr int MR = 6, NR = 16;
+constexpr KernelGeometry G = kAvx2Geometry;
+constexpr int MR = G.mr, NR = G.nr;
+static_assert(NR == 16, "the tiles below are two ymm registers wide");
 static_assert(MR <= kMaxInterleaveRows && NR <= kMaxInterleaveRows,
               "packing holds a row pointer each");
 
@@ -96,7 +99,8 @@ void kernel_avx2_ib(int64_t K, const float* Ap, int64_t a_panel, int m, const fl
 // Convolution (see ConvKernel in gemm.h): 6 pixels x 16 channels. Per (tap, input channel): two
 // loads of packed filters, six broadcasts straight from the NHWC input, twelve FMAs. The tile
 // is transposed on the way out, into NCHW planes.
-constexpr int CMR = 6, CNR = 16;
+constexpr int CMR = G.cmr, CNR = G.cnr;
+static_assert(CNR == 16, "the tile below is two ymm registers wide");
 
 void conv_avx2(int64_t T, int64_t C, const float* const* pix, const int64_t* toff, const float* Wp,
                const float* bias, bool relu, float* y, int64_t ldy, int m, int n) {
@@ -191,7 +195,9 @@ inline float lane_sum(__m256 v) {
 // 6, 6, 6, 6, 4, 4 rather than 6 x 5 and 2 in a block of 6), 2 OB accumulators; per tap two
 // input loads (gathers for strided rows) feed 2 OB FMAs. Lanes past the row compute garbage that
 // is never stored (the padded image has slack after its last row, so their loads stay inside it).
-constexpr int DOB = 6;
+constexpr int DOB = G.direct_ob;
+static_assert(G.direct_vw == 16 && G.direct_dw_vw == 8 && G.pool_vw == 8,
+              "the direct and pooling loops below are written for these widths");
 
 // Output channels [o, o + ob) of the image, ob <= OB; wblk: their filters, tap-major, OB apart.
 // kStrided: a stride other than 1 (inputs gathered); unstrided, one register and a branch per
@@ -515,11 +521,6 @@ bool maxpool2x2_backward_avx2(const float* dy, const int32_t* indices, const flo
 }
 }  // namespace
 
-// Cache blocks KC 256 (a 16 KB B panel, half of L1) and MC 144: 2-6% faster than 192 x 192 on
-// Zen 3 (SGEMM 2048^3, 1 and 2 threads, interleaved runs), with fewer passes over C, which a
-// large GEMM reads from memory.
-constexpr int KC = 256, MC = 144;
-static_assert(MC % MR == 0, "an A block is whole MR-row panels");
 const GemmKernel kGemmAvx2 = {"avx2",
                               MR,
                               NR,
@@ -532,14 +533,15 @@ const GemmKernel kGemmAvx2 = {"avx2",
                               maxpool2x2_avx2,
                               maxpool2x2_backward_avx2,
                               kernel_avx2_ib,
-                              KC,
-                              MC};
+                              G.kc,
+                              G.mc};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx2 = {"avx2",  6,       16,      nullptr, 6,       16,
-                              nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
-}
+constexpr KernelGeometry G = kAvx2Geometry;
+const GemmKernel kGemmAvx2 = {"avx2",  G.mr,    G.nr,    nullptr, G.cmr,   G.cnr, nullptr,
+                              nullptr, nullptr, nullptr, nullptr, nullptr, G.kc,  G.mc};
+}  // namespace fastcnn
 #endif

@@ -3,6 +3,7 @@
 // channel counts of SeedNet, are whole multiples of MR. Compiled with -mavx512f (this file only).
 #include "cpu/gemm/conv_kernel.h"
 #include "cpu/gemm/gemm.h"
+#include "cpu/gemm/geometry.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -12,7 +13,9 @@
 namespace fastcnn {
 
 namespace {
-constexpr int MR = 8, NR = 32;
+constexpr KernelGeometry G = kAvx512Geometry;
+constexpr int MR = G.mr, NR = G.nr;
+static_assert(MR == 8 && NR == 32, "the tile below is 8 rows of two zmm registers");
 static_assert(MR <= kMaxInterleaveRows && NR <= kMaxInterleaveRows,
               "packing holds a row pointer each");
 
@@ -92,7 +95,8 @@ void kernel_avx512_ib(int64_t K, const float* Ap, int64_t a_panel, int m, const 
 // Convolution: 12 pixels x 32 channels, 24 zmm accumulators. Per (tap, input channel): two
 // loads of packed filters, twelve broadcasts straight from the NHWC input (folded into the
 // FMAs), 24 FMAs. The tile is transposed on the way out, into NCHW planes.
-constexpr int CMR = 12, CNR = 32;
+constexpr int CMR = G.cmr, CNR = G.cnr;
+static_assert(CNR == 32, "the tile below is two zmm registers wide");
 
 void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
                  const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int m,
@@ -136,7 +140,9 @@ void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* t
 // Direct convolution (few input channels, unit stride; see DirectFwd in gemm.h): a row of up
 // to 32 output pixels in two zmm registers (masked at the row's end) times 8 output channels,
 // 16 accumulators; per tap two input loads feed 16 FMAs.
-constexpr int DOB = 8;
+constexpr int DOB = G.direct_ob;
+static_assert(G.direct_vw == 32 && G.direct_dw_vw == 32 && G.pool_vw == 16,
+              "the direct and pooling loops below are written for these widths");
 
 // Sum of the 16 lanes, in lane order.
 inline float lane_sum(__m512 v) {
@@ -379,13 +385,16 @@ const GemmKernel kGemmAvx512 = {"avx512",
                                 direct_dw_avx512,
                                 maxpool2x2_avx512,
                                 maxpool2x2_backward_avx512,
-                                kernel_avx512_ib};
+                                kernel_avx512_ib,
+                                G.kc,
+                                G.mc};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
-const GemmKernel kGemmAvx512 = {"avx512", 8,       32,      nullptr, 12,      32,
-                                nullptr,  nullptr, nullptr, nullptr, nullptr, nullptr};
-}
+constexpr KernelGeometry G = kAvx512Geometry;
+const GemmKernel kGemmAvx512 = {"avx512", G.mr,    G.nr,    nullptr, G.cmr,   G.cnr, nullptr,
+                                nullptr,  nullptr, nullptr, nullptr, nullptr, G.kc,  G.mc};
+}  // namespace fastcnn
 #endif
