@@ -1,4 +1,21 @@
-"""fastcnn: train convolutional neural networks for image recognition, fast, on a CPU."""
+"""fastcnn: train convolutional neural networks for image recognition, fast, on a CPU.
+
+    import fastcnn
+    from fastcnn import data, models
+
+    model = models.seednet(in_channels=1, num_classes=10)
+    fastcnn.fit(model, data.FashionMNIST(), epochs=8, val=data.FashionMNIST(train=False))
+    fastcnn.save(model, "model.safetensors")
+    probs = fastcnn.predict(fastcnn.load("model.safetensors"), "shoe.png")
+
+Training and use:   fit, evaluate, predict, save, load, manual_seed (weight initialisation),
+                    set_num_threads, get_num_threads
+Modules:            data (data sets, DataLoader), models (seednet), nn (layers, Sequential,
+                    CrossEntropyLoss), optim (SGD, Adam), ops (the kernels on NumPy arrays),
+                    io (training checkpoints), cuda (the GPU backend, when built)
+
+Arrays are float32 NCHW; weights have PyTorch's names and shapes.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +36,22 @@ from .train import evaluate, fit, predict
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by every kernel (default: FASTCNN_NUM_THREADS, else the number of cores)."""
+    """Set the number of threads every kernel uses.
+
+    The default is $FASTCNN_NUM_THREADS when set, else the number of cores. Results do not
+    depend on the thread count: every sum is taken in an order fixed by the shapes.
+
+    Args:
+        n: threads, >= 1.
+
+    Example:
+        >>> fastcnn.set_num_threads(1)
+    """
     _C.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
-    """Threads the kernels use."""
+    """Return the number of threads the kernels use (see set_num_threads)."""
     return _C.get_num_threads()
 
 

@@ -215,9 +215,18 @@ def _check_labels(labels, n: int, num_classes: int | None, what: str) -> np.ndar
 class ArrayDataset(_InMemory):
     """Images and labels you already hold in arrays.
 
-    images: uint8 (N,H,W) or (N,H,W,C), kept as uint8 `.raw` (N,C,H,W) (a copy) and converted
-    to float32 in [0, 1] batch by batch; or float NCHW, kept as float32 `.images` (a copy).
-    labels: any integer dtype, >= 0. mean/std (a float or one per channel) normalise.
+    Args:
+        images: raw pixels, uint8 (N, H, W) or (N, H, W, C), kept as uint8 `.raw`
+            (N, C, H, W) (a copy) and converted to float32 in [0, 1] batch by batch; or
+            floats (N, C, H, W), kept as float32 `.images` (a copy).
+        labels: (N,) class indices, any integer dtype, >= 0.
+        classes: class names (default: "0", "1", ... up to the largest label).
+        mean: subtracted after scaling to [0, 1]; a float or one per channel.
+        std: divided by after subtracting `mean`; a float or one per channel.
+
+    Example:
+        >>> ds = data.ArrayDataset(np.zeros((100, 28, 28), np.uint8), np.zeros(100, np.int64))
+        >>> image, label = ds[0]                 # float32 (1, 28, 28), int
     """
 
     def __init__(self, images, labels, classes=None, mean=None, std=None):
@@ -273,19 +282,36 @@ class ArrayDataset(_InMemory):
 
 
 class ImageFolder(_InMemory):
-    """One sub-folder per class (names sorted), every image loaded at construction.
+    """A folder of images with one sub-folder per class, every image loaded at construction.
 
     Images (jpg, jpeg, png, bmp, gif, webp, tif, tiff; any case) are found recursively in each
     class folder; hidden files and folders (".DS_Store", ".ipynb_checkpoints") and files with
-    other extensions are ignored. Each is decoded, converted to `channels` (1: 'L', 3: 'RGB'),
-    resized to `image_size` (int or (h, w); aspect ratio not kept) and kept as uint8 `.raw`
-    (16-bit and float images are resized at full precision, then rounded to 8 bits; load_image
-    does the same, so prediction sees the same pixels). Batches are scaled to [0, 1] and
-    normalised per channel by `mean`/`std`, computed from this folder when not given. Pass the
-    training set's `mean`, `std` and `classes` when loading a validation folder.
+    other extensions are ignored. Each is decoded (in threads), turned upright by its EXIF
+    orientation, converted to `channels` (1: 'L', 3: 'RGB'), resized to `image_size` (the
+    aspect ratio is not kept) and kept as uint8 `.raw` (16-bit and float images are resized at
+    full precision, then rounded to 8 bits; load_image does the same, so prediction sees the
+    same pixels). Batches are scaled to [0, 1] and normalised per channel by `mean` and `std`.
 
-    A file that cannot be decoded raises ValueError naming it; with `skip_bad=True` it is left
-    out and listed in `.skipped`.
+    Args:
+        root: the folder; its visible sub-folders, sorted by name, are the classes.
+        image_size: int or (h, w), the size every image is resized to.
+        channels: 1 (grey) or 3 (RGB).
+        skip_bad: leave out files that cannot be decoded, listing them in `.skipped`, instead
+            of raising ValueError naming the first.
+        mean: per-channel mean of the pixels scaled to [0, 1]; with `std`, computed from this
+            folder when neither is given. Pass the training set's for a validation folder.
+        std: per-channel standard deviation, likewise.
+        classes: the class names, in label order (pass the training set's `.classes` for a
+            validation folder, which may lack some); a sub-folder not among them is an error.
+        workers: decoding threads (default: the number of cores).
+
+    Attributes:
+        classes, samples ((path, label) pairs), labels, raw, mean, std, preprocessing, skipped.
+
+    Example:
+        >>> train = data.ImageFolder("pets/train", image_size=64)
+        >>> val = data.ImageFolder("pets/val", 64, mean=train.mean, std=train.std,
+        ...                        classes=train.classes)
     """
 
     def __init__(
@@ -514,11 +540,17 @@ def _split_files(directory: str, split: str) -> list:
 
 
 class MNIST(_InMemory):
-    """MNIST from the four IDX files in `root` (.gz or not): `train-images-idx3-ubyte` etc.
+    """MNIST from the four IDX files in a folder.
 
     Images are kept as uint8 `.raw` (N, 1, 28, 28); as float32 (batches, `ds[i]`, `.images`)
     they are in [0, 1], then, when `normalize`, normalised by the training split's mean and std
     (for the test split too).
+
+    Args:
+        root: the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte,
+            t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each gzipped, .gz, or not).
+        train: the training split (True) or the test split (False).
+        normalize: normalise by the training split's mean and std; False leaves [0, 1].
     """
 
     MEAN, STD = MNIST_MEAN, MNIST_STD
@@ -690,11 +722,17 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 R, 1024 G, 1024 B, row-
 
 
 class CIFAR10(_InMemory):
-    """CIFAR-10 from the binary version: `cifar-10-batches-bin/` (or its content) in `root`.
+    """CIFAR-10 (50k train / 10k test, 32x32 RGB, 10 classes) from its binary version.
 
     The python version is a set of pickles and is refused: unpickling runs arbitrary code, and
     fastcnn never unpickles. Images are kept as uint8 `.raw` (N, 3, 32, 32); as float32 they are
     in [0, 1], normalised by the training set's per-channel mean/std when `normalize`.
+
+    Args:
+        root: a folder holding `cifar-10-batches-bin/`, or that folder itself
+            (data_batch_1.bin ... data_batch_5.bin, test_batch.bin, batches.meta.txt).
+        train: the five training batches (True) or the test batch (False).
+        normalize: normalise per channel; False leaves [0, 1].
     """
 
     def __init__(self, root, train=True, normalize=True):
@@ -767,22 +805,31 @@ def _cifar_classes(directory: str) -> list[str]:
 
 
 class DataLoader:
-    """Iterate (images float32 (B,C,H,W), labels int64 (B,)) batches over a data set.
+    """Iterate over a data set in batches: (images float32 (B, C, H, W), labels int64 (B,)).
 
     A data set with uint8 `.raw` (N,C,H,W), `.to_float` and `.labels` (fastcnn's, built from
     8-bit images): each batch gathers its pixels from `.raw` and converts only them, into a new
     array (the whole set is never converted). With float `.images` and `.labels` arrays: one
     gather. Anything else with len and [i]: sample by sample.
 
-    shuffle: a new permutation every epoch, drawn from np.random.default_rng((seed, epoch)), so
-    a seed gives a repeatable sequence of epochs and `set_epoch(e)` resumes at epoch e. Each
-    `iter()` uses the current epoch, then advances it. Without a seed a random one is drawn
-    once, at construction.
-    prefetch: True builds the next batch in a background thread while this one is used; None
-    (the default) does so only for data sets read sample by sample. An in-memory batch takes
-    some 20 us to gather, nothing worth overlapping, and on a machine with as many busy compute
-    threads as cores the extra thread preempts them: SeedNet trained 2.4x slower with it on
-    2 cores (measured with fastcnn's OpenMP kernels).
+    Args:
+        dataset: a data set (len() and [i] -> (image, label)).
+        batch_size: images per batch, >= 1; the last batch may be smaller.
+        shuffle: a new permutation every epoch, drawn from np.random.default_rng((seed,
+            epoch)), so a seed gives a repeatable sequence of epochs and `set_epoch(e)`
+            resumes at epoch e. Each `iter()` uses the current epoch, then advances it.
+        seed: the shuffling seed; without one a random seed is drawn once, at construction.
+        drop_last: leave out the last batch when it is smaller than batch_size.
+        prefetch: True builds the next batch in a background thread while this one is used;
+            None (the default) does so only for data sets read sample by sample. An in-memory
+            batch takes some 20 us to gather, nothing worth overlapping, and on a machine with
+            as many busy compute threads as cores the extra thread preempts them (SeedNet
+            trained 2.4x slower with it on 2 cores).
+
+    Example:
+        >>> for x, y in data.DataLoader(data.FashionMNIST(), batch_size=64, shuffle=True, seed=0):
+        ...     print(x.shape, y.shape)          # (64, 1, 28, 28) (64,)
+        ...     break
     """
 
     def __init__(
@@ -800,6 +847,7 @@ class DataLoader:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Make the next iter() yield epoch `epoch`'s order (with shuffle)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

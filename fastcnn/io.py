@@ -159,7 +159,25 @@ def _write_atomically(path, tensors, metadata, what) -> None:
 
 
 def save(model, path) -> None:
-    """Writes `model` (weights, architecture, classes, preprocessing) to `path` atomically."""
+    """Write `model` to one .safetensors file at `path`.
+
+    The file holds the weights (a tensor per state_dict() entry) and, in its metadata, the
+    layer list, the class names and the preprocessing (image size, channels, mean, std) that
+    fit() recorded, so that load() rebuilds a model that labels raw image files by itself.
+    It is written to a temporary file in the same folder, synced and renamed over `path`: a
+    crash never leaves half a file.
+
+    Args:
+        model: an nn.Sequential of the layers in nn.LAYERS (on any device).
+        path: where to write (conventionally ending in .safetensors); its folder must exist.
+
+    Raises:
+        TypeError: the model is not a Sequential of known layers.
+        FileNotFoundError: the folder does not exist.
+
+    Example:
+        >>> fastcnn.save(model, "pets.safetensors")
+    """
     tensors, metadata = _model_payload(model)
     _write_atomically(path, tensors, metadata, "the model")
 
@@ -267,8 +285,27 @@ def _model_from(metadata, tensors, path) -> nn.Sequential:
 
 
 def load(path) -> nn.Sequential:
-    """Reads a model written by save() (or the model in a save_checkpoint() file); ValueError
-    naming the problem for any bad file."""
+    """Read a model written by save(), or the model in a training checkpoint.
+
+    Nothing in the file is run: the architecture is checked against the known layers and the
+    weights' shapes before anything is built. The model comes back on the CPU, in eval mode,
+    with `.classes` and `.preprocessing` as saved (None when the file has none).
+
+    Args:
+        path: a .safetensors file written by fastcnn.save() or fit(checkpoint=...).
+
+    Returns:
+        The model, an nn.Sequential.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: not a fastcnn model file, or a corrupt one (the message names the problem).
+
+    Example:
+        >>> model = fastcnn.load("pets.safetensors")
+        >>> model.classes
+        ['cat', 'dog']
+    """
     metadata, tensors = _read(path)
     return _model_from(metadata, tensors, os.fspath(path))
 

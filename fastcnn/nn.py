@@ -39,13 +39,27 @@ _rng = np.random.default_rng()
 
 
 def manual_seed(seed: int) -> None:
-    """Seeds the generator that initialises new layers' weights."""
+    """Seed the generator that initialises the weights of layers created from now on.
+
+    Args:
+        seed: any int; the same seed gives the same initial weights.
+
+    Example:
+        >>> nn.manual_seed(0)
+        >>> model = fastcnn.models.seednet()     # the same weights on every run
+    """
     global _rng
     _rng = np.random.default_rng(seed)
 
 
 class Parameter:
-    """A trainable array (`data`) and its accumulated gradient (`grad`, None until backward)."""
+    """A trainable array and its gradient.
+
+    Attributes:
+        data: float32 array (numpy, or a fastcnn.cuda.DeviceArray after model.to("cuda")).
+        grad: dL/d(data), of data's shape, summed over backward calls since the last
+            zero_grad(); None until the first backward.
+    """
 
     __slots__ = ("data", "grad")
 
@@ -60,6 +74,7 @@ class Parameter:
         return self.data.shape
 
     def accumulate(self, g) -> None:
+        """grad += g (grad = g when there is none yet); what layers' backward calls."""
         if self.grad is None:
             self.grad = g
         else:
@@ -70,7 +85,20 @@ class Parameter:
 
 
 class Module:
-    """Base of every layer and model: finds its parameters and sub-modules by walking attributes."""
+    """Base of every layer and model.
+
+    A Module finds its parameters and sub-modules by walking its attributes (Parameters and
+    Modules), so a subclass only sets them in __init__ and implements forward and backward.
+    `module(x)` calls forward(x). There is no autograd: after the forward pass, backward(dy)
+    takes dL/d(output), adds the parameter gradients into each Parameter.grad and returns
+    dL/d(input).
+
+    Attributes:
+        training: True in training mode (the default), False after eval(); backward needs
+            a forward made in training mode.
+        requires_input_grad: False makes backward skip dL/d(input) (fit sets it for the
+            network, whose input needs no gradient).
+    """
 
     training = True
     # False when no one needs dL/d(input) (the network's first layer): the layer then skips it.
@@ -114,17 +142,23 @@ class Module:
         return self.forward(*args)
 
     def forward(self, x):
+        """The layer's output for input x (float32 NCHW, or (N, features))."""
         raise NotImplementedError
 
     def backward(self, grad_out):
+        """Given dL/d(output) of the last forward, add the parameter gradients into their
+        .grad and return dL/d(input) (None when requires_input_grad is False)."""
         raise NotImplementedError
 
     def children(self) -> Iterator[tuple[str, Module]]:
+        """(name, module) of each direct sub-module."""
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """(name, Parameter) pairs of this module and its sub-modules, named as in PyTorch
+        ("0.weight", "0.bias", ... in a Sequential)."""
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield prefix + name, value
@@ -132,19 +166,33 @@ class Module:
             yield from child.named_parameters(f"{prefix}{name}.")
 
     def parameters(self) -> list[Parameter]:
+        """Every Parameter, in named_parameters() order (what an optimizer takes)."""
         return [p for _, p in self.named_parameters()]
 
     def modules(self) -> Iterator[Module]:
+        """This module and all its sub-modules, depth first."""
         yield self
         for _, child in self.children():
             yield from child.modules()
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """name -> a numpy copy of each parameter (from whichever device it is on)."""
+        """A dict name -> numpy copy of each parameter (from whichever device it is on), with
+        PyTorch's keys and shapes: torch's load_state_dict takes it after torch.from_numpy."""
         return {name: np.array(ops.to_numpy(p.data)) for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copies arrays into the parameters; checks names and shapes before changing anything."""
+        """Copy arrays into the parameters, in place.
+
+        Args:
+            state: name -> array (numpy, or anything np.asarray takes, such as a CPU torch
+                tensor), as state_dict() gives.
+            strict: the names must be exactly the model's (KeyError otherwise); when False,
+                names the model lacks are ignored and missing ones left as they are.
+
+        Raises:
+            KeyError: (strict) missing or unexpected names. ValueError: a shape differs.
+            TypeError: non-floating values. Nothing is changed when anything is refused.
+        """
         own = dict(self.named_parameters())
         if strict:
             missing = sorted(set(own) - set(state))
@@ -167,14 +215,18 @@ class Module:
             ops.copy_into(own[name].data, array)
 
     def train(self, mode: bool = True) -> Module:
+        """Set training mode (mode=True) or eval mode on this module and its sub-modules;
+        returns self."""
         for m in self.modules():
             m.training = mode
         return self
 
     def eval(self) -> Module:
+        """Set eval mode (the same as train(False)); returns self."""
         return self.train(False)
 
     def zero_grad(self) -> None:
+        """Set every parameter's grad to None."""
         for p in self.parameters():
             p.grad = None
 
@@ -202,6 +254,7 @@ class Module:
         return {}
 
     def extra_repr(self) -> str:
+        """The constructor arguments shown by repr()."""
         return ", ".join(f"{k}={v}" for k, v in self.config().items())
 
     def __repr__(self):
@@ -209,11 +262,23 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse. Parameters are named `i.weight`.
+    """Layers applied in order; backward runs them in reverse. Parameters are named `i.weight`,
+    `i.bias` (i: the layer's position), as in torch.nn.Sequential.
 
     Runs fused where the layer sequence allows, with the same results: Conv2d or Linear then
     ReLU applies the ReLU in the layer's epilogue; Conv2d, ReLU, MaxPool2d pools first and
     applies the ReLU to the pooled values (max and ReLU commute), a quarter of the work.
+    Activations between layers go into buffers reused from step to step (one set per thread);
+    the output and the input gradient handed back are fresh arrays.
+
+    Args:
+        *layers: Modules; one layer object may appear only once (ValueError otherwise).
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        ...                       nn.Flatten(), nn.Linear(8 * 14 * 14, 10))
+        >>> model(np.zeros((4, 1, 28, 28), np.float32)).shape
+        (4, 10)
     """
 
     def __init__(self, *layers: Module):
@@ -359,6 +424,22 @@ class _Weighted(Module):
 
 
 class Conv2d(_Weighted):
+    """2-D convolution (cross-correlation, as in PyTorch) of NCHW images.
+
+    Input (N, in_channels, H, W), output (N, out_channels, (H + 2*pad - kh) // stride + 1,
+    (W + 2*pad - kw) // stride + 1). Parameters `weight` (out_channels, in_channels, kh, kw)
+    and `bias` (out_channels,), initialised as PyTorch does: U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)), fan_in = in_channels * kh * kw.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output (filters).
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw).
+        padding: int or (ph, pw): zeros added on each side.
+        bias: whether to add a learned bias.
+    """
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         self.in_channels = _int(in_channels, "in_channels", 1)
         self.out_channels = _int(out_channels, "out_channels", 1)
@@ -422,6 +503,18 @@ class Conv2d(_Weighted):
 
 
 class Linear(_Weighted):
+    """Fully connected layer: y = x @ weight.T + bias.
+
+    Input (N, in_features), output (N, out_features). Parameters `weight` (out_features,
+    in_features) and `bias` (out_features,), initialised as PyTorch does:
+    U(-1/sqrt(in_features), 1/sqrt(in_features)).
+
+    Args:
+        in_features: size of each input row.
+        out_features: size of each output row.
+        bias: whether to add a learned bias.
+    """
+
     def __init__(self, in_features, out_features, bias=True):
         self.in_features = _int(in_features, "in_features", 1)
         self.out_features = _int(out_features, "out_features", 1)
@@ -469,6 +562,15 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
+    """Max-pooling over kernel_size windows (no padding; a partial window at the edge is
+    dropped, as PyTorch's floor mode does). Input (N, C, H, W), output (N, C,
+    (H - kh) // sh + 1, (W - kw) // sw + 1).
+
+    Args:
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw); defaults to kernel_size.
+    """
+
     def forward(self, x, relu=False):
         shape = self._out_shape(x)
         out = None
@@ -488,6 +590,14 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
+    """Average pooling over kernel_size windows (no padding, floor mode). Input (N, C, H, W),
+    output (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1).
+
+    Args:
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw); defaults to kernel_size.
+    """
+
     def forward(self, x):
         self._x_shape = x.shape
         return ops.avgpool2d_forward(
@@ -501,6 +611,9 @@ class AvgPool2d(_Pool2d):
 
 
 class ReLU(Module):
+    """max(x, 0), element-wise, any shape (NaN stays NaN, as in PyTorch). In a Sequential, a
+    ReLU after a Conv2d or Linear runs inside that layer."""
+
     def forward(self, x):
         self._y = ops.relu_forward(x, self._buffer("y", getattr(x, "shape", None), x))
         return self._y
@@ -521,14 +634,25 @@ class Flatten(Module):
 
 
 class CrossEntropyLoss:
-    """Mean softmax cross-entropy: `loss = fn(logits, labels)`, then `grad = fn.backward()`.
-    The loss is a float, or for logits on a device a 0-d array there (float(loss) reads it)."""
+    """Mean softmax cross-entropy, as torch.nn.CrossEntropyLoss with its defaults.
+
+    `loss = fn(logits, labels)` takes logits (N, classes) and integer labels (N,) in
+    [0, classes) and returns the mean loss: a float, or for logits on a GPU a 0-d array there
+    (float(loss) reads it). `fn.backward()` then returns dL/d(logits), (N, classes), to pass
+    to model.backward().
+
+    Example:
+        >>> loss_fn = nn.CrossEntropyLoss()
+        >>> loss = loss_fn(model(x), y)
+        >>> model.backward(loss_fn.backward())
+    """
 
     def __call__(self, logits, labels):
         loss, self._dlogits = ops.softmax_cross_entropy(logits, labels)
         return loss
 
     def backward(self):
+        """d(loss)/d(logits) of the last call, float32 (N, classes)."""
         return self._dlogits
 
 

@@ -181,7 +181,23 @@ def _kernels(_inout=(), **arrays):
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False, out=None):
-    """y = conv2d(x, w) + b (optionally ReLU'd). x (N,C,H,W), w (O,C,kh,kw), b (O,) or None."""
+    """2-D convolution (cross-correlation, as PyTorch's conv2d), plus bias, optionally ReLU'd.
+
+    Args:
+        x: input, float32 (N, C, H, W).
+        w: filters, float32 (O, C, kh, kw).
+        b: bias, float32 (O,), or None.
+        stride: int or (sh, sw).
+        padding: int or (ph, pw): zeros on each side.
+        relu: apply max(y, 0) in the same pass.
+        out: optional float32 (N, O, OH, OW) array to write y into.
+
+    Returns:
+        y, float32 (N, O, OH, OW), OH = (H + 2*ph - kh) // sh + 1, OW likewise.
+
+    Example:
+        >>> y = ops.conv2d_forward(x, w, b, stride=1, padding=2)
+    """
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     k, (x, w, b) = _kernels(x=x, w=w, b=b)
@@ -189,9 +205,17 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False, out=None):
 
 
 def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None):
-    """Gradients of conv2d: (dx or None, dw, db), given the forward's x, w and dy = dL/dy.
+    """Gradients of conv2d_forward (without relu) for dy = dL/dy.
 
-    out: optional (dx, dw, db) buffers to write into (dx may be None).
+    Args:
+        x, w, stride, padding: as given to conv2d_forward.
+        dy: float32 (N, O, OH, OW), the gradient of the loss with respect to y.
+        need_dx: compute dx (False for a network's first layer).
+        out: optional (dx, dw, db) arrays to write into (any may be None).
+
+    Returns:
+        (dx (N, C, H, W) or None, dw (O, C, kh, kw), db (O,)), float32; each overwritten,
+        never accumulated into.
     """
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
@@ -217,10 +241,18 @@ def _shape4(x_shape):
 
 
 def maxpool2d_forward(x, kernel_size, stride=None, relu=False, out=None):
-    """Max-pooling: (y, indices); indices (int32) hold h*W + w of each max in its input plane.
+    """Max-pooling over kernel_size windows (no padding, floor mode).
 
-    relu=True gives max(0, y), the same as pooling a ReLU'd x, at a quarter of the work.
-    out: optional (y, indices) buffers.
+    Args:
+        x: float32 (N, C, H, W).
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw); defaults to kernel_size.
+        relu: return max(0, y), the same as pooling a ReLU'd x, at a quarter of the work.
+        out: optional (y, indices) arrays to write into.
+
+    Returns:
+        (y float32 (N, C, OH, OW), indices int32 (N, C, OH, OW)): each index is h*W + w of
+        the maximum in its input plane, ties to the first.
     """
     y_out, idx_out = out if out is not None else (None, None)
     k, (x,) = _kernels(x=x)
@@ -228,9 +260,17 @@ def maxpool2d_forward(x, kernel_size, stride=None, relu=False, out=None):
 
 
 def maxpool2d_backward(dy, indices, x_shape, y=None, out=None):
-    """dx of max-pooling: each dy added at the input position its index names.
+    """Gradient of max-pooling: each dy added at the input position its index names.
 
-    y: the forward output when it was computed with relu=True (dy is masked where y <= 0).
+    Args:
+        dy: float32 (N, C, OH, OW).
+        indices: the indices maxpool2d_forward returned (checked: each must lie in its plane).
+        x_shape: the input's shape (N, C, H, W).
+        y: the forward output when it was computed with relu=True (dy is masked where y <= 0).
+        out: optional float32 array of x_shape to write dx into.
+
+    Returns:
+        dx, float32 of x_shape.
     """
     k, (dy, y) = _kernels(dy=dy, y=y)
     if k is not _C:  # the device kernel skips indices outside their plane
@@ -245,13 +285,33 @@ def maxpool2d_backward(dy, indices, x_shape, y=None, out=None):
 
 
 def avgpool2d_forward(x, kernel_size, stride=None, out=None):
-    """Average pooling over kernel_size windows (no padding, floor mode)."""
+    """Average pooling over kernel_size windows (no padding, floor mode).
+
+    Args:
+        x: float32 (N, C, H, W).
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw); defaults to kernel_size.
+        out: optional float32 (N, C, OH, OW) array to write into.
+
+    Returns:
+        y, float32 (N, C, OH, OW).
+    """
     k, (x,) = _kernels(x=x)
     return k.avgpool2d_forward(x, *_pool_args(kernel_size, stride), out)
 
 
 def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, out=None):
-    """dx of average pooling: each dy spread evenly over its window."""
+    """Gradient of average pooling: each dy spread evenly over its window.
+
+    Args:
+        dy: float32 (N, C, OH, OW).
+        x_shape: the input's shape (N, C, H, W).
+        kernel_size, stride: as given to avgpool2d_forward.
+        out: optional float32 array of x_shape to write dx into.
+
+    Returns:
+        dx, float32 of x_shape.
+    """
     k, (dy,) = _kernels(dy=dy)
     return k.avgpool2d_backward(dy, _shape4(x_shape), *_pool_args(kernel_size, stride), out)
 
@@ -260,13 +320,34 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, out=None):
 
 
 def linear_forward(x, w, b=None, relu=False, out=None):
-    """y = x @ w.T + b (optionally ReLU'd). x (N,in), w (out,in), b (out,) or None."""
+    """Fully connected layer: y = x @ w.T + b, optionally ReLU'd.
+
+    Args:
+        x: float32 (N, in).
+        w: float32 (out, in).
+        b: float32 (out,), or None.
+        relu: apply max(y, 0) in the same pass.
+        out: optional float32 (N, out) array to write y into.
+
+    Returns:
+        y, float32 (N, out).
+    """
     k, (x, w, b) = _kernels(x=x, w=w, b=b)
     return k.linear_forward(x, w, b, relu, out)
 
 
 def linear_backward(x, w, dy, need_dx=True, out=None):
-    """Gradients of linear: (dx or None, dw, db); out: optional (dx, dw, db) buffers."""
+    """Gradients of linear_forward (without relu) for dy = dL/dy, float32 (N, out).
+
+    Args:
+        x, w: as given to linear_forward.
+        dy: float32 (N, out).
+        need_dx: compute dx.
+        out: optional (dx, dw, db) arrays to write into (any may be None).
+
+    Returns:
+        (dx (N, in) or None, dw (out, in), db (out,)), float32.
+    """
     dx_out, dw_out, db_out = out if out is not None else (None, None, None)
     k, (x, w, dy) = _kernels(x=x, w=w, dy=dy)
     return k.linear_backward(x, w, dy, need_dx, dx_out, dw_out, db_out)
@@ -276,13 +357,14 @@ def linear_backward(x, w, dy, need_dx=True, out=None):
 
 
 def relu_forward(x, out=None):
-    """y = max(x, 0), any shape."""
+    """y = max(x, 0), element-wise, any shape (NaN stays NaN); out: optional array for y."""
     k, (x,) = _kernels(x=x)
     return k.relu_forward(x, out)
 
 
 def relu_backward(y, dy, out=None):
-    """dx = dy where the forward output y > 0, else 0."""
+    """Gradient of ReLU: dx = dy where the forward output y > 0, else 0; out: optional array
+    for dx."""
     k, (y, dy) = _kernels(y=y, dy=dy)
     return k.relu_backward(y, dy, out)
 
@@ -291,7 +373,16 @@ def relu_backward(y, dy, out=None):
 
 
 def softmax_cross_entropy(logits, labels, out=None):
-    """(mean cross-entropy of softmax(logits) against labels, d(mean)/d(logits)).
+    """Mean cross-entropy of softmax(logits) against labels, and its gradient.
+
+    Args:
+        logits: float32 (N, classes).
+        labels: (N,) class indices in [0, classes) (ValueError otherwise), any integer
+            dtype (TypeError otherwise).
+        out: optional float32 (N, classes) array to write the gradient into.
+
+    Returns:
+        (loss, dlogits): the mean loss and d(loss)/d(logits), float32 (N, classes).
 
     On the CPU the loss is a float. On a device it is a 0-d array left there (float(loss) reads
     it), and labels must be an int64 array on that device; a label out of range gives a NaN loss
@@ -344,7 +435,16 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
 
 
 def sgemm(a, b, trans_a=False, trans_b=False):
-    """op(a) @ op(b) on fastcnn's SGEMM (the engine under conv2d and linear)."""
+    """Matrix product op(a) @ op(b) on fastcnn's SGEMM (the engine under conv2d and linear).
+
+    Args:
+        a: float32 (M, K), or (K, M) with trans_a.
+        b: float32 (K, N), or (N, K) with trans_b.
+        trans_a, trans_b: use the transpose of a, of b.
+
+    Returns:
+        float32 (M, N).
+    """
     k, (a, b) = _kernels(a=a, b=b)
     return k.sgemm(a, b, trans_a, trans_b)
 
@@ -356,6 +456,7 @@ def set_conv_algorithm(name: str) -> None:
 
 
 def conv_algorithm() -> str:
+    """The convolution algorithm in use: "auto" or "im2col" (see set_conv_algorithm)."""
     return _C.conv_algorithm()
 
 

@@ -11,6 +11,13 @@ __all__ = ["Optimizer", "SGD", "Adam"]
 
 
 class Optimizer:
+    """Base of the optimizers: holds the parameters and the learning rate.
+
+    Args:
+        params: a list of nn.Parameter (model.parameters()) or a Module.
+        lr: learning rate, > 0. `opt.lr` may be changed between steps (a schedule).
+    """
+
     def __init__(self, params, lr: float):
         if isinstance(params, Module):
             params = params.parameters()
@@ -25,17 +32,23 @@ class Optimizer:
         self.lr = float(lr)
 
     def zero_grad(self) -> None:
+        """Set every parameter's grad to None (gradients accumulate until then)."""
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
+        """Update every parameter that has a grad, in place."""
         raise NotImplementedError
 
     # Checkpoints: per-parameter state as arrays, scalars as a dict.
     def state_dict(self) -> dict:
+        """The optimizer's state: lr, and per-parameter lists of numpy arrays (momentum
+        buffers, moments) and step counts; what fit(checkpoint=...) saves."""
         return {"lr": self.lr}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict() of the same optimizer over parameters of the same shapes
+        (ValueError otherwise, before anything changes)."""
         self.lr = float(state.get("lr", self.lr))
 
     def _check_arrays(self, saved, key, per_element=True):
@@ -75,8 +88,23 @@ def _host(states):
 
 
 class SGD(Optimizer):
-    """torch.optim.SGD (dampening 0): buf = momentum*buf + g; p -= lr * (g + momentum*buf if
-    nesterov else buf), with g = grad + weight_decay * p."""
+    """Stochastic gradient descent with momentum, as torch.optim.SGD (dampening 0).
+
+    Per step, with g = grad + weight_decay * p: buf = momentum * buf + g (buf = g on the
+    first step), then p -= lr * (g + momentum * buf if nesterov else buf); without momentum,
+    p -= lr * g. The update runs in C++ (fastcnn._C), on the parameters' device.
+
+    Args:
+        params: model.parameters() (or a Module).
+        lr: learning rate.
+        momentum: momentum factor, >= 0.
+        weight_decay: L2 penalty, >= 0, added to the gradient.
+        nesterov: Nesterov momentum (needs momentum > 0).
+
+    Example:
+        >>> opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        >>> opt.zero_grad(); model.backward(loss_fn.backward()); opt.step()
+    """
 
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -127,7 +155,21 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam (no amsgrad): bias-corrected first and second moments."""
+    """Adam, as torch.optim.Adam (without amsgrad): bias-corrected first and second moments.
+
+    Per step t, with g = grad + weight_decay * p: m = beta1*m + (1-beta1)*g, v = beta2*v +
+    (1-beta2)*g*g, p -= lr * (m / (1-beta1**t)) / (sqrt(v / (1-beta2**t)) + eps).
+
+    Args:
+        params: model.parameters() (or a Module).
+        lr: learning rate.
+        betas: (beta1, beta2), each in [0, 1): decay of the first and second moments.
+        eps: added to the denominator.
+        weight_decay: L2 penalty added to the gradient (as torch.optim.Adam, not AdamW).
+
+    Example:
+        >>> opt = optim.Adam(model.parameters(), lr=1e-3)
+    """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)

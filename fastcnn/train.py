@@ -72,22 +72,57 @@ def fit(
     checkpoint=None,
     resume=False,
 ):
-    """Trains `model` on `train` for `epochs` epochs of shuffled mini-batches; returns the history.
+    """Train `model` on `train` for `epochs` epochs of shuffled mini-batches.
 
-    train/val: a data set (anything with len, [i], ideally .images/.labels arrays), a DataLoader,
-    or an (images, labels) pair. optimizer defaults to SGD(lr, momentum). seed fixes the shuffle
-    order, so a seeded run repeats exactly. Returns one dict per epoch: epoch, loss, accuracy,
-    val_loss, val_accuracy, seconds, images_per_second.
+    Each step is the loop one would write by hand: zero the gradients, forward, softmax
+    cross-entropy, backward, optimizer step. The data set's class names and preprocessing are
+    kept on the model (when it has none yet), so that save() stores them and predict() can
+    label raw image files.
 
-    checkpoint: a path written after every epoch (atomically: a crash leaves the previous
-    epoch's file) with the model (fastcnn.load reads it), the optimizer's state, the history and
-    where the shuffling stands; it is not written when the weights are no longer finite.
-    resume=True: if that file exists, training continues from it (weights, optimizer state,
-    history, shuffle order) and runs the remaining epochs, ending bit for bit where an
-    uninterrupted run would have; the architecture, optimizer type and hyper-parameters, batch
-    size, seed and data-set size must be those of the run that wrote it (ValueError otherwise).
-    If the file does not exist, training starts from scratch. The returned history includes the
-    restored epochs.
+    Args:
+        model: the network to train, in place (an nn.Sequential such as models.seednet()).
+            Train it on the GPU by moving it first: model.to("cuda").
+        train: the training data: a data set (anything with len() and [i] -> (image,
+            label); fastcnn.data's are fastest), a DataLoader, or an (images, labels) pair of
+            arrays (see data.ArrayDataset).
+        epochs: the number of passes over `train`, in all (epochs restored by resume count).
+        batch_size: images per step; ignored when `train` is a DataLoader.
+        lr: learning rate of the default optimizer, SGD with `momentum`.
+        momentum: momentum of the default optimizer.
+        optimizer: an optimizer over model.parameters() (optim.SGD, optim.Adam) to use
+            instead of the default; then `lr` and `momentum` are ignored.
+        val: data to evaluate after every epoch, of the same kinds as `train`.
+        seed: seeds the shuffling: a run with the same seed, data and initial weights
+            (nn.manual_seed) repeats bit for bit.
+        progress: print one line per epoch on stdout, and show a progress bar on stderr
+            when it is a terminal (or $FASTCNN_PROGRESS is set).
+        checkpoint: a path to write after every epoch: the model (fastcnn.load reads it),
+            the optimizer's state, the history and where the shuffling stands. Written
+            atomically, so a crash leaves the previous epoch's file; not written when the
+            weights are no longer finite.
+        resume: continue from `checkpoint` if that file exists (weights, optimizer state,
+            history, shuffle order) and run the remaining epochs, ending bit for bit where an
+            uninterrupted run ends; start from scratch if it does not exist.
+
+    Returns:
+        The history: a list with one dict per epoch (restored epochs included), with keys
+        "epoch", "loss" and "accuracy" (on the training batches, averaged over the epoch),
+        "seconds", "images_per_second" and, with `val`, "val_loss" and "val_accuracy".
+
+    Raises:
+        ValueError: a bad argument, a data set with more classes than the model has outputs,
+            or (resume) a checkpoint written by a run with another architecture, optimizer,
+            hyper-parameters, batch size, seed or data set.
+        FloatingPointError: the loss or the weights stopped being finite (training diverged;
+            the message suggests a lower learning rate).
+
+    Example:
+        >>> from fastcnn import data, models
+        >>> model = models.seednet(in_channels=1, num_classes=10)
+        >>> history = fastcnn.fit(model, data.FashionMNIST(), epochs=8,
+        ...                       val=data.FashionMNIST(train=False))
+        >>> sorted(history[-1])
+        ['accuracy', 'epoch', 'images_per_second', 'loss', 'seconds', 'val_accuracy', 'val_loss']
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -375,10 +410,23 @@ def _print_epoch(r, epochs):
 
 
 def evaluate(model, data, batch_size=256) -> dict:
-    """Mean loss and accuracy of `model` on `data` (a data set, DataLoader or (images, labels)).
+    """Mean cross-entropy loss and accuracy of `model` on labelled data.
 
-    Runs the model in eval mode and leaves it in the mode it found, also when several threads
-    evaluate it at once."""
+    The model runs in eval mode and is left in the mode it was found in, also when several
+    threads evaluate (or predict with) one model at once.
+
+    Args:
+        model: a trained network (on the CPU or a GPU).
+        data: a data set, a DataLoader, or an (images, labels) pair of arrays.
+        batch_size: images per forward pass; ignored when `data` is a DataLoader.
+
+    Returns:
+        {"loss": mean loss over all images, "accuracy": the fraction classified right}.
+
+    Example:
+        >>> fastcnn.evaluate(model, fastcnn.data.FashionMNIST(train=False))
+        {'loss': 0.24..., 'accuracy': 0.91...}
+    """
     loader = _loader(data, batch_size)
     loss_fn = nn.CrossEntropyLoss()
     device, classes = model.device, _output_features(model)
@@ -465,10 +513,33 @@ def _as_batch(model, images) -> np.ndarray:
 
 
 def predict(model, images, batch_size=256) -> np.ndarray:
-    """Class probabilities (N, classes) for one image or a batch.
+    """Class probabilities for one image or a batch.
 
-    images: image file path(s); raw uint8 (H,W), (H,W,C), (N,H,W), (N,H,W,C) (preprocessed as in
-    training); or float32 (C,H,W) / (N,C,H,W) already preprocessed. Puts the model in eval mode.
+    Image files and raw uint8 pixels go through the model's own preprocessing (size, channels,
+    mean, std: what it was trained with, stored in its model file), as in training. Puts the
+    model in eval mode (and leaves it there); several threads may predict with one model at
+    once.
+
+    Args:
+        model: a trained network, e.g. from fastcnn.load().
+        images: an image file path or a list of them; raw uint8 pixels, (H, W), (H, W, C),
+            (N, H, W) or (N, H, W, C); or float32 (C, H, W) or (N, C, H, W) arrays already
+            preprocessed.
+        batch_size: images per forward pass.
+
+    Returns:
+        float32 array (N, classes): the softmax of the model's outputs, one row per image.
+        model.classes names the columns.
+
+    Raises:
+        ValueError: file paths or uint8 pixels for a model without preprocessing, an image
+            that cannot be read, or no images.
+
+    Example:
+        >>> model = fastcnn.load("pets.safetensors")
+        >>> probs = fastcnn.predict(model, ["cat.jpg", "dog.png"])
+        >>> [model.classes[i] for i in probs.argmax(axis=1)]
+        ['cat', 'dog']
     """
     x = _as_batch(model, images)
     model.eval()

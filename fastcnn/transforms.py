@@ -238,7 +238,18 @@ def pixel_affine(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_image(path, image_size, channels=3, mean=None, std=None) -> np.ndarray:
-    """One image file -> float32 (1, C, H, W), preprocessed exactly as ImageFolder does."""
+    """Read one image file as a float32 (1, C, H, W) batch, preprocessed as ImageFolder does.
+
+    Args:
+        path: the image file (any format Pillow reads).
+        image_size: int or (h, w) to resize to.
+        channels: 1 (grey) or 3 (RGB).
+        mean: per-channel mean (or one float) to subtract after scaling to [0, 1].
+        std: per-channel standard deviation (or one float) to divide by.
+
+    Raises:
+        ValueError: the file cannot be read as an image (the message names it).
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     raw = decode_pixels(path, to_size(image_size), channels)[None]
