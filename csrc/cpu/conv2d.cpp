@@ -48,9 +48,6 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
 enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kDwPartials, kSlots };
-// Floats of L1 data cache a blocked loop may plan to keep resident (32 KB L1d, with room to
-// spare for the accumulator tile and the stack).
-constexpr int64_t kL1Floats = 20 * 1024 / 4;
 // Floats the weight gradient may hold in partial sums (8 MB), see dw_indirect.
 constexpr int64_t kDwPartialFloats = 2 * 1024 * 1024;
 
@@ -480,13 +477,11 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   const int mr = k.mr;
   const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr, a_rows = a_panels * mr;
   const bool in_place_b = k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0;
-  // In-place B: blocks of kb columns whose B panel (kb scattered rows of nr floats, read by
-  // every A panel in turn) takes a third of the L1 budget, while the block's A panels stream
-  // from L2. (Measured on Zen 3, AVX2, SeedNet's conv2: kb 96-128 ran 3-6% faster than 56,
-  // which kept the whole A block in L1 too; 192 was no faster than 56. Read from whole-K panels,
-  // K*mr floats apart, the A panels fell on the same cache sets: a tenth of the kernel's loads
-  // missed L1 in cachegrind.)
-  const int64_t kb = in_place_b ? std::clamp<int64_t>(kL1Floats / (3 * k.nr) / 8 * 8, 16, k.kc) : K;
+  // In-place B: blocks of kb columns (the kernel's dw_kb, geometry.h) whose B panel (kb
+  // scattered rows of nr floats, read by every A panel in turn) stays in L1 while the block's A
+  // panels stream from L2. (Read from whole-K panels, K*mr floats apart, the A panels fell on
+  // the same cache sets: a tenth of the kernel's loads missed L1 in cachegrind.)
+  const int64_t kb = in_place_b ? k.dw_kb : K;
   // In-place B, K also goes in segments of whole images, each summed into its own partial dw
   // (with segments enough for the threads, by one thread: A and the images then travel from
   // memory once, not once per group of dw panels), the partials added in segment order at the

@@ -86,6 +86,8 @@ struct GemmKernel {
   // (KC x NR) kept in L1, and MC, the height of an A block (MC x KC, a multiple of MR: conv2d's
   // dW packs A by whole panels) kept in L2.
   int kc, mc;
+  // conv2d's weight gradient with B in place: the K block (pixels), see dw_indirect.
+  int dw_kb;
 };
 
 // Every kernel this build has, best first, then the portable twins of the ISA kernels (see

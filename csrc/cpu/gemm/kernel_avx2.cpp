@@ -534,14 +534,15 @@ const GemmKernel kGemmAvx2 = {"avx2",
                               maxpool2x2_backward_avx2,
                               kernel_avx2_ib,
                               G.kc,
-                              G.mc};
+                              G.mc,
+                              G.dw_kb};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
 constexpr KernelGeometry G = kAvx2Geometry;
-const GemmKernel kGemmAvx2 = {"avx2",  G.mr,    G.nr,    nullptr, G.cmr,   G.cnr, nullptr,
-                              nullptr, nullptr, nullptr, nullptr, nullptr, G.kc,  G.mc};
+const GemmKernel kGemmAvx2 = {"avx2",  G.mr,    G.nr,    nullptr, G.cmr, G.cnr, nullptr, nullptr,
+                              nullptr, nullptr, nullptr, nullptr, G.kc,  G.mc,  G.dw_kb};
 }  // namespace fastcnn
 #endif

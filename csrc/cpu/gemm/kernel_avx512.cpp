@@ -387,14 +387,15 @@ const GemmKernel kGemmAvx512 = {"avx512",
                                 maxpool2x2_backward_avx512,
                                 kernel_avx512_ib,
                                 G.kc,
-                                G.mc};
+                                G.mc,
+                                G.dw_kb};
 
 }  // namespace fastcnn
 
 #else
 namespace fastcnn {
 constexpr KernelGeometry G = kAvx512Geometry;
-const GemmKernel kGemmAvx512 = {"avx512", G.mr,    G.nr,    nullptr, G.cmr,   G.cnr, nullptr,
-                                nullptr,  nullptr, nullptr, nullptr, nullptr, G.kc,  G.mc};
+const GemmKernel kGemmAvx512 = {"avx512", G.mr,    G.nr,    nullptr, G.cmr, G.cnr, nullptr, nullptr,
+                                nullptr,  nullptr, nullptr, nullptr, G.kc,  G.mc,  G.dw_kb};
 }  // namespace fastcnn
 #endif

@@ -156,7 +156,8 @@ constexpr GemmKernel portable_kernel(const char* name, bool in_place_b) {
                     pool ? maxpool2x2_backward_portable<pool_vw> : nullptr,
                     in_place_b ? gemm_portable_ib<G.mr, G.nr> : nullptr,
                     G.kc,
-                    G.mc};
+                    G.mc,
+                    G.dw_kb};
 }
 
 }  // namespace
