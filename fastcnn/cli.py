@@ -210,9 +210,12 @@ def cmd_info(args):
     from . import _C, cuda
 
     print(f"fastcnn {fastcnn.__version__}")
+    table = [k for k in fastcnn.ops.gemm_kernel_table() if k["supported"]]
+    twins = [k["name"] for k in table if k["name"].startswith("generic-")]
+    runs = [k["name"] for k in table if k["name"] not in twins]
     print(
-        f"gemm kernel: {fastcnn.ops.gemm_kernel()} (supported here: "
-        f"{', '.join(fastcnn.ops.gemm_kernels())})"
+        f"gemm kernel: {fastcnn.ops.gemm_kernel()} (this CPU runs: {', '.join(runs)}; "
+        f"portable twins at the ISA kernels' geometry, for tests: {', '.join(twins)})"
     )
     print(f"threads: {fastcnn.get_num_threads()} (OpenMP: {'yes' if _C.has_openmp else 'no'})")
     if cuda.is_available():
