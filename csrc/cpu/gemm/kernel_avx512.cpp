@@ -94,24 +94,27 @@ void kernel_avx512_ib(int64_t K, const float* Ap, int64_t a_panel, int m, const 
 
 // Convolution: 12 pixels x 32 channels, 24 zmm accumulators. Per (tap, input channel): two
 // loads of packed filters, twelve broadcasts straight from the NHWC input (folded into the
-// FMAs), 24 FMAs. The tile is transposed on the way out, into NCHW planes.
+// FMAs), 24 FMAs. The tile is transposed on the way out, into NCHW planes. A tile of at most 4
+// or 8 pixels (an image's last) runs with that many rows of accumulators: SeedNet conv2's 196
+// pixels are 16 tiles of 12 and one of 4, which took a whole tile's time.
 constexpr int CMR = G.cmr, CNR = G.cnr;
-static_assert(CNR == 32, "the tile below is two zmm registers wide");
+static_assert(CNR == 32 && CMR == 12, "the tile below is up to 12 rows of two zmm registers");
 
-void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
-                 const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int m,
-                 int n) {
-  __m512 c[CMR][2];
-  for (int i = 0; i < CMR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
+template <int R>
+void conv_avx512_rows(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
+                      const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int m,
+                      int n) {
+  __m512 c[R][2];
+  for (int i = 0; i < R; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   const float* w = Wp;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t off = toff[t];
-    const float* r[CMR];
-    for (int i = 0; i < CMR; ++i) r[i] = pix[i] + off;
+    const float* r[R];
+    for (int i = 0; i < R; ++i) r[i] = pix[i] + off;
     for (int64_t k = 0; k < C; ++k, w += CNR) {
       const __m512 b0 = _mm512_loadu_ps(w);
       const __m512 b1 = _mm512_loadu_ps(w + 16);
-      for (int i = 0; i < CMR; ++i) {
+      for (int i = 0; i < R; ++i) {
         const __m512 a = _mm512_set1_ps(r[i][k]);
         c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
         c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
@@ -121,8 +124,8 @@ void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* t
   const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
   const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
   const __m512 zero = _mm512_setzero_ps();
-  alignas(64) float tile[CMR][CNR];
-  for (int i = 0; i < CMR; ++i) {
+  alignas(64) float tile[R][CNR];
+  for (int i = 0; i < R; ++i) {
     __m512 v0 = _mm512_add_ps(c[i][0], bias0), v1 = _mm512_add_ps(c[i][1], bias1);
     if (relu) {  // v < 0 ? 0 : v (NaN passes, as in every fastcnn ReLU)
       v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ), v0);
@@ -135,6 +138,14 @@ void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* t
     float* yj = y + j * ldy;
     for (int i = 0; i < m; ++i) yj[i] = tile[i][j];
   }
+}
+
+void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
+                 const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int m,
+                 int n) {
+  if (m <= 4) return conv_avx512_rows<4>(T, C, pix, toff, Wp, bias, relu, y, ldy, m, n);
+  if (m <= 8) return conv_avx512_rows<8>(T, C, pix, toff, Wp, bias, relu, y, ldy, m, n);
+  conv_avx512_rows<CMR>(T, C, pix, toff, Wp, bias, relu, y, ldy, m, n);
 }
 
 // Direct convolution (few input channels, unit stride; see DirectFwd in gemm.h): a row of up
