@@ -242,8 +242,9 @@ F32 relu_backward(const py::array& y, const py::array& dy, const std::optional<p
 // ---- loss -------------------------------------------------------------------------------------
 
 py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels,
-                                const OptArray& out) {
+                                const OptArray& out, float label_smoothing) {
   const auto [N, K] = loss_geometry(logits, labels);
+  label_smoothing_check(label_smoothing);
   const float* zp = in_f32(logits, "logits", 2);
   const int64_t* lp = static_cast<const int64_t*>(labels.data());
   for (int64_t i = 0; i < N; ++i)
@@ -256,7 +257,7 @@ py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels
   double loss;
   {
     py::gil_scoped_release nogil;
-    loss = fastcnn::softmax_cross_entropy(N, K, zp, lp, dp);
+    loss = fastcnn::softmax_cross_entropy(N, K, zp, lp, dp, label_smoothing);
   }
   return py::make_tuple(loss, d);
 }
@@ -279,14 +280,15 @@ void sgd_step(py::array param, const py::array& grad, std::optional<py::array> b
 }
 
 void adam_step(py::array param, const py::array& grad, py::array m, py::array v, float lr,
-               float beta1, float beta2, float eps, float weight_decay, int64_t step) {
+               float beta1, float beta2, float eps, float weight_decay, int64_t step,
+               bool decoupled) {
   adam_check(param, grad, m, v, step);
   float* p = mutable_f32(param);
   const float* g = in_f32(grad, "grad", -1);
   float *mp = mutable_f32(m), *vp = mutable_f32(v);
   const int64_t n = param.size();
   py::gil_scoped_release nogil;
-  fastcnn::adam_step(n, p, g, mp, vp, lr, beta1, beta2, eps, weight_decay, step);
+  fastcnn::adam_step(n, p, g, mp, vp, lr, beta1, beta2, eps, weight_decay, step, decoupled);
 }
 
 // ---- gemm (tests and benchmarks) --------------------------------------------------------------
@@ -333,11 +335,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("relu_forward", &relu_forward, arg("x"), arg("out") = none);
   m.def("relu_backward", &relu_backward, arg("y"), arg("dy"), arg("out") = none);
   m.def("softmax_cross_entropy", &softmax_cross_entropy, arg("logits"), arg("labels"),
-        arg("out") = none);
+        arg("out") = none, arg("label_smoothing") = 0.f);
   m.def("sgd_step", &sgd_step, arg("param"), arg("grad"), arg("momentum_buffer").none(true),
         arg("lr"), arg("momentum"), arg("weight_decay"), arg("nesterov"), arg("first"));
   m.def("adam_step", &adam_step, arg("param"), arg("grad"), arg("exp_avg"), arg("exp_avg_sq"),
-        arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"));
+        arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"),
+        arg("decoupled") = false);
   m.def("sgemm", &sgemm, arg("a"), arg("b"), arg("trans_a") = false, arg("trans_b") = false,
         arg("reference") = false);
 

@@ -299,9 +299,11 @@ py::object relu_backward(py::handle y_, py::handle dy_, py::handle out) {
 
 // ---- loss -------------------------------------------------------------------------------------
 
-py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_, py::handle out) {
+py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_, py::handle out,
+                                float label_smoothing) {
   const DeviceArray logits = device_arg(logits_, "logits"), labels = device_arg(labels_, "labels");
   const auto [N, K] = loss_geometry(logits, labels);
+  label_smoothing_check(label_smoothing);
   const float* zp = in_f32(logits, "logits", 2);
   const int64_t* lp = mutable_data<int64_t>(labels);
   Out d = make_out(out, {N, K}, "out", {&logits, &labels});
@@ -311,7 +313,7 @@ py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_, py::hand
     py::gil_scoped_release nogil;
     auto lock = workspace().lock();
     double* row_loss = static_cast<double*>(workspace().get(sizeof(double) * N));
-    fc::softmax_cross_entropy(N, K, zp, lp, dp, row_loss, lossp);
+    fc::softmax_cross_entropy(N, K, zp, lp, dp, label_smoothing, row_loss, lossp);
   }
   return py::make_tuple(loss, d.obj);
 }
@@ -347,7 +349,8 @@ void sgd_step(py::handle param_, py::handle grad_, py::handle buf_, float lr, fl
 }
 
 void adam_step(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, float lr,
-               float beta1, float beta2, float eps, float weight_decay, int64_t step) {
+               float beta1, float beta2, float eps, float weight_decay, int64_t step,
+               bool decoupled) {
   const DeviceArray param = device_arg(param_, "param"), grad = device_arg(grad_, "grad");
   const DeviceArray m = device_arg(m_, "exp_avg"), v = device_arg(v_, "exp_avg_sq");
   adam_check(param, grad, m, v, step);
@@ -356,7 +359,7 @@ void adam_step(py::handle param_, py::handle grad_, py::handle m_, py::handle v_
   float *mp = mutable_data<float>(m), *vp = mutable_data<float>(v);
   const int64_t n = param.size();
   py::gil_scoped_release nogil;
-  fc::adam_step(n, p, g, mp, vp, lr, beta1, beta2, eps, weight_decay, step);
+  fc::adam_step(n, p, g, mp, vp, lr, beta1, beta2, eps, weight_decay, step, decoupled);
 }
 
 // ---- gemm (tests and benchmarks) --------------------------------------------------------------
@@ -652,12 +655,13 @@ void bind_cuda(py::module_& m) {
   c.def("relu_forward", &relu_forward, arg("x"), arg("out") = none);
   c.def("relu_backward", &relu_backward, arg("y"), arg("dy"), arg("out") = none);
   c.def("softmax_cross_entropy", &softmax_cross_entropy, arg("logits"), arg("labels"),
-        arg("out") = none);
+        arg("out") = none, arg("label_smoothing") = 0.f);
   c.def("batch_stats", &batch_stats, arg("logits"), arg("labels"), arg("loss"), arg("stats"));
   c.def("sgd_step", &sgd_step, arg("param"), arg("grad"), arg("momentum_buffer").none(true),
         arg("lr"), arg("momentum"), arg("weight_decay"), arg("nesterov"), arg("first"));
   c.def("adam_step", &adam_step, arg("param"), arg("grad"), arg("exp_avg"), arg("exp_avg_sq"),
-        arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"));
+        arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"),
+        arg("decoupled") = false);
   c.def("sgemm", &sgemm, arg("a"), arg("b"), arg("trans_a") = false, arg("trans_b") = false,
         arg("reference") = false);
 }

@@ -244,6 +244,11 @@ std::pair<int64_t, int64_t> loss_geometry(const A& logits, const A& labels) {
   return {N, K};
 }
 
+inline void label_smoothing_check(float label_smoothing) {
+  if (!(label_smoothing >= 0.f && label_smoothing <= 1.f))
+    value_error("label_smoothing must be in [0, 1], got " + std::to_string(label_smoothing));
+}
+
 // ---- optimizer updates ------------------------------------------------------------------------
 
 // sgd_step's arrays; buf may be absent only when momentum is 0.

@@ -634,21 +634,33 @@ class Flatten(Module):
 
 
 class CrossEntropyLoss:
-    """Mean softmax cross-entropy, as torch.nn.CrossEntropyLoss with its defaults.
+    """Mean softmax cross-entropy, as torch.nn.CrossEntropyLoss (mean reduction).
 
     `loss = fn(logits, labels)` takes logits (N, classes) and integer labels (N,) in
     [0, classes) and returns the mean loss: a float, or for logits on a GPU a 0-d array there
     (float(loss) reads it). `fn.backward()` then returns dL/d(logits), (N, classes), to pass
     to model.backward().
 
+    Args:
+        label_smoothing: in [0, 1]; the target is 1 - label_smoothing at the label plus
+            label_smoothing / classes everywhere, as in PyTorch.
+
     Example:
-        >>> loss_fn = nn.CrossEntropyLoss()
+        >>> loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
         >>> loss = loss_fn(model(x), y)
         >>> model.backward(loss_fn.backward())
     """
 
+    def __init__(self, label_smoothing: float = 0.0):
+        label_smoothing = float(label_smoothing)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
     def __call__(self, logits, labels):
-        loss, self._dlogits = ops.softmax_cross_entropy(logits, labels)
+        loss, self._dlogits = ops.softmax_cross_entropy(
+            logits, labels, label_smoothing=self.label_smoothing
+        )
         return loss
 
     def backward(self):

@@ -372,7 +372,7 @@ def relu_backward(y, dy, out=None):
 # ---- loss ---------------------------------------------------------------------------------------
 
 
-def softmax_cross_entropy(logits, labels, out=None):
+def softmax_cross_entropy(logits, labels, out=None, label_smoothing=0.0):
     """Mean cross-entropy of softmax(logits) against labels, and its gradient.
 
     Args:
@@ -380,6 +380,8 @@ def softmax_cross_entropy(logits, labels, out=None):
         labels: (N,) class indices in [0, classes) (ValueError otherwise), any integer
             dtype (TypeError otherwise).
         out: optional float32 (N, classes) array to write the gradient into.
+        label_smoothing: in [0, 1]: the target is 1 - label_smoothing at the label plus
+            label_smoothing / classes everywhere (PyTorch's CrossEntropyLoss argument).
 
     Returns:
         (loss, dlogits): the mean loss and d(loss)/d(logits), float32 (N, classes).
@@ -389,9 +391,11 @@ def softmax_cross_entropy(logits, labels, out=None):
     there rather than an error (checking it would mean a round trip to the host)."""
     if device_of(logits) != "cpu":
         k, (logits, labels) = _kernels(logits=logits, labels=labels)
-        return k.softmax_cross_entropy(logits, labels, out)
+        return k.softmax_cross_entropy(logits, labels, out, label_smoothing)
     logits = _f32(logits, "logits")
-    loss, dlogits = _C.softmax_cross_entropy(logits, _labels(labels, len(logits)), out)
+    loss, dlogits = _C.softmax_cross_entropy(
+        logits, _labels(labels, len(logits)), out, label_smoothing
+    )
     return float(loss), dlogits
 
 
@@ -419,8 +423,11 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum, weight_decay, nesterov,
     k.sgd_step(param, grad, momentum_buffer, lr, momentum, weight_decay, nesterov, first)
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step) -> None:
-    """One Adam update of `param` in place (see fastcnn.optim.Adam)."""
+def adam_step(
+    param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, decoupled=False
+) -> None:
+    """One Adam update of `param` in place (see fastcnn.optim.Adam); decoupled: AdamW's weight
+    decay (see fastcnn.optim.AdamW)."""
     k, (param, grad, exp_avg, exp_avg_sq) = _kernels(
         ("param", "exp_avg", "exp_avg_sq"),
         param=param,
@@ -428,7 +435,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
         exp_avg=exp_avg,
         exp_avg_sq=exp_avg_sq,
     )
-    k.adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step)
+    k.adam_step(
+        param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, decoupled
+    )
 
 
 # ---- gemm ---------------------------------------------------------------------------------------

@@ -138,8 +138,8 @@ for _name in OPS:
     globals()[_name] = _op(_name)
 
 
-def softmax_cross_entropy(logits, labels, out=None):
-    loss, d = _op("softmax_cross_entropy")(logits, labels, out)
+def softmax_cross_entropy(logits, labels, out=None, label_smoothing=0.0):
+    loss, d = _op("softmax_cross_entropy")(logits, labels, out, label_smoothing)
     return DeviceArray(np.array(loss, np.float32)), d  # the loss stays "on the device"
 
 

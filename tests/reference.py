@@ -195,18 +195,20 @@ def relu_backward(y, dy):
 # --------------------------------------------------------------------------------------------
 
 
-def softmax_cross_entropy(logits, labels):
-    """Returns (mean loss as a Python float, dlogits = (softmax - onehot) / N)."""
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+    """Returns (mean loss as a Python float, dlogits = (softmax - target) / N), the target being
+    1 - label_smoothing at the label plus label_smoothing / K everywhere (one-hot without)."""
     z = np.asarray(logits, np.float64)
     labels = np.asarray(labels).astype(np.int64)
-    n = z.shape[0]
+    n, k = z.shape
     z = z - z.max(axis=1, keepdims=True)  # stable: the largest logit becomes 0
-    log_sum = np.log(np.exp(z).sum(axis=1))
-    rows = np.arange(n)
-    loss = float(np.mean(log_sum - z[rows, labels]))
-    dlogits = np.exp(z - log_sum[:, None])
-    dlogits[rows, labels] -= 1.0
-    return loss, dlogits / n
+    log_p = z - np.log(np.exp(z).sum(axis=1))[:, None]
+    target = np.full((n, k), label_smoothing / k)
+    target[np.arange(n), labels] += 1.0 - label_smoothing
+    rows = -(1.0 - label_smoothing) * log_p[np.arange(n), labels]
+    if label_smoothing:  # (without, a -inf logit elsewhere costs nothing, never 0 * -inf)
+        rows = rows - label_smoothing / k * log_p.sum(axis=1)
+    return float(np.mean(rows)), (np.exp(log_p) - target) / n
 
 
 # --------------------------------------------------------------------------------------------

@@ -104,3 +104,51 @@ def test_noncontiguous_inputs(rng):
     got = ops.softmax_cross_entropy(np.asfortranarray(logits), labels)
     assert got[0] == expect[0]
     np.testing.assert_array_equal(got[1], expect[1])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("case", CASES[:7], ids=str)
+def test_label_smoothing(case, smoothing, rng):
+    n, k, scale = case
+    logits = (rng.standard_normal((n, k)) * scale).astype(np.float32)
+    labels = rng.integers(0, k, n)
+    loss, dlogits = ops.softmax_cross_entropy(logits, labels, label_smoothing=smoothing)
+    ref_loss, ref_dlogits = ref.softmax_cross_entropy(logits, labels, smoothing)
+    assert loss == pytest.approx(ref_loss, rel=1e-4, abs=1e-4)
+    ref.assert_close(dlogits, ref_dlogits, name="dlogits")
+    np.testing.assert_allclose(dlogits.sum(axis=1), 0.0, atol=1e-6)
+
+
+def test_label_smoothing_zero_is_the_plain_loss_bit_for_bit(rng):
+    logits = rng.standard_normal((33, 17)).astype(np.float32)
+    labels = rng.integers(0, 17, 33)
+    plain = ops.softmax_cross_entropy(logits, labels)
+    smooth = ops.softmax_cross_entropy(logits, labels, label_smoothing=0.0)
+    assert plain[0] == smooth[0]
+    np.testing.assert_array_equal(plain[1], smooth[1])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_label_smoothing_out_of_range(bad, rng):
+    logits = rng.standard_normal((4, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ops.softmax_cross_entropy(logits, np.zeros(4, np.int64), label_smoothing=bad)
+    from fastcnn import nn
+
+    with pytest.raises(ValueError, match="label_smoothing"):
+        nn.CrossEntropyLoss(label_smoothing=bad)
+
+
+def test_label_smoothing_matches_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    from fastcnn import nn
+
+    logits = (rng.standard_normal((16, 10)) * 2).astype(np.float32)
+    labels = rng.integers(0, 10, 16)
+    fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss = fn(logits, labels)
+    z = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    want = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(z, torch.tensor(labels))
+    want.backward()
+    assert loss == pytest.approx(want.item(), rel=1e-5)
+    np.testing.assert_allclose(fn.backward(), z.grad.numpy(), rtol=1e-4, atol=1e-7)

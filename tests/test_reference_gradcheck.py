@@ -222,13 +222,21 @@ def test_relu_backward():
     check(ref.relu_backward(ref.relu_forward(x), g), numeric_grad(loss, x))
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
 @pytest.mark.parametrize("n,k", [(1, 1), (1, 3), (4, 5), (6, 10)])
-def test_softmax_cross_entropy_backward(n, k):
+def test_softmax_cross_entropy_backward(n, k, smoothing):
     rng = np.random.default_rng(6)
     z = rng.standard_normal((n, k)) * 3
     labels = rng.integers(0, k, n)
-    _, dz = ref.softmax_cross_entropy(z, labels)
-    check(dz, numeric_grad(lambda: ref.softmax_cross_entropy(z, labels)[0], z))
+    _, dz = ref.softmax_cross_entropy(z, labels, smoothing)
+    check(dz, numeric_grad(lambda: ref.softmax_cross_entropy(z, labels, smoothing)[0], z))
+
+
+def test_label_smoothing_by_hand():
+    # Two classes, logits equal: p = (1/2, 1/2) and the loss is log 2 whatever the target.
+    loss, dz = ref.softmax_cross_entropy(np.zeros((1, 2)), np.array([0]), 0.2)
+    assert loss == pytest.approx(np.log(2))
+    np.testing.assert_allclose(dz, [[0.5 - 0.9, 0.5 - 0.1]])  # target (1 - 0.2 + 0.1, 0.1)
 
 
 def test_softmax_cross_entropy_values():

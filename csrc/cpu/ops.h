@@ -50,16 +50,19 @@ void relu_forward(int64_t n, const float* x, float* y);
 void relu_backward(int64_t n, const float* y, const float* dy, float* dx);
 
 // ---- loss.cpp ---------------------------------------------------------------------------------
-// logits, dlogits: (N, K); labels: (N,) in [0, K). Returns the mean loss; dlogits = d(mean)/d.
+// logits, dlogits: (N, K); labels: (N,) in [0, K); label_smoothing in [0, 1]. Returns the
+// mean loss; dlogits = d(mean)/d.
 double softmax_cross_entropy(int64_t N, int64_t K, const float* logits, const int64_t* labels,
-                             float* dlogits);
+                             float* dlogits, float label_smoothing);
 
 // ---- optim.cpp (in place, n elements; PyTorch's update rules) ---------------------------------
 // momentum_buf may be null when momentum == 0; `first` marks the buffer as not yet initialised.
 void sgd_step(int64_t n, float* param, const float* grad, float* momentum_buf, float lr,
               float momentum, float weight_decay, bool nesterov, bool first);
-// step: 1-based count of this update.
+// step: 1-based count of this update. decoupled: AdamW's weight decay, param *= 1 - lr * decay
+// before the update, instead of Adam's decay * param added to the gradient.
 void adam_step(int64_t n, float* param, const float* grad, float* m, float* v, float lr,
-               float beta1, float beta2, float eps, float weight_decay, int64_t step);
+               float beta1, float beta2, float eps, float weight_decay, int64_t step,
+               bool decoupled);
 
 }  // namespace fastcnn

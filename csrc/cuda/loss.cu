@@ -15,7 +15,7 @@ namespace fastcnn::cuda {
 
 namespace {
 __global__ void softmax_ce_rows(int64_t N, int64_t K, const float* logits, const int64_t* labels,
-                                float* dlogits, double* row_loss) {
+                                float* dlogits, float e, double* row_loss) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N) return;
   const float* z = logits + i * K;
@@ -36,8 +36,20 @@ __global__ void softmax_ce_rows(int64_t N, int64_t K, const float* logits, const
   }
   const float inv_sum = static_cast<float>(1.0 / sum);
   for (int64_t k = 0; k < K; ++k) d[k] *= inv_sum * inv_n;
-  d[label] -= inv_n;
-  row_loss[i] = log(sum) - static_cast<double>(z[label] - zmax);
+  if (e == 0.f) {
+    d[label] -= inv_n;
+    row_loss[i] = log(sum) - static_cast<double>(z[label] - zmax);
+    return;
+  }
+  const float spread = e / static_cast<float>(K) * inv_n;
+  double shifted = 0.0;  // sum of z - max over the row
+  for (int64_t k = 0; k < K; ++k) {
+    d[k] -= spread;
+    shifted += static_cast<double>(z[k] - zmax);
+  }
+  d[label] -= (1.f - e) * inv_n;
+  row_loss[i] = log(sum) - (1.0 - e) * static_cast<double>(z[label] - zmax) -
+                e / static_cast<double>(K) * shifted;
 }
 
 __global__ void mean_kernel(int64_t N, const double* row_loss, float* loss) {
@@ -85,9 +97,10 @@ __global__ void batch_stats_kernel(int64_t N, int64_t K, const float* logits, co
 // ---- softmax cross-entropy --------------------------------------------------------------------
 
 void softmax_cross_entropy(int64_t N, int64_t K, const float* logits, const int64_t* labels,
-                           float* dlogits, double* row_loss, float* loss) {
+                           float* dlogits, float label_smoothing, double* row_loss, float* loss) {
   if (N <= 0 || K <= 0) return;
-  softmax_ce_rows<<<blocks_for(N), kThreads>>>(N, K, logits, labels, dlogits, row_loss);
+  softmax_ce_rows<<<blocks_for(N), kThreads>>>(N, K, logits, labels, dlogits, label_smoothing,
+                                               row_loss);
   FASTCNN_CUDA_LAUNCH_CHECK();
   mean_kernel<<<1, kThreads>>>(N, row_loss, loss);
   FASTCNN_CUDA_LAUNCH_CHECK();

@@ -39,10 +39,10 @@ void relu_forward(int64_t n, const float* x, float* y);
 void relu_backward(int64_t n, const float* y, const float* dy, float* dx);
 
 // loss.cu: logits, dlogits: (N, K); labels: (N,), a row whose label is outside [0, K) gets a
-// NaN loss and a NaN dlogits row; row_loss: an N-double workspace; the mean loss is written to
-// *loss (one float on the device).
+// NaN loss and a NaN dlogits row; label_smoothing in [0, 1] (see csrc/cpu/loss.cpp); row_loss:
+// an N-double workspace; the mean loss is written to *loss (one float on the device).
 void softmax_cross_entropy(int64_t N, int64_t K, const float* logits, const int64_t* labels,
-                           float* dlogits, double* row_loss, float* loss);
+                           float* dlogits, float label_smoothing, double* row_loss, float* loss);
 // stats (2 doubles): stats[0] += *loss * N; stats[1] += the rows whose first maximum is at their
 // label (a row holding NaN counts as wrong).
 void batch_stats(int64_t N, int64_t K, const float* logits, const int64_t* labels,
@@ -52,6 +52,7 @@ void batch_stats(int64_t N, int64_t K, const float* logits, const int64_t* label
 void sgd_step(int64_t n, float* param, const float* grad, float* momentum_buf, float lr,
               float momentum, float weight_decay, bool nesterov, bool first);
 void adam_step(int64_t n, float* param, const float* grad, float* m, float* v, float lr,
-               float beta1, float beta2, float eps, float weight_decay, int64_t step);
+               float beta1, float beta2, float eps, float weight_decay, int64_t step,
+               bool decoupled);
 
 }  // namespace fastcnn::cuda
