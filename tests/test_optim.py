@@ -37,7 +37,8 @@ def sgd_reference(p0, grads, lr, momentum=0.0, weight_decay=0.0, nesterov=False)
     return p
 
 
-def adam_reference(p0, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+def adam_reference(p0, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+    """Adam; decoupled: AdamW (p *= 1 - lr * weight_decay, then Adam on the gradient alone)."""
     b1, b2 = betas
     p = [a.astype(np.float64) for a in p0]
     m = [np.zeros_like(a) for a in p]
@@ -45,7 +46,9 @@ def adam_reference(p0, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
     for t, step_grads in enumerate(grads, 1):
         for i, g in enumerate(step_grads):
             g = g.astype(np.float64)
-            if weight_decay:
+            if decoupled:
+                p[i] = p[i] * (1 - lr * weight_decay)
+            elif weight_decay:
                 g = g + weight_decay * p[i]
             m[i] = b1 * m[i] + (1 - b1) * g
             v[i] = b2 * v[i] + (1 - b2) * g * g
@@ -112,6 +115,41 @@ def test_adam_matches_pytorch_rule(kw, rng):
         err = np.abs(p.data - e)
         assert np.all(err <= tol), (i, float((err / tol).max()))
         assert np.abs(e - p0[i]).max() > 2 * kw["lr"]  # the weights did move
+
+
+ADAMW_CASES = [dict(lr=1e-3), dict(lr=0.01, weight_decay=0.1), dict(lr=0.05, weight_decay=0.5)]
+
+
+@pytest.mark.parametrize("kw", ADAMW_CASES, ids=_ids)
+def test_adamw_matches_pytorch_rule(kw, rng):
+    params = make_params(rng)
+    p0 = [p.data.copy() for p in params]
+    grads = grads_for(rng, 7)
+    opt = optim.AdamW(params, **kw)
+    assert opt.weight_decay == kw.get("weight_decay", 1e-2)  # PyTorch's default
+    run(opt, params, grads)
+    expected = adam_reference(p0, grads, decoupled=True, **{"weight_decay": 1e-2, **kw})
+    plain = adam_reference(p0, grads, **{"weight_decay": 1e-2, **kw})
+    for i, (p, e) in enumerate(zip(params, expected)):
+        tol = 1e-4 * np.abs(e - p0[i]) + len(grads) * np.spacing(np.abs(e).astype(np.float32))
+        err = np.abs(p.data - e)
+        assert np.all(err <= tol), (i, float((err / tol).max()))
+        assert np.abs(plain[i] - e).max() > 10 * tol.max()  # not Adam's coupled decay
+
+
+def test_adamw_against_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    params = make_params(rng)
+    tparams = [torch.nn.Parameter(torch.tensor(p.data)) for p in params]
+    grads = grads_for(rng, 5)
+    run(optim.AdamW(params, lr=0.01, weight_decay=0.2), params, grads)
+    topt = torch.optim.AdamW(tparams, lr=0.01, weight_decay=0.2)
+    for step_grads in grads:
+        for t, g in zip(tparams, step_grads):
+            t.grad = torch.tensor(g)
+        topt.step()
+    for p, t in zip(params, tparams):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_adam_default_hyperparameters(rng):

@@ -1,13 +1,14 @@
-"""Optimizers: each implements only its update (in C++, fastcnn._C), with PyTorch's rules."""
+"""Optimizers: each implements only its update (in C++, fastcnn._C), with PyTorch's rules; and
+learning-rate schedules (fastcnn.optim.lr_scheduler)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import ops
-from .nn import Module, Parameter
+from .. import ops
+from ..nn import Module, Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler"]
 
 
 class Optimizer:
@@ -124,6 +125,8 @@ class SGD(Optimizer):
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
+            if self.momentum and self.buffers[i] is None:  # momentum set after construction
+                self.buffers[i], self.started[i] = ops.zeros_like(p.data), False
             if self.buffers[i] is not None:
                 self.buffers[i] = _beside(self.buffers[i], p)
             ops.sgd_step(
@@ -171,12 +174,16 @@ class Adam(Optimizer):
         >>> opt = optim.Adam(model.parameters(), lr=1e-3)
     """
 
+    _decoupled = False
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
         self.beta1, self.beta2 = (float(b) for b in betas)
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         self.eps, self.weight_decay = float(eps), float(weight_decay)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         self.exp_avg = [ops.zeros_like(p.data) for p in self.params]
         self.exp_avg_sq = [ops.zeros_like(p.data) for p in self.params]
         self.steps = [0] * len(self.params)
@@ -199,6 +206,7 @@ class Adam(Optimizer):
                 self.eps,
                 self.weight_decay,
                 self.steps[i],
+                self._decoupled,
             )
 
     def state_dict(self):
@@ -218,3 +226,29 @@ class Adam(Optimizer):
             self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]
         ):
             ops.copy_into(mine, saved)
+
+
+class AdamW(Adam):
+    """AdamW, as torch.optim.AdamW (without amsgrad): Adam with decoupled weight decay.
+
+    Per step, before Adam's update of `p` by its gradient alone: p *= 1 - lr * weight_decay
+    (Loshchilov and Hutter 2019), so the decay does not pass through the moments.
+
+    Args:
+        params: model.parameters() (or a Module).
+        lr: learning rate.
+        betas: (beta1, beta2), each in [0, 1).
+        eps: added to the denominator.
+        weight_decay: decoupled decay, >= 0 (PyTorch's default 0.01).
+
+    Example:
+        >>> opt = optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    """
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+from . import lr_scheduler  # noqa: E402  (it needs Optimizer above)
