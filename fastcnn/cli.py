@@ -81,6 +81,33 @@ def default_checkpoint(out):
     return root + ".ckpt.safetensors"
 
 
+def make_optimizer(args, model, steps_per_epoch):
+    """The optimizer and learning-rate schedule (or None) that `train`'s options ask for."""
+    from . import optim
+    from .optim import lr_scheduler
+
+    params = model.parameters()
+    decay = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
+    if args.optimizer == "sgd":
+        opt = optim.SGD(params, args.lr, args.momentum, nesterov=args.nesterov, **decay)
+    else:
+        if args.nesterov:
+            raise ValueError("--nesterov is for --optimizer sgd")
+        cls = optim.Adam if args.optimizer == "adam" else optim.AdamW
+        opt = cls(params, args.lr, **decay)
+    if args.schedule == "step":  # a tenth of the rate after each third of the epochs
+        sched = lr_scheduler.StepLR(opt, step_size=max(1, args.epochs // 3), gamma=0.1)
+    elif args.schedule == "cosine":
+        sched = lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
+    elif args.schedule == "onecycle":
+        sched = lr_scheduler.OneCycleLR(
+            opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch
+        )
+    else:
+        sched = None
+    return opt, sched
+
+
 def cmd_train(args):
     import fastcnn
 
@@ -119,13 +146,17 @@ def cmd_train(args):
     model = models.ARCHITECTURES[args.arch](
         in_channels=x0.shape[0], num_classes=len(train_set.classes), image_size=x0.shape[1:]
     ).to(args.device)
+    if args.batch_size < 1 or args.epochs < 1:
+        raise ValueError("--batch-size and --epochs must be >= 1")
+    opt, sched = make_optimizer(args, model, -(-len(train_set) // args.batch_size))
     history = fastcnn.fit(
         model,
         train_set,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
+        optimizer=opt,
+        scheduler=sched,
+        label_smoothing=args.label_smoothing,
         val=val_set,
         seed=args.seed,
         progress=not args.quiet,
@@ -248,8 +279,27 @@ def build_parser():
     t.add_argument("--channels", type=int, choices=[1, 3], help="1 grey, 3 RGB")
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--lr", type=float, default=0.01, help="learning rate (onecycle: its peak)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (default 0.9)")
+    t.add_argument(
+        "--optimizer", default="sgd", choices=["sgd", "adam", "adamw"], help="default: sgd"
+    )
+    t.add_argument(
+        "--weight-decay",
+        type=float,
+        help="L2 penalty (sgd, adam; default 0) or decoupled decay (adamw; default 0.01)",
+    )
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    t.add_argument(
+        "--schedule",
+        default="none",
+        choices=["none", "step", "cosine", "onecycle"],
+        help="learning-rate schedule: step (x0.1 after each third of the epochs), cosine "
+        "(to 0 at the last epoch), onecycle (up to --lr and down, momentum cycled; per batch)",
+    )
+    t.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="model.safetensors")
     t.add_argument(
@@ -261,8 +311,8 @@ def build_parser():
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the checkpoint if there is one (same data, --arch, --image-size, "
-        "--channels, --batch-size, --lr, --momentum, --seed; --epochs is the total)",
+        help="continue from the checkpoint if there is one (the same data and options but "
+        "--epochs, which is the total; --quiet and --out may change too)",
     )
     t.add_argument(
         "--quiet",

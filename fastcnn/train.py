@@ -66,6 +66,8 @@ def fit(
     lr=0.01,
     momentum=0.9,
     optimizer=None,
+    scheduler=None,
+    label_smoothing=0.0,
     val=None,
     seed=0,
     progress=True,
@@ -89,8 +91,13 @@ def fit(
         batch_size: images per step; ignored when `train` is a DataLoader.
         lr: learning rate of the default optimizer, SGD with `momentum`.
         momentum: momentum of the default optimizer.
-        optimizer: an optimizer over model.parameters() (optim.SGD, optim.Adam) to use
-            instead of the default; then `lr` and `momentum` are ignored.
+        optimizer: an optimizer over model.parameters() (optim.SGD, optim.Adam, optim.AdamW)
+            to use instead of the default; then `lr` and `momentum` are ignored.
+        scheduler: a schedule of `optimizer` from optim.lr_scheduler, stepped as PyTorch's
+            documentation does: after every batch for OneCycleLR (`scheduler.per_batch`),
+            after every epoch (its validation included) for the others. Its state is part of
+            the checkpoint.
+        label_smoothing: the loss's label smoothing, in [0, 1] (nn.CrossEntropyLoss).
         val: data to evaluate after every epoch, of the same kinds as `train`.
         seed: seeds the shuffling: a run with the same seed, data and initial weights
             (nn.manual_seed) repeats bit for bit.
@@ -145,29 +152,49 @@ def fit(
     _remember_data(model, loader.dataset)
     _check_classes(model, loader)
     if optimizer is None:
+        if scheduler is not None:
+            raise ValueError("scheduler needs the optimizer it schedules: pass optimizer= too")
         optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
+        raise ValueError("scheduler must schedule the optimizer passed as optimizer=")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing)
+    run = _Run(optimizer, scheduler, loss_fn)
     history = []
     if resume and os.path.exists(checkpoint):
-        _resume(checkpoint, model, optimizer, loader, epochs, history)
+        _resume(checkpoint, model, run, loader, epochs, history)
         if progress:
             print(f"resuming from {checkpoint} after epoch {len(history)}/{epochs}", flush=True)
-    loss_fn = nn.CrossEntropyLoss()
     wanted_input_grad = model.requires_input_grad
     model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
     try:
-        _epochs(
-            model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history
-        )
+        _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history)
     finally:
         model.requires_input_grad = wanted_input_grad
     return history
 
 
-def _training_state(loader):
+class _Run:
+    """What a training step uses besides the model and the data: the optimizer, the schedule
+    (or None) and the loss function."""
+
+    def __init__(self, optimizer, scheduler, loss_fn):
+        self.optimizer, self.scheduler, self.loss_fn = optimizer, scheduler, loss_fn
+
+    def state(self) -> dict:
+        """The schedule's and the loss's part of a checkpoint (JSON-able)."""
+        s = self.scheduler
+        return {
+            "scheduler": None if s is None else {"type": type(s).__name__, **s.state_dict()},
+            "label_smoothing": self.loss_fn.label_smoothing,
+        }
+
+
+def _training_state(loader, run=None):
     """What, besides weights and optimizer, a resumed run needs to repeat the shuffling (and
     what it must agree on to end where an uninterrupted run would)."""
     classes = getattr(loader.dataset, "classes", None)
     return {
+        **({} if run is None else run.state()),
         "loader_epoch": loader.epoch,
         "seed": loader.seed,
         "batch_size": loader.batch_size,
@@ -178,13 +205,15 @@ def _training_state(loader):
     }
 
 
-def _resume(path, model, optimizer, loader, epochs, history):
-    """Loads the checkpoint at `path` into model, optimizer, loader and history, after checking
-    that it belongs to this run (ValueError naming the difference; nothing changed then)."""
+def _resume(path, model, run, loader, epochs, history):
+    """Loads the checkpoint at `path` into model, optimizer, schedule, loader and history, after
+    checking that it belongs to this run (ValueError naming the difference; nothing changed
+    then)."""
     from . import io
 
+    optimizer = run.optimizer
     ckpt = io.load_checkpoint(path)
-    problem = _resume_problem(ckpt, model, optimizer, loader)
+    problem = _resume_problem(ckpt, model, run, loader)
     if problem:
         raise ValueError(f"cannot resume from {path}: {problem}")
     if ckpt.epoch > epochs:
@@ -195,16 +224,21 @@ def _resume(path, model, optimizer, loader, epochs, history):
     try:  # the optimizer checks its state before changing anything; the weights fit (above)
         optimizer.load_state_dict(ckpt.optimizer_state)
         model.load_state_dict(ckpt.model.state_dict())
+        if run.scheduler is not None:  # its lr (and momentum) last: they are the current ones
+            saved = dict(ckpt.training["scheduler"])
+            saved.pop("type")
+            run.scheduler.load_state_dict(saved)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"cannot resume from {path}: {e}") from e
     loader.set_epoch(ckpt.training["loader_epoch"])
     history[:] = ckpt.history
 
 
-def _resume_problem(ckpt, model, optimizer, loader):
+def _resume_problem(ckpt, model, run, loader):
     """Why `ckpt` cannot continue this run, or None."""
     from . import io
 
+    optimizer, scheduler = run.optimizer, run.scheduler
     saved_arch = json.loads(json.dumps(io.architecture(ckpt.model)))
     try:
         arch = json.loads(json.dumps(io.architecture(model)))
@@ -219,15 +253,27 @@ def _resume_problem(ckpt, model, optimizer, loader):
     kind = type(optimizer).__name__
     if ckpt.optimizer_type != kind:
         return f"it was trained with {ckpt.optimizer_type}, this run uses {kind}"
-    hyper = io._hyperparameters(optimizer)
-    if ckpt.hyperparameters != hyper:
-        keys = sorted(set(ckpt.hyperparameters) | set(hyper))
+    problem = _schedule_problem(ckpt.training.get("scheduler"), scheduler)
+    if problem:
+        return problem
+    # A schedule moves the settings it drives: those are restored with it, not compared.
+    moved = set() if scheduler is None else scheduler.scheduled()
+    hyper = {k: v for k, v in io._hyperparameters(optimizer).items() if k not in moved}
+    saved_hyper = {k: v for k, v in ckpt.hyperparameters.items() if k not in moved}
+    if saved_hyper != hyper:
+        keys = sorted(set(saved_hyper) | set(hyper))
         diff = [
-            f"{k} {ckpt.hyperparameters.get(k)!r} there, {hyper.get(k)!r} here"
+            f"{k} {saved_hyper.get(k)!r} there, {hyper.get(k)!r} here"
             for k in keys
-            if ckpt.hyperparameters.get(k) != hyper.get(k)
+            if saved_hyper.get(k) != hyper.get(k)
         ]
         return f"the {kind} settings differ: " + "; ".join(diff)
+    smoothing = ckpt.training.get("label_smoothing", 0.0)
+    if smoothing != run.loss_fn.label_smoothing:
+        return (
+            f"the label smoothing differs: {smoothing!r} there, "
+            f"{run.loss_fn.label_smoothing!r} here"
+        )
     if ckpt.parameter_names != io._parameter_names(model, optimizer):
         return "the optimizer updates different parameters than the run that wrote it"
     want = _training_state(loader)
@@ -244,6 +290,26 @@ def _resume_problem(ckpt, model, optimizer, loader):
     ):
         if have.get(key) != want[key]:
             return f"the {what} differ: {have.get(key)!r} there, {want[key]!r} here"
+    return None
+
+
+def _schedule_problem(saved, scheduler):
+    """Why a checkpoint's schedule (its state_dict with "type", or None) cannot continue with
+    `scheduler`, or None."""
+    if saved is None or scheduler is None:
+        if saved is None and scheduler is None:
+            return None
+        there = "none" if saved is None else saved.get("type")
+        here = "none" if scheduler is None else type(scheduler).__name__
+        return f"the learning-rate schedule differs: {there} there, {here} here"
+    kind = type(scheduler).__name__
+    if saved.get("type") != kind:
+        return f"the learning-rate schedule differs: {saved.get('type')} there, {kind} here"
+    mine = json.loads(json.dumps(scheduler.settings()))
+    theirs = {k: saved.get(k) for k in mine}
+    if theirs != mine:
+        diff = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in mine if theirs[k] != mine[k]]
+        return f"the {kind} settings differ: " + "; ".join(diff)
     return None
 
 
@@ -321,8 +387,10 @@ def _on(device, x, y, classes):
     return ops.to_device(x, device), ops.to_device(y, device)
 
 
-def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, checkpoint, history):
+def _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history):
     device, classes = model.device, _output_features(model)
+    optimizer, scheduler, loss_fn = run.optimizer, run.scheduler, run.loss_fn
+    per_batch = scheduler is not None and scheduler.per_batch
     for epoch in range(len(history) + 1, epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -338,6 +406,8 @@ def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, che
                 tally.check(epoch, optimizer.lr)
             model.backward(loss_fn.backward())
             optimizer.step()
+            if per_batch:
+                scheduler.step()
             if bar is not None:
                 rate = tally.seen / (time.perf_counter() - start)
                 bar.set_postfix(
@@ -364,13 +434,16 @@ def _epochs(model, loader, val_loader, optimizer, loss_fn, epochs, progress, che
         history.append(record)
         if progress:
             _print_epoch(record, epochs)
+        if scheduler is not None and not per_batch:
+            scheduler.step()
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, loader, history, epoch)
+            _save_checkpoint(checkpoint, model, run, loader, history, epoch)
 
 
-def _save_checkpoint(path, model, optimizer, loader, history, epoch):
+def _save_checkpoint(path, model, run, loader, history, epoch):
     from . import io
 
+    optimizer = run.optimizer
     for name, array in model.state_dict().items():
         if not np.isfinite(array).all():
             # The last batch's step overflowed: keep the previous epoch's checkpoint.
@@ -380,7 +453,7 @@ def _save_checkpoint(path, model, optimizer, loader, history, epoch):
                 f"the checkpoint {path} was left as it was"
             )
     io.save_checkpoint(
-        path, model, optimizer, epoch=epoch, history=history, **_training_state(loader)
+        path, model, optimizer, epoch=epoch, history=history, **_training_state(loader, run)
     )
 
 

@@ -136,6 +136,34 @@ def test_train_grey_images_with_channels_1(tmp_path):
     assert model.preprocessing["channels"] == 1 and model[0].weight.shape[1] == 1
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--optimizer", "sgd", "--nesterov", "--weight-decay", "5e-4", "--schedule", "onecycle"],
+        ["--optimizer", "adamw", "--schedule", "cosine", "--label-smoothing", "0.1"],
+        ["--optimizer", "adam", "--weight-decay", "1e-4", "--schedule", "step"],
+    ],
+    ids=["sgd-onecycle", "adamw-cosine", "adam-step"],
+)
+def test_train_with_optimizer_schedule_and_smoothing(options, tmp_path):
+    make_folder(tmp_path / "images", per_class=6)
+    args = ["train", "images", "--epochs", "2", "--image-size", "12", "--batch-size", "4"]
+    result = cli(*args, *options, "--out", "m.safetensors", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fastcnn.load(tmp_path / "m.safetensors").classes == ["bright", "dark"]
+
+
+def test_resume_refuses_another_schedule(tmp_path):
+    make_folder(tmp_path / "images", per_class=6)
+    args = ["train", "images", "--image-size", "12", "--batch-size", "4", "--quiet"]
+    args += ["--epochs", "3", "--checkpoint", "run.ckpt.safetensors"]
+    first = cli(*args, "--schedule", "cosine", "--out", "m.safetensors", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    other = cli(*args, "--schedule", "step", "--resume", cwd=tmp_path)
+    assert_clean_error(other)
+    assert "CosineAnnealingLR there, StepLR here" in other.stderr
+
+
 def test_predict_png_and_jpeg(workdir):
     root, _ = workdir
     images = ["images/dark/0.jpg", "images/bright/1.png", "images/dark/2.png"]
@@ -208,6 +236,14 @@ ERROR_CASES = {
     "predict_non_image_file": lambda r: ["predict", "tmp/model.safetensors", _not_an_image(r)],
     "predict_folder_as_image": lambda r: ["predict", "tmp/model.safetensors", "images"],
     "eval_missing_data_folder": lambda r: ["eval", "tmp/model.safetensors", "nowhere"],
+    "train_nesterov_with_adam": lambda r: [
+        *["train", "images", "--epochs", "1", "--image-size", "16", "--optimizer", "adam"],
+        *["--nesterov", "--quiet", "--out", "x.safetensors"],
+    ],
+    "train_label_smoothing_out_of_range": lambda r: [
+        *["train", "images", "--epochs", "1", "--image-size", "16", "--label-smoothing", "1.5"],
+        *["--quiet", "--out", "x.safetensors"],
+    ],
     "train_bad_lr": lambda r: [
         "train",
         "images",
