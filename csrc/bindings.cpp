@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -262,6 +263,70 @@ py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels
   return py::make_tuple(loss, d);
 }
 
+// ---- augmentation -----------------------------------------------------------------------------
+
+using U8 = py::array_t<uint8_t, py::array::c_style>;
+
+// uint8, C-contiguous, `ndim` dimensions; the array's data.
+template <class T>
+const T* in_typed(const py::array& a, const char* name, int ndim, const char* dtype) {
+  if (!py::isinstance<py::array_t<T>>(a) || a.dtype().kind() != py::dtype::of<T>().kind() ||
+      a.itemsize() != sizeof(T))
+    type_error(std::string(name) + " must be " + dtype + ", got " +
+               std::string(py::str(a.dtype())));
+  if (a.ndim() != ndim)
+    value_error(std::string(name) + " must have " + std::to_string(ndim) + " dimensions, got " +
+                std::to_string(a.ndim()));
+  if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
+  return static_cast<const T*>(a.data());
+}
+
+// One value per image of a (B, C, H, W) batch.
+template <class T>
+const T* per_image(const py::array& a, const char* name, int64_t B, const char* dtype) {
+  const T* p = in_typed<T>(a, name, 1, dtype);
+  if (a.shape(0) != B)
+    value_error(std::string(name) + " must have one value per image (" + std::to_string(B) +
+                "), got " + std::to_string(a.shape(0)));
+  return p;
+}
+
+U8 augment_crop_flip(const py::array& x, const py::array& dy, const py::array& dx,
+                     const py::array& flip) {
+  const uint8_t* xp = in_typed<uint8_t>(x, "x", 4, "uint8");
+  const int64_t B = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  const int32_t* dyp = per_image<int32_t>(dy, "dy", B, "int32");
+  const int32_t* dxp = per_image<int32_t>(dx, "dx", B, "int32");
+  const uint8_t* fp = per_image<uint8_t>(flip, "flip", B, "uint8");
+  U8 y({B, C, H, W});
+  uint8_t* yp = y.mutable_data();
+  py::gil_scoped_release nogil;
+  fastcnn::augment_crop_flip(B, C, H, W, xp, dyp, dxp, fp, yp);
+  return y;
+}
+
+U8 augment_resized_crop(const py::array& x, const py::array& boxes, const py::array& flip,
+                        int64_t OH, int64_t OW) {
+  const uint8_t* xp = in_typed<uint8_t>(x, "x", 4, "uint8");
+  const int64_t B = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  const float* bp = in_typed<float>(boxes, "boxes", 2, "float32");
+  if (boxes.shape(0) != B || boxes.shape(1) != 4)
+    value_error("boxes must be (" + std::to_string(B) + ", 4): top, left, height, width");
+  for (int64_t b = 0; b < B; ++b)
+    if (!(bp[4 * b + 2] > 0.f && bp[4 * b + 3] > 0.f && std::isfinite(bp[4 * b]) &&
+          std::isfinite(bp[4 * b + 1]) && std::isfinite(bp[4 * b + 2]) &&
+          std::isfinite(bp[4 * b + 3])))
+      value_error("boxes[" + std::to_string(b) + "] must be finite with height, width > 0");
+  const uint8_t* fp = per_image<uint8_t>(flip, "flip", B, "uint8");
+  if (OH < 1 || OW < 1) value_error("the output size must be >= 1");
+  if (B > 0 && (H < 1 || W < 1)) value_error("x has empty images");
+  U8 y({B, C, OH, OW});
+  uint8_t* yp = y.mutable_data();
+  py::gil_scoped_release nogil;
+  fastcnn::augment_resized_crop(B, C, H, W, xp, bp, fp, OH, OW, yp);
+  return y;
+}
+
 // ---- optimizer updates ------------------------------------------------------------------------
 
 float* mutable_f32(py::array& a) {
@@ -341,6 +406,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("adam_step", &adam_step, arg("param"), arg("grad"), arg("exp_avg"), arg("exp_avg_sq"),
         arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"),
         arg("decoupled") = false);
+  m.def("augment_crop_flip", &augment_crop_flip, arg("x"), arg("dy"), arg("dx"), arg("flip"));
+  m.def("augment_resized_crop", &augment_resized_crop, arg("x"), arg("boxes"), arg("flip"),
+        arg("out_h"), arg("out_w"));
   m.def("sgemm", &sgemm, arg("a"), arg("b"), arg("trans_a") = false, arg("trans_b") = false,
         arg("reference") = false);
 

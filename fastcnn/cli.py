@@ -149,6 +149,12 @@ def cmd_train(args):
     if args.batch_size < 1 or args.epochs < 1:
         raise ValueError("--batch-size and --epochs must be >= 1")
     opt, sched = make_optimizer(args, model, -(-len(train_set) // args.batch_size))
+    transform = None
+    if args.augment:
+        from . import augment
+
+        kind = "small" if args.data == DEFAULT_DATA else "photo"
+        transform = augment.default(kind, tuple(x0.shape[1:]))
     history = fastcnn.fit(
         model,
         train_set,
@@ -157,6 +163,7 @@ def cmd_train(args):
         optimizer=opt,
         scheduler=sched,
         label_smoothing=args.label_smoothing,
+        transform=transform,
         val=val_set,
         seed=args.seed,
         progress=not args.quiet,
@@ -299,6 +306,12 @@ def build_parser():
     )
     t.add_argument(
         "--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing"
+    )
+    t.add_argument(
+        "--augment",
+        action="store_true",
+        help="augment the training images: Fashion-MNIST, shifts by up to 4 pixels and "
+        "horizontal flips; folders, random resized crops (35-100%% of the area) and flips",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="model.safetensors")

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .augment import Compose, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
 from .transforms import (
     _raw_to_float,
     channel_stats,
@@ -53,6 +54,10 @@ __all__ = [
     "FashionMNIST",
     "CIFAR10",
     "DataLoader",
+    "Compose",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
     "read_idx",
     "load_image",
     "preprocess_array",
@@ -820,6 +825,10 @@ class DataLoader:
             resumes at epoch e. Each `iter()` uses the current epoch, then advances it.
         seed: the shuffling seed; without one a random seed is drawn once, at construction.
         drop_last: leave out the last batch when it is smaller than batch_size.
+        transform: augmentation for training (fastcnn.augment: RandomCrop, RandomHorizontalFlip,
+            RandomResizedCrop, Compose), applied to each batch's uint8 pixels before they become
+            float; needs a data set of uint8 pixels (`.raw`). Its random numbers come from
+            np.random.default_rng((seed, epoch, batch)), so the batches repeat with the seed.
         prefetch: True builds the next batch in a background thread while this one is used;
             None (the default) does so only for data sets read sample by sample. An in-memory
             batch takes some 20 us to gather, nothing worth overlapping, and on a machine with
@@ -833,7 +842,14 @@ class DataLoader:
     """
 
     def __init__(
-        self, dataset, batch_size=64, shuffle=False, seed=None, drop_last=False, prefetch=None
+        self,
+        dataset,
+        batch_size=64,
+        shuffle=False,
+        seed=None,
+        drop_last=False,
+        prefetch=None,
+        transform=None,
     ):
         ok = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
         if not ok or batch_size < 1:
@@ -844,6 +860,9 @@ class DataLoader:
         self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
         self.drop_last = drop_last
         self.prefetch = prefetch
+        if transform is not None and not callable(transform):
+            raise TypeError(f"DataLoader: transform must be callable, got {type(transform)}")
+        self.transform = transform
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -860,15 +879,19 @@ class DataLoader:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(n)
         else:
             order = np.arange(n)
+        epoch = self.epoch
         self.epoch += 1
         stops = range(0, len(self) * self.batch_size, self.batch_size)
-        batches = (self._batch(order[i : i + self.batch_size]) for i in stops)
+        batches = (
+            self._batch(order[i : i + self.batch_size], (self.seed, epoch, k))
+            for k, i in enumerate(stops)
+        )
         prefetch = self.prefetch
         if prefetch is None:
             prefetch = not isinstance(getattr(self.dataset, "labels", None), np.ndarray)
         return _prefetched(batches) if prefetch else batches
 
-    def _batch(self, idx: np.ndarray):
+    def _batch(self, idx: np.ndarray, key):
         ds = self.dataset
         n = len(ds)
         labels = getattr(ds, "labels", None)
@@ -879,7 +902,15 @@ class DataLoader:
             if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and len(raw) == n:
                 if callable(to_float):
                     # One gather of B uint8 images, then one float32 conversion of just those.
-                    return to_float(raw.take(idx, axis=0)), y
+                    pixels = raw.take(idx, axis=0)
+                    if self.transform is not None:
+                        pixels = self.transform(pixels, np.random.default_rng(key))
+                    return to_float(pixels), y
+        if self.transform is not None:
+            raise TypeError(
+                f"DataLoader: transform needs a data set of uint8 pixels (.raw), such as "
+                f"fastcnn.data's; {type(ds).__name__} has none"
+            )
             images = getattr(ds, "images", None)
             if isinstance(images, np.ndarray) and len(images) == n:
                 # One gather; fancy indexing returns a fresh C-contiguous copy.

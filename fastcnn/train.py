@@ -18,8 +18,10 @@ from .data import DataLoader
 __all__ = ["fit", "evaluate", "predict"]
 
 
-def _loader(data, batch_size, shuffle=False, seed=None) -> DataLoader:
+def _loader(data, batch_size, shuffle=False, seed=None, transform=None) -> DataLoader:
     if isinstance(data, DataLoader):
+        if transform is not None:
+            raise ValueError("the data is a DataLoader: give it the transform instead")
         return data
     if isinstance(data, tuple) and len(data) == 2:  # (images, labels) arrays
         from .data import ArrayDataset
@@ -29,7 +31,7 @@ def _loader(data, batch_size, shuffle=False, seed=None) -> DataLoader:
         raise TypeError(f"expected a dataset or DataLoader, got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError("the data set is empty")
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, seed=seed, transform=transform)
 
 
 def _remember_data(model, dataset) -> None:
@@ -68,6 +70,7 @@ def fit(
     optimizer=None,
     scheduler=None,
     label_smoothing=0.0,
+    transform=None,
     val=None,
     seed=0,
     progress=True,
@@ -98,6 +101,9 @@ def fit(
             after every epoch (its validation included) for the others. Its state is part of
             the checkpoint.
         label_smoothing: the loss's label smoothing, in [0, 1] (nn.CrossEntropyLoss).
+        transform: augmentation of the training batches (fastcnn.augment, e.g.
+            data.Compose([data.RandomCrop(28, padding=4), data.RandomHorizontalFlip()])),
+            seeded by `seed`; never applied to `val`.
         val: data to evaluate after every epoch, of the same kinds as `train`.
         seed: seeds the shuffling: a run with the same seed, data and initial weights
             (nn.manual_seed) repeats bit for bit.
@@ -142,7 +148,7 @@ def fit(
             raise FileNotFoundError(
                 f"cannot write the checkpoint {checkpoint}: folder {folder} does not exist"
             )
-    loader = _loader(train, batch_size, shuffle=True, seed=seed)
+    loader = _loader(train, batch_size, shuffle=True, seed=seed, transform=transform)
     if len(loader) == 0:  # an empty data set, or drop_last dropping every sample
         raise ValueError(
             f"the training data gives no batches ({len(loader.dataset)} samples, "
@@ -202,6 +208,7 @@ def _training_state(loader, run=None):
         "drop_last": bool(loader.drop_last),
         "samples": len(loader.dataset),
         "classes": None if classes is None else [str(c) for c in classes],
+        "transform": None if loader.transform is None else repr(loader.transform),
     }
 
 
@@ -287,6 +294,7 @@ def _resume_problem(ckpt, model, run, loader):
         ("seed", "shuffle seed"),
         ("shuffle", "shuffling"),
         ("drop_last", "drop_last"),
+        ("transform", "augmentations"),
     ):
         if have.get(key) != want[key]:
             return f"the {what} differ: {have.get(key)!r} there, {want[key]!r} here"

@@ -142,8 +142,9 @@ def test_train_grey_images_with_channels_1(tmp_path):
         ["--optimizer", "sgd", "--nesterov", "--weight-decay", "5e-4", "--schedule", "onecycle"],
         ["--optimizer", "adamw", "--schedule", "cosine", "--label-smoothing", "0.1"],
         ["--optimizer", "adam", "--weight-decay", "1e-4", "--schedule", "step"],
+        ["--augment"],
     ],
-    ids=["sgd-onecycle", "adamw-cosine", "adam-step"],
+    ids=["sgd-onecycle", "adamw-cosine", "adam-step", "augment"],
 )
 def test_train_with_optimizer_schedule_and_smoothing(options, tmp_path):
     make_folder(tmp_path / "images", per_class=6)

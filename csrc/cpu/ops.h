@@ -55,6 +55,16 @@ void relu_backward(int64_t n, const float* y, const float* dy, float* dx);
 double softmax_cross_entropy(int64_t N, int64_t K, const float* logits, const int64_t* labels,
                              float* dlogits, float label_smoothing);
 
+// ---- augment.cpp (uint8 pixels; see the file's header) ----------------------------------------
+// x, y: (B, C, H, W); dy, dx: (B,) shifts; flip: (B,) 0 or 1.
+void augment_crop_flip(int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t* x,
+                       const int32_t* dy, const int32_t* dx, const uint8_t* flip, uint8_t* y);
+// x: (B, C, H, W); boxes: (B, 4) top, left, height, width (> 0) in pixels; flip: (B,);
+// y: (B, C, OH, OW).
+void augment_resized_crop(int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t* x,
+                          const float* boxes, const uint8_t* flip, int64_t OH, int64_t OW,
+                          uint8_t* y);
+
 // ---- optim.cpp (in place, n elements; PyTorch's update rules) ---------------------------------
 // momentum_buf may be null when momentum == 0; `first` marks the buffer as not yet initialised.
 void sgd_step(int64_t n, float* param, const float* grad, float* momentum_buf, float lr,
