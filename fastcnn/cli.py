@@ -146,9 +146,8 @@ def cmd_train(args):
     model = models.ARCHITECTURES[args.arch](
         in_channels=x0.shape[0], num_classes=len(train_set.classes), image_size=x0.shape[1:]
     ).to(args.device)
-    if args.batch_size < 1 or args.epochs < 1:
-        raise ValueError("--batch-size and --epochs must be >= 1")
-    opt, sched = make_optimizer(args, model, -(-len(train_set) // args.batch_size))
+    # (a batch size below 1 is refused by fit, with the other checks)
+    opt, sched = make_optimizer(args, model, -(-len(train_set) // max(1, args.batch_size)))
     transform = None
     if args.augment:
         from . import augment
