@@ -148,6 +148,13 @@ def cmd_train(args):
     ).to(args.device)
     # (a batch size below 1 is refused by fit, with the other checks)
     opt, sched = make_optimizer(args, model, -(-len(train_set) // max(1, args.batch_size)))
+    on_epoch_end = None
+    if args.plots:
+        from . import plot
+
+        plot._pyplot()  # say now, not after the training, that matplotlib is missing
+        os.makedirs(args.plots, exist_ok=True)
+        on_epoch_end = lambda h: plot.curves(h, os.path.join(args.plots, "curves.png"))  # noqa: E731
     transform = None
     if args.augment:
         from . import augment
@@ -168,8 +175,15 @@ def cmd_train(args):
         progress=not args.quiet,
         checkpoint=checkpoint,
         resume=args.resume,
+        on_epoch_end=on_epoch_end,
     )
     fastcnn.save(model, args.out)
+    from . import plot
+
+    csv_path = history_csv_path(args.out)
+    plot.write_history_csv(history, csv_path)
+    if args.plots:
+        _model_plots(model, val_set, args.plots)
     if not args.checkpoint and os.path.abspath(checkpoint) != os.path.abspath(args.out):
         # The default checkpoint has served its purpose; one the user named stays.
         with contextlib.suppress(FileNotFoundError):
@@ -182,16 +196,43 @@ def cmd_train(args):
     print(f"{summary}; model saved to {args.out}")
 
 
+def history_csv_path(out):
+    """Where `train --out OUT` writes the per-epoch history: OUT with .csv for .safetensors."""
+    root, ext = os.path.splitext(out)
+    return (root if ext == ".safetensors" else out) + ".history.csv"
+
+
+def _model_plots(model, dataset, folder):
+    """The confusion matrix and misclassified grid of `model` on `dataset`, and its filters."""
+    from . import plot
+
+    written = [plot.filters(model, os.path.join(folder, "filters.png"))]
+    if dataset is not None:
+        written.insert(
+            0, plot.confusion_matrix(model, dataset, os.path.join(folder, "confusion.png"))
+        )
+        written.insert(
+            1, plot.misclassified(model, dataset, os.path.join(folder, "misclassified.png"))
+        )
+    print("plots: " + ", ".join(written))
+
+
 def cmd_eval(args):
     import fastcnn
 
     model = fastcnn.load(args.model).to(args.device)
+    if args.plots:
+        from . import plot
+
+        plot._pyplot()
     dataset, _ = _load_data(args.data, None, None, train=False, reference=model)
     scores = fastcnn.evaluate(model, dataset)
     print(
         f"{args.data}: {len(dataset)} images, loss {scores['loss']:.4f}, "
         f"accuracy {scores['accuracy']:.4f}"
     )
+    if args.plots:
+        _model_plots(model, dataset, args.plots)
 
 
 def cmd_predict(args):
@@ -327,6 +368,12 @@ def build_parser():
         "--epochs, which is the total; --quiet and --out may change too)",
     )
     t.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write PNG pictures there: curves.png after every epoch, then confusion.png, "
+        "misclassified.png (on the held-out images) and filters.png (needs fastcnn[plot])",
+    )
+    t.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar and no per-epoch lines, only the summary",
@@ -336,6 +383,11 @@ def build_parser():
     e = sub.add_parser("eval", help="accuracy of a saved model on a data set", parents=[where])
     e.add_argument("model")
     e.add_argument("data", nargs="?", default=DEFAULT_DATA)
+    e.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write confusion.png, misclassified.png and filters.png there (fastcnn[plot])",
+    )
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("predict", help="label image files with a saved model", parents=[where])
@@ -364,7 +416,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastcnn: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, OSError, RuntimeError, FloatingPointError) as e:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        RuntimeError,
+        FloatingPointError,
+        ImportError,
+    ) as e:
         print(f"fastcnn: error: {e}", file=sys.stderr)
         return 1
     except MemoryError as e:  # numpy's message says how much it failed to allocate

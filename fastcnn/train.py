@@ -76,6 +76,7 @@ def fit(
     progress=True,
     checkpoint=None,
     resume=False,
+    on_epoch_end=None,
 ):
     """Train `model` on `train` for `epochs` epochs of shuffled mini-batches.
 
@@ -116,6 +117,8 @@ def fit(
         resume: continue from `checkpoint` if that file exists (weights, optimizer state,
             history, shuffle order) and run the remaining epochs, ending bit for bit where an
             uninterrupted run ends; start from scratch if it does not exist.
+        on_epoch_end: called with the history after each epoch (its record appended, the
+            checkpoint written), e.g. to redraw fastcnn.plot.curves.
 
     Returns:
         The history: a list with one dict per epoch (restored epochs included), with keys
@@ -173,7 +176,7 @@ def fit(
     wanted_input_grad = model.requires_input_grad
     model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
     try:
-        _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history)
+        _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history, on_epoch_end)
     finally:
         model.requires_input_grad = wanted_input_grad
     return history
@@ -395,7 +398,7 @@ def _on(device, x, y, classes):
     return ops.to_device(x, device), ops.to_device(y, device)
 
 
-def _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history):
+def _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history, on_epoch_end):
     device, classes = model.device, _output_features(model)
     optimizer, scheduler, loss_fn = run.optimizer, run.scheduler, run.loss_fn
     per_batch = scheduler is not None and scheduler.per_batch
@@ -446,6 +449,8 @@ def _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, histor
             scheduler.step()
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, run, loader, history, epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(history)
 
 
 def _save_checkpoint(path, model, run, loader, history, epoch):
