@@ -105,7 +105,7 @@ def test_train_writes_a_model(workdir):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "model saved to tmp/model.safetensors" in result.stdout
-    assert sorted(os.listdir(root / "tmp")) == ["model.safetensors"]
+    assert sorted(os.listdir(root / "tmp")) == ["model.history.csv", "model.safetensors"]
     model = fastcnn.load(root / "tmp" / "model.safetensors")
     assert model.classes == ["bright", "dark"]
     assert model.preprocessing["image_size"] == [16, 16]

@@ -769,8 +769,9 @@ def test_cli_train_resume(tmp_path):
     ]
     full = _cli(*common, "--epochs", "3", "--out", "full.safetensors", cwd=tmp_path)
     assert full.returncode == 0, full.stderr
-    # the default checkpoint (full.ckpt.safetensors) is deleted once the model is saved
-    assert sorted(os.listdir(tmp_path)) == ["full.safetensors", "images"]
+    # the default checkpoint (full.ckpt.safetensors) is deleted once the model is saved; the
+    # history stays beside the model
+    assert sorted(os.listdir(tmp_path)) == ["full.history.csv", "full.safetensors", "images"]
 
     # a named checkpoint stays; --resume continues it to the new --epochs total
     first = _cli(
