@@ -263,6 +263,116 @@ py::tuple softmax_cross_entropy(const py::array& logits, const py::array& labels
   return py::make_tuple(loss, d);
 }
 
+// ---- batchnorm2d ------------------------------------------------------------------------------
+
+// (C,) float32 per-channel values, or null when absent.
+const float* per_channel(const OptArray& a, const char* name, int64_t C) {
+  if (!a) return nullptr;
+  const float* p = in_f32(*a, name, 1);
+  expect_shape(*a, name, {C});
+  return p;
+}
+
+py::tuple batchnorm2d_forward(const py::array& x, const OptArray& weight, const OptArray& bias,
+                              double eps, bool relu, const OptArray& out) {
+  const float* xp = in_f32(x, "x", 4);
+  const int64_t N = x.shape(0), C = x.shape(1), P = x.shape(2) * x.shape(3);
+  const float *wp = per_channel(weight, "weight", C), *bp = per_channel(bias, "bias", C);
+  if (!(eps > 0)) value_error("eps must be > 0");
+  F32 y = make_out(out, shape_of(x), "out", {&x});
+  F32 mean({C}), invstd({C}), var({C});
+  float *yp = data(y), *mp = data(mean), *ip = data(invstd), *vp = data(var);
+  {
+    py::gil_scoped_release nogil;
+    fastcnn::batchnorm2d_forward_train(N, C, P, xp, wp, bp, static_cast<float>(eps), relu, yp, mp,
+                                       ip, vp);
+  }
+  return py::make_tuple(y, mean, invstd, var);
+}
+
+F32 batchnorm2d_forward_eval(const py::array& x, const py::array& scale, const py::array& shift,
+                             bool relu, const OptArray& out) {
+  const float* xp = in_f32(x, "x", 4);
+  const int64_t N = x.shape(0), C = x.shape(1), P = x.shape(2) * x.shape(3);
+  const float *sp = per_channel(scale, "scale", C), *hp = per_channel(shift, "shift", C);
+  F32 y = make_out(out, shape_of(x), "out", {&x});
+  float* yp = data(y);
+  {
+    py::gil_scoped_release nogil;
+    fastcnn::batchnorm2d_forward_eval(N, C, P, xp, sp, hp, relu, yp);
+  }
+  return y;
+}
+
+py::tuple batchnorm2d_backward(const py::array& x, const py::array& dy, const OptArray& y,
+                               const py::array& mean, const py::array& invstd,
+                               const OptArray& weight, bool need_dx, bool need_affine,
+                               const OptArray& dx_out) {
+  const float* xp = in_f32(x, "x", 4);
+  const int64_t N = x.shape(0), C = x.shape(1), P = x.shape(2) * x.shape(3);
+  const float* dyp = in_f32(dy, "dy", 4);
+  expect_shape(dy, "dy", shape_of(x));
+  const float* yp = nullptr;
+  if (y) {
+    yp = in_f32(*y, "y", 4);
+    expect_shape(*y, "y", shape_of(x));
+  }
+  const float *mp = per_channel(mean, "mean", C), *ip = per_channel(invstd, "invstd", C);
+  const float* wp = per_channel(weight, "weight", C);
+  py::object dx = py::none(), dw = py::none(), db = py::none();
+  float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
+  if (need_dx) {
+    F32 a = make_out(dx_out, shape_of(x), "dx_out", {&x, &dy});
+    dxp = data(a);
+    dx = a;
+  }
+  if (need_affine) {
+    F32 a({C}), b({C});
+    dwp = data(a), dbp = data(b);
+    dw = a, db = b;
+  }
+  {
+    py::gil_scoped_release nogil;
+    fastcnn::batchnorm2d_backward(N, C, P, xp, dyp, yp, mp, ip, wp, dxp, dwp, dbp);
+  }
+  return py::make_tuple(dx, dw, db);
+}
+
+// ---- dropout ----------------------------------------------------------------------------------
+
+py::tuple dropout_forward(const py::array& x, double p, uint64_t seed, const OptArray& out) {
+  const float* xp = in_f32(x, "x", -1);
+  if (!(p >= 0 && p <= 1)) value_error("p must be in [0, 1], got " + std::to_string(p));
+  F32 y = make_out(out, shape_of(x), "out", {&x});
+  py::array_t<uint8_t, py::array::c_style> mask(shape_of(x));
+  float* yp = data(y);
+  uint8_t* mp = mask.mutable_data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    fastcnn::dropout_forward(n, xp, static_cast<float>(p), seed, yp, mp);
+  }
+  return py::make_tuple(y, mask);
+}
+
+F32 dropout_backward(const py::array& dy, const py::array& mask, double p, const OptArray& out) {
+  const float* dyp = in_f32(dy, "dy", -1);
+  if (!py::isinstance<py::array_t<uint8_t>>(mask) || mask.itemsize() != 1 ||
+      !(mask.flags() & py::array::c_style))
+    type_error("mask must be the C-contiguous uint8 mask dropout_forward returned");
+  expect_shape(mask, "mask", shape_of(dy));
+  if (!(p >= 0 && p <= 1)) value_error("p must be in [0, 1], got " + std::to_string(p));
+  F32 dx = make_out(out, shape_of(dy), "out", {&dy});
+  float* dxp = data(dx);
+  const uint8_t* mp = static_cast<const uint8_t*>(mask.data());
+  const int64_t n = dy.size();
+  {
+    py::gil_scoped_release nogil;
+    fastcnn::dropout_backward(n, dyp, mp, static_cast<float>(p), dxp);
+  }
+  return dx;
+}
+
 // ---- augmentation -----------------------------------------------------------------------------
 
 using U8 = py::array_t<uint8_t, py::array::c_style>;
@@ -406,6 +516,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("adam_step", &adam_step, arg("param"), arg("grad"), arg("exp_avg"), arg("exp_avg_sq"),
         arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"),
         arg("decoupled") = false);
+  m.def("batchnorm2d_forward", &batchnorm2d_forward, arg("x"), arg("weight").none(true),
+        arg("bias").none(true), arg("eps"), arg("relu") = false, arg("out") = none);
+  m.def("batchnorm2d_forward_eval", &batchnorm2d_forward_eval, arg("x"), arg("scale"), arg("shift"),
+        arg("relu") = false, arg("out") = none);
+  m.def("batchnorm2d_backward", &batchnorm2d_backward, arg("x"), arg("dy"), arg("y").none(true),
+        arg("mean"), arg("invstd"), arg("weight").none(true), arg("need_dx") = true,
+        arg("need_affine") = true, arg("dx_out") = none);
+  m.def("dropout_forward", &dropout_forward, arg("x"), arg("p"), arg("seed"), arg("out") = none);
+  m.def("dropout_backward", &dropout_backward, arg("dy"), arg("mask"), arg("p"), arg("out") = none);
   m.def("augment_crop_flip", &augment_crop_flip, arg("x"), arg("dy"), arg("dx"), arg("flip"));
   m.def("augment_resized_crop", &augment_resized_crop, arg("x"), arg("boxes"), arg("flip"),
         arg("out_h"), arg("out_w"));

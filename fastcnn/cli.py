@@ -321,7 +321,12 @@ def build_parser():
         default=DEFAULT_DATA,
         help=f"'{DEFAULT_DATA}' (default) or an image folder with one sub-folder per class",
     )
-    t.add_argument("--arch", default="seednet", choices=["seednet"])
+    t.add_argument(
+        "--arch",
+        default="seednet",
+        choices=["seednet", "resnet8", "resnet20"],
+        help="default seednet",
+    )
     t.add_argument("--image-size", type=int, help="side in pixels (default 28 / 64 for folders)")
     t.add_argument("--channels", type=int, choices=[1, 3], help="1 grey, 3 RGB")
     t.add_argument("--epochs", type=int, default=8)

@@ -71,26 +71,20 @@ def build(arch) -> nn.Sequential:
 
 
 def _expected_shapes(arch) -> dict:
-    """Parameter shapes the architecture implies, from its JSON alone (nothing allocated)."""
+    """Parameter and buffer shapes the architecture implies, from its JSON alone (nothing
+    allocated): each layer class's shapes(**config)."""
     shapes = {}
     layers = arch.get("layers")
     for i, spec in enumerate(layers if isinstance(layers, list) else []):
         config = spec.get("config", {}) if isinstance(spec, dict) else {}
-        if not isinstance(config, dict):
-            continue
         kind = spec.get("type") if isinstance(spec, dict) else None
+        cls = nn.LAYERS.get(kind) if isinstance(kind, str) else None
+        if not isinstance(config, dict) or not hasattr(cls, "shapes"):
+            continue
         try:
-            if kind == "Conv2d":
-                k = config["kernel_size"]
-                k = [k, k] if isinstance(k, int) else list(k)
-                shapes[f"{i}.weight"] = (config["out_channels"], config["in_channels"], *k)
-                if config.get("bias", True):
-                    shapes[f"{i}.bias"] = (config["out_channels"],)
-            elif kind == "Linear":
-                shapes[f"{i}.weight"] = (config["out_features"], config["in_features"])
-                if config.get("bias", True):
-                    shapes[f"{i}.bias"] = (config["out_features"],)
-        except (KeyError, TypeError):
+            for name, shape in cls.shapes(**config).items():
+                shapes[f"{i}.{name}"] = tuple(shape)
+        except (KeyError, TypeError, ValueError):
             continue  # build() reports the bad configuration
     return shapes
 

@@ -22,14 +22,20 @@ from . import ops
 
 __all__ = [
     "Parameter",
+    "Buffer",
     "Module",
     "Sequential",
     "Conv2d",
     "MaxPool2d",
     "AvgPool2d",
+    "AdaptiveAvgPool2d",
     "Linear",
     "ReLU",
     "Flatten",
+    "BatchNorm2d",
+    "Dropout",
+    "Residual",
+    "BasicBlock",
     "CrossEntropyLoss",
     "manual_seed",
     "LAYERS",
@@ -82,6 +88,23 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape})"
+
+
+class Buffer:
+    """Saved, untrained state of a layer (PyTorch's buffers: BatchNorm2d's running statistics):
+    part of state_dict() and of model files, never of parameters() or an optimizer.
+
+    Attributes:
+        data: a numpy array (float32, or int64 for counters).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = np.asarray(data)
+
+    def __repr__(self):
+        return f"Buffer(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
 
 
 class Module:
@@ -169,6 +192,25 @@ class Module:
         """Every Parameter, in named_parameters() order (what an optimizer takes)."""
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Buffer]]:
+        """(name, Buffer) pairs of this module and its sub-modules ("1.running_mean", ...)."""
+        for name, value in vars(self).items():
+            if isinstance(value, Buffer):
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child.named_buffers(f"{prefix}{name}.")
+
+    def _named_state(self, prefix: str = ""):
+        """Parameters then buffers of each module, depth first: PyTorch's state_dict order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, value in vars(self).items():
+            if isinstance(value, Buffer):
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child._named_state(f"{prefix}{name}.")
+
     def modules(self) -> Iterator[Module]:
         """This module and all its sub-modules, depth first."""
         yield self
@@ -176,9 +218,10 @@ class Module:
             yield from child.modules()
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """A dict name -> numpy copy of each parameter (from whichever device it is on), with
-        PyTorch's keys and shapes: torch's load_state_dict takes it after torch.from_numpy."""
-        return {name: np.array(ops.to_numpy(p.data)) for name, p in self.named_parameters()}
+        """A dict name -> numpy copy of each parameter and buffer (from whichever device it is
+        on), with PyTorch's keys, order and shapes: torch's load_state_dict takes it after
+        torch.from_numpy."""
+        return {name: np.array(ops.to_numpy(p.data)) for name, p in self._named_state()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters, in place.
@@ -193,7 +236,7 @@ class Module:
             KeyError: (strict) missing or unexpected names. ValueError: a shape differs.
             TypeError: non-floating values. Nothing is changed when anything is refused.
         """
-        own = dict(self.named_parameters())
+        own = dict(self._named_state())
         if strict:
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
@@ -208,11 +251,17 @@ class Module:
                 raise ValueError(
                     f"{name}: expected shape {own[name].data.shape}, got {array.shape}"
                 )
-            if not np.issubdtype(array.dtype, np.floating):
-                raise TypeError(f"{name}: expected floating-point values, got {array.dtype}")
+            integer = np.issubdtype(own[name].data.dtype, np.integer)  # a counter buffer
+            kind = np.integer if integer else np.floating
+            if not np.issubdtype(array.dtype, kind):
+                what = "integer" if integer else "floating-point"
+                raise TypeError(f"{name}: expected {what} values, got {array.dtype}")
             arrays[name] = array
         for name, array in arrays.items():
-            ops.copy_into(own[name].data, array)
+            if isinstance(own[name], Buffer):
+                own[name].data = np.array(array, dtype=own[name].data.dtype)
+            else:
+                ops.copy_into(own[name].data, array)
 
     def train(self, mode: bool = True) -> Module:
         """Set training mode (mode=True) or eval mode on this module and its sub-modules;
@@ -235,6 +284,9 @@ class Module:
         then takes inputs on that device. Gradients and kept activations are dropped; create
         the optimizer after moving the model (or its state moves at its next step)."""
         device = ops._device(device)
+        if device != "cpu" and any(True for _ in self.named_buffers()):
+            kinds = sorted({type(m).__name__ for m in self.modules() if _has_buffers(m)})
+            raise NotImplementedError(f"{', '.join(kinds)} run on the CPU only for now")
         for p in self.parameters():
             p.data = ops.to_device(p.data, device)
             p.grad = None
@@ -259,6 +311,10 @@ class Module:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _has_buffers(module) -> bool:
+    return any(isinstance(v, Buffer) for v in vars(module).values())
 
 
 class Sequential(Module):
@@ -322,7 +378,7 @@ class Sequential(Module):
             ):
                 steps += [(layer, False), (after[1], True)]
                 i += 3
-            elif type(layer) in (Conv2d, Linear) and relu_next:
+            elif type(layer) in (Conv2d, Linear, BatchNorm2d) and relu_next:
                 steps.append((layer, True))
                 i += 2
             else:
@@ -452,6 +508,15 @@ class Conv2d(_Weighted):
         self.weight = Parameter(_uniform((out_channels, in_channels, *self.kernel_size), bound))
         self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
 
+    @classmethod
+    def shapes(cls, in_channels, out_channels, kernel_size, bias=True, **_):
+        """Parameter shapes, from the configuration alone (io checks model files by it)."""
+        k = [kernel_size, kernel_size] if isinstance(kernel_size, int) else list(kernel_size)
+        out = {"weight": (out_channels, in_channels, *k)}
+        if bias:
+            out["bias"] = (out_channels,)
+        return out
+
     def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
         y = ops.conv2d_forward(
@@ -521,6 +586,14 @@ class Linear(_Weighted):
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform((self.out_features, self.in_features), bound))
         self.bias = Parameter(_uniform((self.out_features,), bound)) if bias else None
+
+    @classmethod
+    def shapes(cls, in_features, out_features, bias=True):
+        """Parameter shapes, from the configuration alone (io checks model files by it)."""
+        return {
+            "weight": (out_features, in_features),
+            **({"bias": (out_features,)} if bias else {}),
+        }
 
     def forward(self, x, relu=False):
         b = self.bias.data if self.bias is not None else None
@@ -633,6 +706,259 @@ class Flatten(Module):
         return dy.reshape(self._shape)
 
 
+class AdaptiveAvgPool2d(Module):
+    """Global average pooling, as torch.nn.AdaptiveAvgPool2d(1): (N, C, H, W) -> (N, C, 1, 1),
+    each channel's mean (the average-pooling kernels with one H x W window). Only output size 1
+    is supported.
+
+    Args:
+        output_size: 1 (or (1, 1)).
+    """
+
+    def __init__(self, output_size=1):
+        if output_size not in (1, (1, 1), [1, 1]):
+            raise ValueError(f"AdaptiveAvgPool2d supports output_size 1 only, got {output_size!r}")
+
+    def forward(self, x):
+        if getattr(x, "ndim", 0) != 4:
+            raise ValueError(f"AdaptiveAvgPool2d takes (N, C, H, W), got shape {x.shape}")
+        self._x_shape = x.shape
+        window = tuple(x.shape[2:])
+        return ops.avgpool2d_forward(x, window, window, self._buffer("y", (*x.shape[:2], 1, 1), x))
+
+    def backward(self, dy):
+        window = tuple(self._x_shape[2:])
+        return ops.avgpool2d_backward(
+            dy, self._x_shape, window, window, self._buffer("dx", self._x_shape, dy)
+        )
+
+    def config(self):
+        return {"output_size": 1}
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over the channels of NCHW images, as torch.nn.BatchNorm2d.
+
+    Training: each channel normalised by the batch's mean and biased variance, then scaled by
+    `weight` and shifted by `bias`; `running_mean` and `running_var` (unbiased) follow the batch
+    statistics with `momentum` (None: a cumulative average), `num_batches_tracked` counts the
+    batches. Eval: the running statistics are used instead (folded into one scale and shift per
+    channel). A ReLU after it in a Sequential runs in its output loop.
+
+    Args:
+        num_features: channels C.
+        eps: added to the variance, > 0.
+        momentum: weight of each new batch in the running statistics, in [0, 1], or None.
+        affine: learn `weight` (ones) and `bias` (zeros).
+        track_running_stats: keep running statistics (else batch statistics in eval too).
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        self.num_features = _int(num_features, "num_features", 1)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+        self.eps, self.momentum = float(eps), None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        c = self.num_features
+        self.weight = Parameter(np.ones(c, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(c, np.float32)) if affine else None
+        if track_running_stats:
+            self.running_mean = Buffer(np.zeros(c, np.float32))
+            self.running_var = Buffer(np.ones(c, np.float32))
+            self.num_batches_tracked = Buffer(np.array(0, np.int64))
+
+    @classmethod
+    def shapes(cls, num_features, affine=True, track_running_stats=True, **_):
+        """Parameter and buffer shapes, from the configuration alone (io checks files by it)."""
+        c = (num_features,)
+        out = {"weight": c, "bias": c} if affine else {}
+        if track_running_stats:
+            out.update(running_mean=c, running_var=c, num_batches_tracked=())
+        return out
+
+    def forward(self, x, relu=False):
+        if getattr(x, "ndim", 0) != 4 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"BatchNorm2d({self.num_features}) takes (N, {self.num_features}, H, W), "
+                f"got shape {getattr(x, 'shape', None)}"
+            )
+        w = self.weight.data if self.affine else None
+        b = self.bias.data if self.affine else None
+        out = self._buffer("y", x.shape, x)
+        if self.training or not self.track_running_stats:
+            y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, self.eps, relu, out)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+            self._x, self._y, self._stats = (x, y if relu else None, (mean, invstd))
+            return y
+        scale = (1.0 / np.sqrt(self.running_var.data.astype(np.float64) + self.eps)).astype(
+            np.float32
+        )
+        if w is not None:
+            scale = scale * w
+        shift = -self.running_mean.data * scale
+        if b is not None:
+            shift = shift + b
+        self._x = None
+        return ops.batchnorm2d_forward_eval(x, scale, shift.astype(np.float32), relu, out)
+
+    def _update_running_stats(self, mean, var, count):
+        self.num_batches_tracked.data = self.num_batches_tracked.data + 1
+        m = self.momentum
+        if m is None:  # a cumulative moving average, as PyTorch's momentum=None
+            m = 1.0 / float(self.num_batches_tracked.data)
+        unbiased = var * np.float32(count / max(count - 1, 1))
+        rm, rv = self.running_mean, self.running_var
+        rm.data = ((1 - m) * rm.data + m * mean).astype(np.float32)
+        rv.data = ((1 - m) * rv.data + m * unbiased).astype(np.float32)
+
+    def backward(self, dy):
+        if getattr(self, "_x", None) is None:
+            raise RuntimeError("BatchNorm2d.backward called without a forward in training mode")
+        need_dx = self.requires_input_grad
+        dx, dw, db = ops.batchnorm2d_backward(
+            self._x,
+            dy,
+            self._y,
+            *self._stats,
+            self.weight.data if self.affine else None,
+            need_dx,
+            self.affine,
+            self._buffer("dx", self._x.shape, dy) if need_dx else None,
+        )
+        if self.affine:
+            self.weight.accumulate(dw)
+            self.bias.accumulate(db)
+        return dx
+
+    def config(self):
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+        }
+
+
+class Dropout(Module):
+    """Zeroes each element with probability p while training and scales the rest by 1/(1-p)
+    (inverted dropout, as torch.nn.Dropout); the identity in eval mode. The masks come from the
+    generator nn.manual_seed seeds, so a seeded run repeats bit for bit.
+
+    Args:
+        p: the probability of zeroing, in [0, 1).
+    """
+
+    def __init__(self, p=0.5):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        seed = int(_rng.integers(0, 2**63))
+        y, self._mask = ops.dropout_forward(x, self.p, seed, self._buffer("y", x.shape, x))
+        return y
+
+    def backward(self, dy):
+        if self._mask is None:
+            return dy
+        return ops.dropout_backward(dy, self._mask, self.p, self._buffer("dx", dy.shape, dy))
+
+    def config(self):
+        return {"p": self.p}
+
+
+class Residual(Module):
+    """body(x) + shortcut(x), shortcut the identity when None: the residual connection of a
+    ResNet. Backward adds the input gradients of both branches. Its state-dict keys are those of
+    its children, `body.*` and `shortcut.*`.
+
+    Args:
+        body: a Module (often a Sequential).
+        shortcut: a Module of the same output shape, or None for the identity.
+    """
+
+    def __init__(self, body, shortcut=None):
+        for m in (body, shortcut):
+            if m is not None and not isinstance(m, Module):
+                raise TypeError(f"Residual takes Modules, got {type(m).__name__}")
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x):
+        y = self.body(x)
+        s = x if self.shortcut is None else self.shortcut(x)
+        if tuple(y.shape) != tuple(s.shape):
+            raise ValueError(f"Residual: body gives {tuple(y.shape)}, shortcut {tuple(s.shape)}")
+        return y + s
+
+    def backward(self, dy):
+        dx = self.body.backward(dy)
+        ds = dy if self.shortcut is None else self.shortcut.backward(dy)
+        return dx + ds
+
+
+class BasicBlock(Module):
+    """The two-convolution residual block of the CIFAR ResNets (He et al. 2016):
+    relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), 3x3 convolutions without bias, the
+    first with `stride`; the shortcut is empty (the identity) when the shape is unchanged, else
+    a 1x1 convolution with `stride` and a BatchNorm2d. Keys: conv1, bn1, conv2, bn2, shortcut.0,
+    shortcut.1, as in the usual PyTorch CIFAR ResNets.
+
+    Args:
+        in_planes: input channels.
+        planes: output channels.
+        stride: 1, or 2 to halve the image.
+    """
+
+    def __init__(self, in_planes, planes, stride=1):
+        self.in_planes, self.planes = _int(in_planes, "in_planes", 1), _int(planes, "planes", 1)
+        self.stride = _int(stride, "stride", 1, MAX_WINDOW)
+        self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = BatchNorm2d(planes)
+        self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = BatchNorm2d(planes)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = Sequential(
+                Conv2d(in_planes, planes, 1, stride, 0, bias=False), BatchNorm2d(planes)
+            )
+        else:
+            self.shortcut = Sequential()
+
+    @classmethod
+    def shapes(cls, in_planes, planes, stride=1):
+        """Parameter and buffer shapes, from the configuration alone (io checks files by it)."""
+        out = {"conv1.weight": (planes, in_planes, 3, 3), "conv2.weight": (planes, planes, 3, 3)}
+        bn = {"bn1": planes, "bn2": planes}
+        if stride != 1 or in_planes != planes:
+            out["shortcut.0.weight"] = (planes, in_planes, 1, 1)
+            bn["shortcut.1"] = planes
+        for name, c in bn.items():
+            out.update({f"{name}.{k}": s for k, s in BatchNorm2d.shapes(c).items()})
+        return out
+
+    def forward(self, x):
+        h = self.bn1.forward(self.conv1(x), relu=True)
+        h = self.bn2(self.conv2(h))
+        s = self.shortcut(x)
+        self._y = ops.relu_forward(h + s)
+        return self._y
+
+    def backward(self, dy):
+        g = ops.relu_backward(self._y, dy)
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(g))))
+        ds = self.shortcut.backward(g)
+        return dx + ds
+
+    def config(self):
+        return {"in_planes": self.in_planes, "planes": self.planes, "stride": self.stride}
+
+
 class CrossEntropyLoss:
     """Mean softmax cross-entropy, as torch.nn.CrossEntropyLoss (mean reduction).
 
@@ -669,4 +995,18 @@ class CrossEntropyLoss:
 
 
 # Every layer io may rebuild from a model file, by name (a file never names code to run).
-LAYERS = {cls.__name__: cls for cls in (Conv2d, Linear, MaxPool2d, AvgPool2d, ReLU, Flatten)}
+LAYERS = {
+    cls.__name__: cls
+    for cls in (
+        Conv2d,
+        Linear,
+        MaxPool2d,
+        AvgPool2d,
+        ReLU,
+        Flatten,
+        BatchNorm2d,
+        Dropout,
+        AdaptiveAvgPool2d,
+        BasicBlock,
+    )
+}

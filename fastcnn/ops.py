@@ -35,6 +35,11 @@ __all__ = [
     "relu_forward",
     "relu_backward",
     "softmax_cross_entropy",
+    "batchnorm2d_forward",
+    "batchnorm2d_forward_eval",
+    "batchnorm2d_backward",
+    "dropout_forward",
+    "dropout_backward",
     "sgemm",
     "set_conv_algorithm",
     "conv_algorithm",
@@ -367,6 +372,79 @@ def relu_backward(y, dy, out=None):
     for dx."""
     k, (y, dy) = _kernels(y=y, dy=dy)
     return k.relu_backward(y, dy, out)
+
+
+# ---- batch normalisation and dropout (CPU kernels only) -----------------------------------------
+
+
+def _cpu_only(op, **arrays):
+    for name, a in arrays.items():
+        if a is not None and device_of(a) != "cpu":
+            raise NotImplementedError(
+                f"{op} has no {device_of(a)} kernel yet ({name} is on {device_of(a)}): "
+                "keep models with this layer on the CPU"
+            )
+
+
+def batchnorm2d_forward(x, weight, bias, eps=1e-5, relu=False, out=None):
+    """Batch normalisation of x (N, C, H, W) by its own per-channel statistics (training mode).
+
+    Args:
+        x: float32 (N, C, H, W).
+        weight, bias: float32 (C,) each, or None (no affine transform).
+        eps: added to the variance, > 0.
+        relu: apply max(0, .) to the output (a BatchNorm2d followed by a ReLU).
+        out: optional float32 array of x's shape to write y into.
+
+    Returns:
+        (y, mean, invstd, var): the output, and per channel the batch mean, 1/sqrt(var + eps)
+        and the biased variance, float32 (C,) each.
+    """
+    _cpu_only("batchnorm2d_forward", x=x)
+    return _C.batchnorm2d_forward(_f32(x, "x"), weight, bias, eps, relu, out)
+
+
+def batchnorm2d_forward_eval(x, scale, shift, relu=False, out=None):
+    """y = x * scale[c] + shift[c] per channel (eval-mode batch normalisation, folded)."""
+    _cpu_only("batchnorm2d_forward_eval", x=x)
+    return _C.batchnorm2d_forward_eval(_f32(x, "x"), scale, shift, relu, out)
+
+
+def batchnorm2d_backward(
+    x, dy, y, mean, invstd, weight, need_dx=True, need_affine=True, dx_out=None
+):
+    """Gradients of training-mode batch normalisation.
+
+    Args:
+        x, dy: float32 (N, C, H, W): the forward input and d(loss)/d(output).
+        y: the forward output when it was computed with relu=True, else None.
+        mean, invstd: what batchnorm2d_forward returned.
+        weight: (C,) or None.
+
+    Returns:
+        (dx or None, dweight or None, dbias or None).
+    """
+    _cpu_only("batchnorm2d_backward", x=x, dy=dy)
+    return _C.batchnorm2d_backward(
+        _f32(x, "x"), _f32(dy, "dy"), y, mean, invstd, weight, need_dx, need_affine, dx_out
+    )
+
+
+def dropout_forward(x, p, seed, out=None):
+    """Inverted dropout: each element kept with probability 1 - p and scaled by 1 / (1 - p).
+
+    Returns:
+        (y, mask): the output and the uint8 keep mask (x's shape) backward needs; the same
+        (x, p, seed) always gives the same mask.
+    """
+    _cpu_only("dropout_forward", x=x)
+    return _C.dropout_forward(_f32(x, "x"), p, seed, out)
+
+
+def dropout_backward(dy, mask, p, out=None):
+    """dx = dy / (1 - p) where the mask kept the element, else 0."""
+    _cpu_only("dropout_backward", dy=dy)
+    return _C.dropout_backward(_f32(dy, "dy"), mask, p, out)
 
 
 # ---- loss ---------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ def _resume_problem(ckpt, model, run, loader):
     if arch is not None and arch != saved_arch:
         return f"the architecture differs: {_first_difference(saved_arch, arch)}"
     saved = {k: v.shape for k, v in ckpt.model.state_dict().items()}
-    mine = {k: p.data.shape for k, p in model.named_parameters()}
+    mine = {k: tuple(np.shape(v)) for k, v in model.state_dict().items()}
     if saved != mine:
         return f"the parameters differ: checkpoint {saved}, model {mine}"
     kind = type(optimizer).__name__

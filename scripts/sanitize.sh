@@ -31,6 +31,7 @@ JOBS="${FASTCNN_SANITIZE_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 TESTS="${FASTCNN_SANITIZE_TESTS:-tests/test_conv2d.py tests/test_pool2d.py tests/test_linear.py \
 tests/test_activation.py tests/test_loss.py tests/test_gemm.py tests/test_errors.py \
 tests/test_threads.py tests/test_optim.py tests/test_nn.py tests/test_augment.py \
+tests/test_batchnorm.py tests/test_resnet.py \
 tests/test_bad_inputs.py::test_conv2d_propagates_nonfinite \
 tests/test_bad_inputs.py::test_ops_propagate_nonfinite}"
 

@@ -212,6 +212,43 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
 
 
 # --------------------------------------------------------------------------------------------
+# batch normalisation, dropout
+# --------------------------------------------------------------------------------------------
+
+
+def batchnorm2d_forward(x, w=None, b=None, eps=1e-5, relu=False):
+    """Training-mode batch norm: (y, mean, biased var) per channel, in float64."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=(0, 2, 3))
+    var = ((x - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
+    xhat = (x - mean[None, :, None, None]) / np.sqrt(var + eps)[None, :, None, None]
+    y = xhat * (1.0 if w is None else np.asarray(w, np.float64)[None, :, None, None])
+    y = y + (0.0 if b is None else np.asarray(b, np.float64)[None, :, None, None])
+    return (np.maximum(y, 0) if relu else y), mean, var
+
+
+def batchnorm2d_backward(x, dy, w=None, b=None, eps=1e-5, relu=False):
+    """(dx, dw, db) of batchnorm2d_forward, from the chain rule written out (float64)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    y, mean, var = batchnorm2d_forward(x, w, b, eps, relu)
+    if relu:
+        dy = np.where(y > 0, dy, 0.0)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean[None, :, None, None]) * invstd[None, :, None, None]
+    db = dy.sum(axis=(0, 2, 3))
+    dw = (dy * xhat).sum(axis=(0, 2, 3))
+    g = 1.0 if w is None else np.asarray(w, np.float64)[None, :, None, None]
+    dxhat = dy * g
+    dx = (invstd[None, :, None, None] / m) * (
+        m * dxhat
+        - dxhat.sum(axis=(0, 2, 3), keepdims=True)
+        - xhat * (dxhat * xhat).sum(axis=(0, 2, 3), keepdims=True)
+    )
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------------------------
 # gemm
 # --------------------------------------------------------------------------------------------
 

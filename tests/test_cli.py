@@ -143,8 +143,9 @@ def test_train_grey_images_with_channels_1(tmp_path):
         ["--optimizer", "adamw", "--schedule", "cosine", "--label-smoothing", "0.1"],
         ["--optimizer", "adam", "--weight-decay", "1e-4", "--schedule", "step"],
         ["--augment"],
+        ["--arch", "resnet8", "--schedule", "onecycle", "--nesterov", "--augment"],
     ],
-    ids=["sgd-onecycle", "adamw-cosine", "adam-step", "augment"],
+    ids=["sgd-onecycle", "adamw-cosine", "adam-step", "augment", "resnet8"],
 )
 def test_train_with_optimizer_schedule_and_smoothing(options, tmp_path):
     make_folder(tmp_path / "images", per_class=6)

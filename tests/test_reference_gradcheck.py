@@ -251,3 +251,23 @@ def test_softmax_cross_entropy_values():
     loss2, dz2 = ref.softmax_cross_entropy(z + 123.0, np.array([1, 2]))
     assert loss2 == pytest.approx(loss)
     np.testing.assert_allclose(dz2, dz, atol=1e-15)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 3, 3), (5, 1, 1, 2)])
+def test_batchnorm2d_backward(shape, affine, relu):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    g = rng.standard_normal(shape)
+    w = rng.standard_normal(shape[1]) if affine else None
+    b = rng.standard_normal(shape[1]) if affine else None
+    dx, dw, db = ref.batchnorm2d_backward(x, g, w, b, 1e-3, relu)
+
+    def loss():
+        return np.sum(ref.batchnorm2d_forward(x, w, b, 1e-3, relu)[0] * g)
+
+    check(dx, numeric_grad(loss, x))
+    if affine:
+        check(dw, numeric_grad(loss, w))
+        check(db, numeric_grad(loss, b))

@@ -55,6 +55,25 @@ void relu_backward(int64_t n, const float* y, const float* dy, float* dx);
 double softmax_cross_entropy(int64_t N, int64_t K, const float* logits, const int64_t* labels,
                              float* dlogits, float label_smoothing);
 
+// ---- batchnorm.cpp (per channel over N and P = H*W; see the file's header) --------------------
+// x, y: (N, C, P); w, b: (C,) or null (no affine); mean, invstd, var: (C,) out (var biased).
+void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, const float* w,
+                               const float* b, float eps, bool relu, float* y, float* mean,
+                               float* invstd, float* var);
+// scale, shift: (C,).
+void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, const float* scale,
+                              const float* shift, bool relu, float* y);
+// y: the forward output when the ReLU was fused (dy masked by y > 0), else null; dx, dw, db may
+// each be null (not wanted).
+void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const float* dy,
+                          const float* y, const float* mean, const float* invstd, const float* w,
+                          float* dx, float* dw, float* db);
+
+// ---- dropout.cpp ------------------------------------------------------------------------------
+// n elements; p in [0, 1]; mask: 1 where kept.
+void dropout_forward(int64_t n, const float* x, float p, uint64_t seed, float* y, uint8_t* mask);
+void dropout_backward(int64_t n, const float* dy, const uint8_t* mask, float p, float* dx);
+
 // ---- augment.cpp (uint8 pixels; see the file's header) ----------------------------------------
 // x, y: (B, C, H, W); dy, dx: (B,) shifts; flip: (B,) 0 or 1.
 void augment_crop_flip(int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t* x,

@@ -1,0 +1,198 @@
+"""BatchNorm2d: the kernels against tests/reference.py (training forward and backward, with and
+without the fused ReLU and the affine transform, eval forward), thread independence, the layer's
+running statistics and state dict against PyTorch's rules (and PyTorch itself when installed)."""
+
+import numpy as np
+import pytest
+import reference as ref
+
+from fastcnn import nn, ops
+
+SHAPES = [(1, 1, 1, 2), (2, 3, 4, 5), (1, 16, 7, 7), (8, 2, 1, 1), (3, 17, 9, 6), (64, 16, 14, 14)]
+
+
+def make(rng, shape, affine=True):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    c = shape[1]
+    w = (rng.standard_normal(c) + 1).astype(np.float32) if affine else None
+    b = rng.standard_normal(c).astype(np.float32) if affine else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_train(shape, affine, relu, rng):
+    x, w, b = make(rng, shape, affine)
+    y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, 1e-5, relu)
+    ry, rmean, rvar = ref.batchnorm2d_forward(x, w, b, 1e-5, relu)
+    ref.assert_close(y, ry, name="y")
+    ref.assert_close(mean, rmean, name="mean")
+    ref.assert_close(var, rvar, name="var")
+    ref.assert_close(invstd, 1 / np.sqrt(rvar + 1e-5), name="invstd")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_backward(shape, affine, relu, rng):
+    x, w, b = make(rng, shape, affine)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y, mean, invstd, _ = ops.batchnorm2d_forward(x, w, b, 1e-5, relu)
+    dx, dw, db = ops.batchnorm2d_backward(x, dy, y if relu else None, mean, invstd, w, True, affine)
+    rdx, rdw, rdb = ref.batchnorm2d_backward(x, dy, w, b, 1e-5, relu)
+    ref.assert_close(dx, rdx, name="dx")
+    if affine:
+        ref.assert_close(dw, rdw, name="dw")
+        ref.assert_close(db, rdb, name="db")
+    else:
+        assert dw is None and db is None
+    dx2, _, _ = ops.batchnorm2d_backward(x, dy, y if relu else None, mean, invstd, w, True, False)
+    np.testing.assert_array_equal(dx, dx2)
+    none = ops.batchnorm2d_backward(x, dy, None, mean, invstd, w, False, False)
+    assert none == (None, None, None)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_forward_eval(relu, rng):
+    x, _, _ = make(rng, (3, 5, 6, 7))
+    scale, shift = (
+        rng.standard_normal(5).astype(np.float32),
+        rng.standard_normal(5).astype(np.float32),
+    )
+    y = ops.batchnorm2d_forward_eval(x, scale, shift, relu)
+    want = x.astype(np.float64) * scale[:, None, None] + shift[:, None, None]
+    ref.assert_close(y, np.maximum(want, 0) if relu else want, name="y")
+
+
+def test_kernels_do_not_depend_on_the_thread_count(rng, num_threads):
+    x, w, b = make(rng, (64, 16, 14, 14))
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for t in (1, 2):
+        num_threads(t)
+        y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, 1e-5, True)
+        results.append((y, mean, var, *ops.batchnorm2d_backward(x, dy, y, mean, invstd, w)))
+    for a, b2 in zip(*results):
+        np.testing.assert_array_equal(a, b2)
+
+
+def test_outputs_are_overwritten(rng):
+    x, w, b = make(rng, (2, 3, 4, 4))
+    out = np.full(x.shape, np.nan, np.float32)
+    y = ops.batchnorm2d_forward(x, w, b, 1e-5, False, out)[0]
+    assert y is out and np.isfinite(out).all()
+
+
+def test_bad_arguments(rng):
+    x, w, b = make(rng, (2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        ops.batchnorm2d_forward(x, w[:2], b)
+    with pytest.raises(TypeError, match="x must be float32"):
+        ops.batchnorm2d_forward(x.astype(np.float64), w, b)
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        ops.batchnorm2d_forward(x[0], w, b)
+    with pytest.raises(ValueError, match="eps"):
+        ops.batchnorm2d_forward(x, w, b, 0.0)
+    y, mean, invstd, _ = ops.batchnorm2d_forward(x, w, b)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        ops.batchnorm2d_backward(x, y[:1], None, mean, invstd, w)
+    layer = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match=r"takes \(N, 3, H, W\)"):
+        layer(x[:, :2])
+    with pytest.raises(RuntimeError, match="without a forward"):
+        nn.BatchNorm2d(3).backward(x)
+    for bad in (lambda: nn.BatchNorm2d(0), lambda: nn.BatchNorm2d(3, eps=0),
+                lambda: nn.BatchNorm2d(3, momentum=2)):  # fmt: skip
+        with pytest.raises(ValueError):
+            bad()
+
+
+# ---- the layer --------------------------------------------------------------------------------
+
+
+def test_running_statistics_follow_pytorchs_rule(rng):
+    layer = nn.BatchNorm2d(4, momentum=0.2)
+    rm, rv = np.zeros(4), np.ones(4)
+    for _ in range(3):
+        x, _, _ = make(rng, (5, 4, 3, 2))
+        layer(x)
+        xs = x.astype(np.float64)
+        m = xs.mean(axis=(0, 2, 3))
+        v = xs.var(axis=(0, 2, 3), ddof=1)  # unbiased, as PyTorch keeps it
+        rm, rv = 0.8 * rm + 0.2 * m, 0.8 * rv + 0.2 * v
+    np.testing.assert_allclose(layer.running_mean.data, rm, rtol=1e-5)
+    np.testing.assert_allclose(layer.running_var.data, rv, rtol=1e-5)
+    assert layer.num_batches_tracked.data == 3 and layer.num_batches_tracked.data.dtype == np.int64
+    layer.eval()  # eval: the running statistics
+    x, _, _ = make(rng, (2, 4, 3, 3))
+    want = (x - rm[:, None, None]) / np.sqrt(rv[:, None, None] + 1e-5)
+    ref.assert_close(layer(x), want, name="y")
+
+
+def test_cumulative_average_without_momentum(rng):
+    layer = nn.BatchNorm2d(2, momentum=None)
+    xs = [make(rng, (4, 2, 3, 3))[0] for _ in range(3)]
+    for x in xs:
+        layer(x)
+    means = [x.astype(np.float64).mean(axis=(0, 2, 3)) for x in xs]
+    np.testing.assert_allclose(layer.running_mean.data, np.mean(means, 0), rtol=1e-5)
+
+
+def test_state_dict_keys_and_round_trip(rng):
+    layer = nn.BatchNorm2d(3)
+    layer(make(rng, (4, 3, 2, 2))[0])
+    state = layer.state_dict()
+    assert list(state) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert state["num_batches_tracked"].shape == () and state["num_batches_tracked"] == 1
+    other = nn.BatchNorm2d(3)
+    other.load_state_dict(state)
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+    with pytest.raises(TypeError, match="integer"):
+        other.load_state_dict({**state, "num_batches_tracked": np.float32(1)})
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert [n for n, _ in nn.BatchNorm2d(3, affine=False).named_parameters()] == []
+
+
+def test_matches_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    mine = nn.BatchNorm2d(6, momentum=0.3)
+    theirs = torch.nn.BatchNorm2d(6, momentum=0.3).double()
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in mine.state_dict().items()}, strict=True)
+    for _ in range(2):
+        x, _, _ = make(rng, (4, 6, 5, 5))
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        mine.zero_grad()
+        y = mine(x)
+        dx = mine.backward(dy)
+        tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        theirs.zero_grad()
+        ty = theirs(tx)
+        ty.backward(torch.tensor(dy, dtype=torch.float64))
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(mine.weight.grad, theirs.weight.grad.numpy(), rtol=1e-4)
+    for k, v in theirs.state_dict().items():
+        np.testing.assert_allclose(mine.state_dict()[k], v.numpy(), rtol=1e-5)
+    mine.eval(), theirs.eval()
+    x, _, _ = make(rng, (2, 6, 3, 3))
+    np.testing.assert_allclose(
+        mine(x), theirs(torch.tensor(x, dtype=torch.float64)).detach().numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_fused_relu_in_a_sequential(rng):
+    nn.manual_seed(1)
+    fused = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    assert [r for _, r in fused._steps()] == [False, True]
+    x, _, _ = make(rng, (2, 3, 5, 5))
+    y = fused(x)
+    conv, bn = fused[0], fused[1]
+    plain_bn = nn.BatchNorm2d(4)
+    want = np.maximum(plain_bn(conv(x)), 0)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = fused.backward(dy)
+    assert dx.shape == x.shape and np.isfinite(dx).all()
+    assert bn.weight.grad is not None

@@ -1,0 +1,220 @@
+"""Dropout, AdaptiveAvgPool2d, Residual, BasicBlock and the CIFAR ResNets: values and gradients,
+PyTorch's state-dict keys (and PyTorch's own outputs and gradients when it is installed), model
+files, and `fastcnn train --arch resnet8`."""
+
+import numpy as np
+import pytest
+import reference as ref
+
+import fastcnn
+from fastcnn import models, nn, ops
+
+
+def floats(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ---- Dropout ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9])
+def test_dropout_kernel(p, rng):
+    x = floats(rng, 200_000)  # past the threading threshold
+    y, mask = ops.dropout_forward(x, p, seed=7)
+    kept = mask.astype(bool)
+    assert abs(kept.mean() - (1 - p)) < 0.01
+    np.testing.assert_allclose(y[kept], x[kept] / (1 - p), rtol=1e-6)
+    assert np.all(y[~kept] == 0)
+    dy = floats(rng, 200_000)
+    dx = ops.dropout_backward(dy, mask, p)
+    np.testing.assert_allclose(dx, np.where(kept, dy / (1 - p), 0), rtol=1e-6)
+    y2, mask2 = ops.dropout_forward(x, p, seed=7)  # a seed gives the same mask
+    np.testing.assert_array_equal(mask, mask2)
+    assert p == 0 or not np.array_equal(mask, ops.dropout_forward(x, p, seed=8)[1])
+
+
+def test_dropout_mask_does_not_depend_on_the_thread_count(rng, num_threads):
+    x = floats(rng, 300_000)
+    masks = []
+    for t in (1, 2):
+        num_threads(t)
+        masks.append(ops.dropout_forward(x, 0.3, seed=11)[1])
+    np.testing.assert_array_equal(*masks)
+
+
+def test_dropout_layer(rng):
+    x = floats(rng, 4, 1000)
+    nn.manual_seed(3)
+    layer = nn.Dropout(0.25)
+    y = layer(x)
+    assert 0.7 < (y != 0).mean() < 0.8
+    dy = floats(rng, 4, 1000)
+    np.testing.assert_array_equal(layer.backward(dy) != 0, y != 0)
+    nn.manual_seed(3)
+    np.testing.assert_array_equal(nn.Dropout(0.25)(x), y)  # seeded by nn.manual_seed
+    layer.eval()
+    assert layer(x) is x and layer.backward(dy) is dy
+    with pytest.raises(ValueError, match="p must be in"):
+        nn.Dropout(1.0)
+
+
+# ---- global average pooling and Residual ------------------------------------------------------
+
+
+def test_adaptive_avg_pool(rng):
+    x = floats(rng, 3, 5, 4, 7)
+    layer = nn.AdaptiveAvgPool2d(1)
+    y = layer(x)
+    assert y.shape == (3, 5, 1, 1)
+    ref.assert_close(y, x.astype(np.float64).mean(axis=(2, 3), keepdims=True), name="y")
+    dy = floats(rng, 3, 5, 1, 1)
+    ref.assert_close(layer.backward(dy), np.broadcast_to(dy / 28.0, x.shape), name="dx")
+    with pytest.raises(ValueError, match="output_size 1"):
+        nn.AdaptiveAvgPool2d(2)
+
+
+def test_residual_adds_outputs_and_gradients(rng):
+    nn.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
+    block = nn.Residual(body)
+    x = floats(rng, 2, 3, 5, 5)
+    y = block(x)
+    body_y = body(x)
+    np.testing.assert_allclose(y, body_y + x, rtol=1e-6)
+    dy = floats(rng, *y.shape)
+    body(x)
+    want = body.backward(dy) + dy
+    body.zero_grad()
+    block(x)
+    np.testing.assert_allclose(block.backward(dy), want, rtol=1e-6)
+    assert [k for k in block.state_dict()] == ["body.0.weight", "body.0.bias"]
+    projected = nn.Residual(body, nn.Conv2d(3, 3, 1))
+    assert "shortcut.weight" in projected.state_dict()
+    with pytest.raises(ValueError, match="shortcut"):
+        nn.Residual(body, nn.Conv2d(3, 2, 1))(x)
+
+
+# ---- BasicBlock and ResNets -------------------------------------------------------------------
+
+
+def test_resnet_structure_and_keys():
+    nn.manual_seed(0)
+    model = models.resnet8(in_channels=1, num_classes=10)
+    types = [type(m).__name__ for m in model]
+    assert types == [
+        "Conv2d", "BatchNorm2d", "ReLU", "BasicBlock", "BasicBlock", "BasicBlock",
+        "AdaptiveAvgPool2d", "Flatten", "Linear",
+    ]  # fmt: skip
+    keys = list(model.state_dict())
+    assert keys[:6] == [
+        "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+        "1.num_batches_tracked",
+    ]  # fmt: skip
+    assert "3.shortcut.0.weight" not in keys and "4.shortcut.0.weight" in keys
+    assert "4.shortcut.1.running_var" in keys and keys[-2:] == ["8.weight", "8.bias"]
+    assert sum(p.data.size for p in model.parameters()) == 77_850 - 96  # 10 classes, 1 channel
+    assert len(models.resnet20()) == 3 + 9 + 3
+    for bad in (7, 9, 0, 8.0):
+        with pytest.raises(ValueError, match="6n"):
+            models.resnet(bad)
+
+
+def test_resnet_trains_saves_and_loads(rng, tmp_path):
+    nn.manual_seed(0)
+    model = models.resnet8(in_channels=3, num_classes=4)
+    x = floats(rng, 8, 3, 16, 16)
+    y = rng.integers(0, 4, 8)
+    opt = fastcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(12):
+        opt.zero_grad()
+        losses.append(loss_fn(model(x), y))
+        model.backward(loss_fn.backward())
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0]  # it learns (memorises) the batch
+    path = tmp_path / "r8.safetensors"
+    fastcnn.save(model, path)
+    loaded = fastcnn.load(path)
+    model.eval()
+    np.testing.assert_array_equal(loaded(x), model(x))
+    assert loaded.state_dict()["1.num_batches_tracked"] == 12
+    probs = fastcnn.predict(loaded, x)
+    assert probs.shape == (8, 4)
+
+
+def test_model_file_with_wrong_bn_shapes_is_refused(rng, tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    model = models.resnet8(in_channels=1, num_classes=3)
+    path = tmp_path / "m.safetensors"
+    fastcnn.save(model, path)
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["3.bn1.running_var"] = np.ones(5, np.float32)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="3.bn1.running_var"):
+        fastcnn.load(path)
+
+
+def torch_resnet(torch, depth, in_channels, num_classes):
+    """The same network in PyTorch, built the usual way (a BasicBlock with conv1, bn1, conv2,
+    bn2 and an nn.Sequential shortcut), for the state-dict and output comparisons."""
+    tnn = torch.nn
+
+    class Block(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.shortcut = tnn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = tnn.Sequential(
+                    tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout)
+                )
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return torch.relu(out + self.shortcut(x))
+
+    n = (depth - 2) // 6
+    layers = [tnn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()]
+    cin = 16
+    for stage, planes in enumerate((16, 32, 64)):
+        for i in range(n):
+            layers.append(Block(cin, planes, 2 if stage and i == 0 else 1))
+            cin = planes
+    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, num_classes)]
+    return tnn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("depth", [8, 14])
+def test_resnet_matches_pytorch(depth, rng):
+    torch = pytest.importorskip("torch")
+    nn.manual_seed(1)
+    mine = models.resnet(depth, in_channels=1, num_classes=10)
+    theirs = torch_resnet(torch, depth, 1, 10).double()
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in mine.state_dict().items()}, strict=True)
+    x = floats(rng, 6, 1, 28, 28)
+    labels = rng.integers(0, 10, 6)
+    loss_fn = nn.CrossEntropyLoss()
+    loss = loss_fn(mine(x), labels)
+    mine.backward(loss_fn.backward())
+    tx = torch.tensor(x, dtype=torch.float64)
+    tloss = torch.nn.functional.cross_entropy(theirs(tx), torch.tensor(labels))
+    tloss.backward()
+    assert loss == pytest.approx(tloss.item(), rel=1e-4)
+    grads = dict(mine.named_parameters())
+    for name, p in theirs.named_parameters():
+        np.testing.assert_allclose(
+            grads[name].grad, p.grad.numpy(), rtol=2e-3, atol=2e-5, err_msg=name
+        )
+    for name, v in theirs.state_dict().items():  # running statistics after one batch
+        np.testing.assert_allclose(mine.state_dict()[name], v.numpy(), rtol=1e-4, atol=1e-6)
+    mine.eval(), theirs.eval()
+    np.testing.assert_allclose(mine(x), theirs(tx).detach().numpy(), rtol=1e-3, atol=1e-4)
