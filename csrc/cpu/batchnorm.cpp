@@ -12,7 +12,9 @@
 //                      dx = weight * invstd * (g - dbias/M - xhat * dweight/M).
 // Channels are split over the threads; each channel's sums are taken by one thread, so results do
 // not depend on the thread count.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cpu/ops.h"
 
@@ -33,6 +35,37 @@ void for_each_channel(int64_t C, int64_t values, Fn fn) {
   (void)T;
   (void)values;
 }
+
+// y <= 0 ? 0 : d (d passes where y > 0 or y is NaN, as through every fastcnn ReLU), as bit
+// operations: with a select on a conditionally read d GCC branched, mispredicting on half the
+// elements (the backward ran 30x slower than without the mask).
+inline float relu_pass(float y, float d) {
+  uint32_t bits;
+  std::memcpy(&bits, &d, sizeof bits);
+  bits &= 0u - static_cast<uint32_t>(!(y <= 0.f));
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+// The sum of f(i) over [0, n) in a fixed order: 16 float lanes (vectorised) within blocks of
+// 1024, the blocks added in double, so that float rounding never builds up over a large plane.
+template <class F>
+double sum_of(int64_t n, F f) {
+  double total = 0.0;
+  for (int64_t b0 = 0; b0 < n; b0 += 1024) {
+    const int64_t b1 = std::min<int64_t>(n, b0 + 1024);
+    float lanes[16] = {};
+    int64_t i = b0;
+    for (; i + 16 <= b1; i += 16)
+      for (int l = 0; l < 16; ++l) lanes[l] += f(i + l);
+    float s = 0.f;
+    for (float v : lanes) s += v;
+    for (; i < b1; ++i) s += f(i);
+    total += s;
+  }
+  return total;
+}
 }  // namespace
 
 // ---- forward ----------------------------------------------------------------------------------
@@ -45,22 +78,18 @@ void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, 
     double s = 0.0;
     for (int64_t n = 0; n < N; ++n) {
       const float* xc = x + (n * C + c) * P;
-      double part = 0.0;
-      for (int64_t p = 0; p < P; ++p) part += xc[p];
-      s += part;
+      s += sum_of(P, [xc](int64_t p) { return xc[p]; });
     }
     const double mu = M > 0 ? s / M : 0.0;
-    double ss = 0.0;
+    const float muf = static_cast<float>(mu);
+    double ss = 0.0;  // around the float mean: the same up to rounding, and vectorised
     for (int64_t n = 0; n < N; ++n) {
       const float* xc = x + (n * C + c) * P;
-      double part = 0.0;
-      for (int64_t p = 0; p < P; ++p) {
-        const double d = xc[p] - mu;
-        part += d * d;
-      }
-      ss += part;
+      ss += sum_of(P, [xc, muf](int64_t p) { return (xc[p] - muf) * (xc[p] - muf); });
     }
-    const double v = M > 0 ? ss / M : 0.0;
+    // sum (x - mu)^2 = sum (x - muf)^2 - M (mu - muf)^2
+    ss -= M * (mu - muf) * (mu - muf);
+    const double v = M > 0 ? std::max(ss / M, 0.0) : 0.0;
     const double is = 1.0 / std::sqrt(v + eps);
     mean[c] = static_cast<float>(mu);
     invstd[c] = static_cast<float>(is);
@@ -105,15 +134,16 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
     double sg = 0.0, sgx = 0.0;
     for (int64_t n = 0; n < N; ++n) {
       const int64_t at = (n * C + c) * P;
-      double a = 0.0, bsum = 0.0;
-      for (int64_t p = 0; p < P; ++p) {
-        const float g = y && y[at + p] <= 0.f ? 0.f : dy[at + p];  // the fused ReLU's mask
-        a += g;
-        bsum += static_cast<double>(g) * ((x[at + p] - mu) * is);
+      const float *xc = x + at, *dc = dy + at, *yc = y ? y + at : nullptr;
+      if (yc) {  // the fused ReLU's mask
+        sg += sum_of(P, [=](int64_t p) { return relu_pass(yc[p], dc[p]); });
+        sgx += sum_of(P, [=](int64_t p) { return relu_pass(yc[p], dc[p]) * (xc[p] - mu); });
+      } else {
+        sg += sum_of(P, [=](int64_t p) { return dc[p]; });
+        sgx += sum_of(P, [=](int64_t p) { return dc[p] * (xc[p] - mu); });
       }
-      sg += a;
-      sgx += bsum;
     }
+    sgx *= is;  // sum g * xhat
     if (db) db[c] = static_cast<float>(sg);
     if (dw) dw[c] = static_cast<float>(sgx);
     if (!dx || M == 0) return;
@@ -121,11 +151,13 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
     const float mean_g = static_cast<float>(sg / M), mean_gx = static_cast<float>(sgx / M);
     for (int64_t n = 0; n < N; ++n) {
       const int64_t at = (n * C + c) * P;
-      for (int64_t p = 0; p < P; ++p) {
-        const float g = y && y[at + p] <= 0.f ? 0.f : dy[at + p];
-        const float xhat = (x[at + p] - mu) * is;
-        dx[at + p] = k * (g - mean_g - xhat * mean_gx);
-      }
+      const float *xc = x + at, *dc = dy + at, *yc = y ? y + at : nullptr;
+      float* out = dx + at;
+      if (yc)
+        for (int64_t p = 0; p < P; ++p)
+          out[p] = k * (relu_pass(yc[p], dc[p]) - mean_g - (xc[p] - mu) * is * mean_gx);
+      else
+        for (int64_t p = 0; p < P; ++p) out[p] = k * (dc[p] - mean_g - (xc[p] - mu) * is * mean_gx);
     }
   });
 }

@@ -725,13 +725,33 @@ ConvAlgorithm conv_algorithm() {
 
 // ---- forward ----------------------------------------------------------------------------------
 
+namespace {
+// The kernel for an indirect convolution with `channels` output channels: the active one, or
+// its narrow companion (AVX-512 -> AVX2) when they fill at most half of its tile. (A ResNet's
+// 16-channel 3x3 convolutions at 28x28 ran 1.6x faster forward and 1.9x faster for dx with the
+// AVX2 kernels than with the half-empty AVX-512 ones, on Zen 4.)
+const GemmKernel& tile_kernel(const GemmKernel& k, int64_t channels) {
+  const GemmKernel* narrow = gemm_narrow_kernel(k);
+  return narrow && channels * 2 <= k.cnr ? *narrow : k;
+}
+
+// The kernel for the weight gradient over C input channels: the narrow one where C fills its
+// B panels but not the active kernel's, so that B is read in place (C = 16, 48 for AVX-512: dW
+// 2.2x faster at 16 channels on Zen 4).
+const GemmKernel& dw_kernel(const GemmKernel& k, int64_t C) {
+  const GemmKernel* narrow = gemm_narrow_kernel(k);
+  return narrow && C % k.nr != 0 && C % narrow->nr == 0 ? *narrow : k;
+}
+}  // namespace
+
 void conv2d_forward(const Window2d& g, const float* x, const float* w, const float* b, float* y,
                     bool relu) {
   const GemmKernel& k = gemm_active_kernel();
+  const GemmKernel& kt = tile_kernel(k, g.O);
   if (use_direct(k, g))
     forward_direct(k, g, x, w, b, y, relu);
-  else if (use_indirect(k, g.O))
-    forward_indirect(k, g, x, w, b, y, relu);
+  else if (use_indirect(kt, g.O))
+    forward_indirect(kt, g, x, w, b, y, relu);
   else
     forward_im2col(g, x, w, b, y, relu);
 }
@@ -743,10 +763,11 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
   const int64_t P = g.pixels();
   const int T = num_threads();
   const GemmKernel& k = gemm_active_kernel();
+  const GemmKernel& kw = dw_kernel(k, g.C);
 
   // db[o] = sum over images and pixels of dy, in a fixed order: each plane's sum, added in
   // image order (images split over the threads; dw_indirect takes the sums on its own pass).
-  const bool direct = use_direct(k, g), indirect = !direct && use_indirect(k, g.O);
+  const bool direct = use_direct(k, g), indirect = !direct && use_indirect(kw, g.O);
   if (db && !indirect) {
     std::vector<float> sums(g.N * g.O);
     parallel_range(g.N, g.O * g.N * P > 32768 ? T : 1, [&](int64_t n0, int64_t n1) {
@@ -758,14 +779,15 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
   if (direct)
     dw_direct(k, g, x, dy, dw);
   else if (indirect)
-    dw_indirect(k, g, x, dy, dw, db);
+    dw_indirect(kw, g, x, dy, dw, db);
   else
     dw_im2col(g, x, dy, dw);
 
   if (dx) {
     const bool unit_stride = g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw;
-    if (unit_stride && use_indirect(k, g.C))
-      dx_indirect(k, g, w, dy, dx);
+    const GemmKernel& kt = tile_kernel(k, g.C);
+    if (unit_stride && use_indirect(kt, g.C))
+      dx_indirect(kt, g, w, dy, dx);
     else
       dx_im2col(g, w, dy, dx);
   }

@@ -88,6 +88,9 @@ struct GemmKernel {
   int kc, mc;
   // conv2d's weight gradient with B in place: the K block (pixels), see dw_indirect.
   int dw_kb;
+  // A kernel of half the tile width for layers that would fill half of this one's (by name;
+  // null: none), see gemm_narrow_kernel.
+  const char* narrow = nullptr;
 };
 
 // Every kernel this build has, best first, then the portable twins of the ISA kernels (see
@@ -127,6 +130,10 @@ void interleave_rows(const float* const* src, int rows, int64_t len, float* dst)
 
 // Pack buffers of the calling thread, grown to at least the sizes asked for (never shrunk).
 void gemm_pack_buffers(size_t a_floats, size_t b_floats, float** a, float** b);
+
+// k's narrow companion when this CPU runs it (AVX-512 -> AVX2, generic-avx512 -> generic-avx2),
+// else null. conv2d uses it where k's tiles would be at most half full.
+const GemmKernel* gemm_narrow_kernel(const GemmKernel& k);
 
 // The ISA a kernel needs ("avx512", "avx2", or "" for the portable ones).
 std::string gemm_kernel_isa(const GemmKernel& k);

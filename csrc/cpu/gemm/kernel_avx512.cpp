@@ -399,7 +399,8 @@ const GemmKernel kGemmAvx512 = {"avx512",
                                 kernel_avx512_ib,
                                 G.kc,
                                 G.mc,
-                                G.dw_kb};
+                                G.dw_kb,
+                                "avx2"};
 
 }  // namespace fastcnn
 

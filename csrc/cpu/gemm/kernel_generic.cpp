@@ -136,9 +136,10 @@ bool maxpool2x2_backward_portable(const float* dy, const int32_t* indices, const
 
 // ---- the kernels -------------------------------------------------------------------------------
 
-// in_place_b: with the in-place-B micro-kernel for conv2d's weight gradient, as the ISA's has.
+// in_place_b: with the in-place-B micro-kernel for conv2d's weight gradient, as the ISA's has;
+// narrow: the name of its narrow companion (see gemm_narrow_kernel), or null.
 template <const KernelGeometry& G>
-constexpr GemmKernel portable_kernel(const char* name, bool in_place_b) {
+constexpr GemmKernel portable_kernel(const char* name, bool in_place_b, const char* narrow) {
   static_assert(G.mr <= kMaxInterleaveRows && G.nr <= kMaxInterleaveRows,
                 "packing holds a row pointer each");
   constexpr bool pool = G.pool_vw > 0;
@@ -157,13 +158,15 @@ constexpr GemmKernel portable_kernel(const char* name, bool in_place_b) {
                     in_place_b ? gemm_portable_ib<G.mr, G.nr> : nullptr,
                     G.kc,
                     G.mc,
-                    G.dw_kb};
+                    G.dw_kb,
+                    narrow};
 }
 
 }  // namespace
 
-const GemmKernel kGemmGeneric = portable_kernel<kGenericGeometry>("generic", false);
-const GemmKernel kGemmGenericAvx512 = portable_kernel<kAvx512Geometry>("generic-avx512", true);
-const GemmKernel kGemmGenericAvx2 = portable_kernel<kAvx2Geometry>("generic-avx2", true);
+const GemmKernel kGemmGeneric = portable_kernel<kGenericGeometry>("generic", false, nullptr);
+const GemmKernel kGemmGenericAvx512 =
+    portable_kernel<kAvx512Geometry>("generic-avx512", true, "generic-avx2");
+const GemmKernel kGemmGenericAvx2 = portable_kernel<kAvx2Geometry>("generic-avx2", true, nullptr);
 
 }  // namespace fastcnn
