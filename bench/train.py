@@ -1,10 +1,12 @@
-"""End-to-end benchmark: SeedNet training and inference, fastcnn against PyTorch, in one run.
+"""End-to-end benchmark: SeedNet and ResNet-8 training and inference, fastcnn against PyTorch,
+in one run.
 
     python bench/train.py            # every configuration below (a few minutes)
     python bench/train.py --quick    # batch 64, all threads, few steps (seconds)
 
-Configurations: 1x28x28 (Fashion-MNIST) at batches 32, 64 and 256 on all cores, batch 64 on one
-thread, and 3x64x64 (the cats-vs-dogs shape) at batch 64 on all cores. In each, the same SeedNet
+Configurations: SeedNet at 1x28x28 (Fashion-MNIST) at batches 32, 64 and 256 on all cores,
+batch 64 on one thread, and 3x64x64 (the cats-vs-dogs shape) at batch 64 on all cores; ResNet-8
+at 1x28x28 batch 64 and 3x32x32 (CIFAR's shape) batch 128 on all cores. In each, the same network
 (same initial weights, copied from fastcnn into PyTorch), the same fixed random batch and the
 same thread count run on fastcnn, PyTorch (default NCHW) and PyTorch channels_last, alternating
 in rounds; each reports the median of its per-step times. One training step = zero_grad, forward,
@@ -12,8 +14,9 @@ cross-entropy, backward, SGD step (lr 0.01, momentum 0.9); inference = eval-mode
 under inference_mode). Before timing, the three are checked to compute the same logits, loss and
 first update ("valid").
 
-Also, in fresh child processes: peak RSS while training SeedNet on real Fashion-MNIST for a
-bounded number of steps (`--rss-child fastcnn|torch`), and the time to import each library.
+Also, in fresh child processes: peak RSS while training SeedNet and ResNet-8 on real
+Fashion-MNIST for a bounded number of steps (`--rss-child fastcnn|torch`), and the time to
+import each library.
 Prints one JSON line per measurement, then summary tables and the targets. See bench/README.md.
 """
 
@@ -51,6 +54,56 @@ def torch_seednet(torch, in_channels=1, num_classes=10, image_size=(28, 28)):
         nn.ReLU(),
         nn.Linear(128, num_classes),
     )
+
+
+def torch_resnet(torch, depth=8, in_channels=3, num_classes=10):
+    """fastcnn.models.resnet(depth), built as PyTorch users build the CIFAR ResNets (a BasicBlock
+    with conv1, bn1, conv2, bn2 and an nn.Sequential shortcut), with the same state-dict keys."""
+    tnn = torch.nn
+
+    class BasicBlock(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.shortcut = tnn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = tnn.Sequential(
+                    tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout)
+                )
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return torch.relu(out + self.shortcut(x))
+
+    n = (depth - 2) // 6
+    layers = [tnn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()]
+    cin = 16
+    for stage, planes in enumerate((16, 32, 64)):
+        for i in range(n):
+            layers.append(BasicBlock(cin, planes, 2 if stage and i == 0 else 1))
+            cin = planes
+    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, num_classes)]
+    return tnn.Sequential(*layers)
+
+
+def build_models(torch, arch, channels, size):
+    """(fastcnn model, the same network in PyTorch or None), the latter with the former's
+    weights."""
+    import fastcnn
+
+    if arch == "seednet":
+        model = fastcnn.models.seednet(in_channels=channels, num_classes=10, image_size=size)
+        tmodel = None if torch is None else torch_seednet(torch, channels, 10, (size, size))
+    else:
+        model = fastcnn.models.resnet(int(arch[len("resnet") :]), channels, 10)
+        tmodel = None if torch is None else torch_resnet(torch, int(arch[6:]), channels, 10)
+    if tmodel is not None:
+        tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return model, tmodel
 
 
 class FastcnnRunner:
@@ -114,19 +167,18 @@ class TorchRunner:
         return self.model[0].weight.detach().numpy()
 
 
-def make_runners(torch, channels, size, batch, seed=0):
-    """The same SeedNet and the same random batch for every implementation."""
+def make_runners(torch, channels, size, batch, seed=0, arch="seednet"):
+    """The same network (SeedNet or a ResNet) and the same random batch for every
+    implementation."""
     import fastcnn
 
     fastcnn.nn.manual_seed(seed)
-    model = fastcnn.models.seednet(in_channels=channels, num_classes=10, image_size=size)
+    model, tmodel = build_models(torch, arch, channels, size)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
     y = rng.integers(0, 10, batch).astype(np.int64)
     runners = [FastcnnRunner(model, x, y)]
     if torch is not None:
-        tmodel = torch_seednet(torch, channels, 10, (size, size))
-        tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
         xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
         runners.append(TorchRunner(torch, copy.deepcopy(tmodel), xt, yt))
         runners.append(TorchRunner(torch, tmodel, xt, yt, cl=True))
@@ -192,8 +244,9 @@ def run_config(torch, cfg, *, rounds, budget_s):
     """One configuration, training then inference; emits a JSON line per implementation and
     returns {(mode, impl): record}."""
     channels, size, batch, threads = cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"]
+    arch = cfg.get("arch", "seednet")
     harness.set_threads(threads, torch)
-    runners = make_runners(torch, channels, size, batch)
+    runners = make_runners(torch, channels, size, batch, arch=arch)
     valid, err = check_same(runners)
     out = {}
     for mode in ("train", "infer"):
@@ -203,6 +256,7 @@ def run_config(torch, cfg, *, rounds, budget_s):
             median = statistics.median(ts)
             records[impl] = {
                 "bench": mode,
+                "arch": arch,
                 "impl": impl,
                 "input": f"{channels}x{size}x{size}",
                 "batch": batch,
@@ -242,9 +296,9 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def rss_child(framework: str, steps: int, batch: int, threads: int) -> None:
+def rss_child(framework: str, steps: int, batch: int, threads: int, arch="seednet") -> None:
     """In a fresh process: import `framework`, load Fashion-MNIST (through fastcnn.data for both,
-    so both hold the same arrays), train SeedNet for `steps` steps, print peak RSS as JSON."""
+    so both hold the same arrays), train `arch` for `steps` steps, print peak RSS as JSON."""
     t0 = time.perf_counter()
     if framework == "torch":
         import torch
@@ -263,10 +317,8 @@ def rss_child(framework: str, steps: int, batch: int, threads: int) -> None:
     rss_data = _rss_now_mb()
     peak_loading = _rss_peak_mb()
     fastcnn.nn.manual_seed(0)
-    model = fastcnn.models.seednet()
+    model, tmodel = build_models(torch, arch, 1, 28)
     if torch is not None:
-        tmodel = torch_seednet(torch)
-        tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
         del model
         opt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
@@ -297,6 +349,7 @@ def rss_child(framework: str, steps: int, batch: int, threads: int) -> None:
             {
                 "bench": "peak_rss",
                 "impl": framework,
+                "arch": arch,
                 "batch": batch,
                 "threads": threads,
                 "steps": done,
@@ -313,7 +366,7 @@ def rss_child(framework: str, steps: int, batch: int, threads: int) -> None:
     )
 
 
-def measure_rss(framework, steps, batch, threads):
+def measure_rss(framework, steps, batch, threads, arch="seednet"):
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -325,11 +378,18 @@ def measure_rss(framework, steps, batch, threads):
         str(batch),
         "--threads",
         str(threads),
+        "--rss-arch",
+        arch,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=harness.child_env())
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        record = {"bench": "peak_rss", "impl": framework, "error": proc.stderr.strip()[-500:]}
+        record = {
+            "bench": "peak_rss",
+            "impl": framework,
+            "arch": arch,
+            "error": proc.stderr.strip()[-500:],
+        }
     else:
         record = json.loads(lines[-1])
     harness.emit(record)
@@ -368,21 +428,59 @@ def _ratio_row(results, label, key, ref, goal):
     return [label, ratio, f">= {goal}", None if ratio is None else ratio >= goal]
 
 
+def config_key(cfg) -> tuple:
+    return (cfg.get("arch", "seednet"), cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"])
+
+
 def targets(results, rss, all_threads):
     t = all_threads
+    r8 = [("train", "resnet8", 1, 28, 64, t), ("train", "resnet8", 3, 32, 128, t)]
     rows = [
-        _ratio_row(results, f"train b64 {t}thr vs torch", ("train", 1, 28, 64, t), "torch", 1.5),
         _ratio_row(
-            results, f"train b64 {t}thr vs torch_cl", ("train", 1, 28, 64, t), "torch_cl", 1.25
+            results, f"train b64 {t}thr vs torch", ("train", "seednet", 1, 28, 64, t), "torch", 1.5
         ),
-        _ratio_row(results, f"train b32 {t}thr vs torch", ("train", 1, 28, 32, t), "torch", 1.3),
-        _ratio_row(results, f"train b256 {t}thr vs torch", ("train", 1, 28, 256, t), "torch", 1.3),
-        _ratio_row(results, f"infer b256 {t}thr vs torch", ("infer", 1, 28, 256, t), "torch", 1.5),
         _ratio_row(
-            results, f"infer b256 {t}thr vs torch_cl", ("infer", 1, 28, 256, t), "torch_cl", 1.0
+            results,
+            f"train b64 {t}thr vs torch_cl",
+            ("train", "seednet", 1, 28, 64, t),
+            "torch_cl",
+            1.25,
         ),
-        _ratio_row(results, "train b64 1thr vs torch", ("train", 1, 28, 64, 1), "torch", 1.3),
+        _ratio_row(
+            results, f"train b32 {t}thr vs torch", ("train", "seednet", 1, 28, 32, t), "torch", 1.3
+        ),
+        _ratio_row(
+            results,
+            f"train b256 {t}thr vs torch",
+            ("train", "seednet", 1, 28, 256, t),
+            "torch",
+            1.3,
+        ),
+        _ratio_row(
+            results,
+            f"infer b256 {t}thr vs torch",
+            ("infer", "seednet", 1, 28, 256, t),
+            "torch",
+            1.5,
+        ),
+        _ratio_row(
+            results,
+            f"infer b256 {t}thr vs torch_cl",
+            ("infer", "seednet", 1, 28, 256, t),
+            "torch_cl",
+            1.0,
+        ),
+        _ratio_row(
+            results, "train b64 1thr vs torch", ("train", "seednet", 1, 28, 64, 1), "torch", 1.3
+        ),
     ]
+    for key in r8:
+        label = f"resnet8 {key[2]}x{key[3]} b{key[4]} {t}thr"
+        rows.append(_ratio_row(results, f"train {label} vs torch", key, "torch", 1.5))
+        rows.append(_ratio_row(results, f"train {label} vs torch_cl", key, "torch_cl", 1.25))
+        rows.append(
+            _ratio_row(results, f"infer {label} vs torch", ("infer", *key[1:]), "torch", 1.5)
+        )
     mine, theirs = (
         rss.get("fastcnn", {}).get("peak_rss_mb"),
         rss.get("torch", {}).get("peak_rss_mb"),
@@ -394,6 +492,19 @@ def targets(results, rss, all_threads):
             share,
             "<= 0.333",
             None if share is None else share <= 1 / 3,
+        ]
+    )
+    mine, theirs = (
+        rss.get("fastcnn resnet8", {}).get("peak_rss_mb"),
+        rss.get("torch resnet8", {}).get("peak_rss_mb"),
+    )
+    share = mine / theirs if mine and theirs else None
+    rows.append(
+        [
+            "peak RSS training resnet8, fastcnn / torch",
+            share,
+            "<= 0.5",
+            None if share is None else share <= 0.5,
         ]
     )
     return rows
@@ -421,21 +532,29 @@ def main(argv=None):
     )
     p.add_argument("--rss-batch", type=int, default=64)
     p.add_argument("--rss-child", choices=["fastcnn", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--rss-arch", default="seednet", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.rss_child:
-        return rss_child(args.rss_child, args.rss_steps or 200, args.rss_batch, args.threads)
+        return rss_child(
+            args.rss_child, args.rss_steps or 200, args.rss_batch, args.threads, args.rss_arch
+        )
 
     torch = harness.try_import_torch()
     t_all = args.threads
     if args.quick:
-        configs = [dict(channels=1, size=28, batch=64, threads=t_all)]
+        configs = [
+            dict(channels=1, size=28, batch=64, threads=t_all),
+            dict(arch="resnet8", channels=1, size=28, batch=64, threads=t_all),
+        ]
         rounds, budget, rss_steps, import_repeats = args.rounds or 2, 0.1, args.rss_steps or 20, 1
     else:
         configs = [dict(channels=1, size=28, batch=b, threads=t_all) for b in (32, 64, 256)]
         configs += [
             dict(channels=1, size=28, batch=64, threads=1),
             dict(channels=3, size=64, batch=64, threads=t_all),
+            dict(arch="resnet8", channels=1, size=28, batch=64, threads=t_all),
+            dict(arch="resnet8", channels=3, size=32, batch=128, threads=t_all),
         ]
         rounds, budget, rss_steps, import_repeats = args.rounds or 5, 0.5, args.rss_steps or 200, 3
 
@@ -449,8 +568,8 @@ def main(argv=None):
         out = run_config(torch, cfg, rounds=rounds, budget_s=budget)
         for (mode, impl), rec in out.items():
             if impl == "fastcnn":
-                results[(mode, cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"])] = rec
-            results[(mode, impl, cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"])] = rec
+                results[(mode, *config_key(cfg))] = rec
+            results[(mode, impl, *config_key(cfg))] = rec
 
     rss, imports = {}, {}
     if not args.no_rss:
@@ -459,6 +578,8 @@ def main(argv=None):
             imports[fw] = measure_import(fw, import_repeats)
         for fw in frameworks:
             rss[fw] = measure_rss(fw, rss_steps, args.rss_batch, t_all)
+        for fw in frameworks:  # the ResNet-8 rows: "fastcnn resnet8", "torch resnet8"
+            rss[f"{fw} resnet8"] = measure_rss(fw, rss_steps, args.rss_batch, t_all, "resnet8")
 
     contention = watch.stop()
     harness.emit(contention)
@@ -467,7 +588,7 @@ def main(argv=None):
     rows = []
     for cfg in configs:
         for mode in ("train", "infer"):
-            key = (cfg["channels"], cfg["size"], cfg["batch"], cfg["threads"])
+            key = config_key(cfg)
             mine = results[(mode, *key)]
             ips = {
                 impl: results.get((mode, impl, *key), {}).get("images_per_s")
@@ -476,6 +597,7 @@ def main(argv=None):
             rows.append(
                 [
                     mode,
+                    mine["arch"],
                     mine["input"],
                     cfg["batch"],
                     cfg["threads"],
@@ -488,9 +610,10 @@ def main(argv=None):
                 ]
             )
     harness.print_table(
-        "SeedNet images/s (median step; ratio = fastcnn speed / other speed; > 1: fastcnn faster)",
+        "images/s (median step; ratio = fastcnn speed / other speed; > 1: fastcnn faster)",
         [
             "mode",
+            "net",
             "input",
             "batch",
             "thr",
@@ -508,7 +631,7 @@ def main(argv=None):
             f"memory and start-up (training on Fashion-MNIST, batch {args.rss_batch}, "
             f"{rss_steps} steps)",
             [
-                "library",
+                "library, network",
                 "import s",
                 "RSS after import MB",
                 "RSS with data MB",
@@ -517,14 +640,14 @@ def main(argv=None):
             ],
             [
                 [
-                    fw,
-                    imports.get(fw, {}).get("seconds"),
-                    rss.get(fw, {}).get("rss_after_import_mb"),
-                    rss.get(fw, {}).get("rss_after_data_mb"),
-                    rss.get(fw, {}).get("peak_rss_loading_mb"),
-                    rss.get(fw, {}).get("peak_rss_mb"),
+                    key if " " in key else f"{key} seednet",
+                    imports.get(key.split()[0], {}).get("seconds"),
+                    rss.get(key, {}).get("rss_after_import_mb"),
+                    rss.get(key, {}).get("rss_after_data_mb"),
+                    rss.get(key, {}).get("peak_rss_loading_mb"),
+                    rss.get(key, {}).get("peak_rss_mb"),
                 ]
-                for fw in imports
+                for key in rss
             ],
         )
     harness.print_table(

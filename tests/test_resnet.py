@@ -159,46 +159,13 @@ def test_model_file_with_wrong_bn_shapes_is_refused(rng, tmp_path):
         fastcnn.load(path)
 
 
-def torch_resnet(torch, depth, in_channels, num_classes):
-    """The same network in PyTorch, built the usual way (a BasicBlock with conv1, bn1, conv2,
-    bn2 and an nn.Sequential shortcut), for the state-dict and output comparisons."""
-    tnn = torch.nn
-
-    class Block(tnn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(cout)
-            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(cout)
-            self.shortcut = tnn.Sequential()
-            if stride != 1 or cin != cout:
-                self.shortcut = tnn.Sequential(
-                    tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x):
-            out = torch.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return torch.relu(out + self.shortcut(x))
-
-    n = (depth - 2) // 6
-    layers = [tnn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()]
-    cin = 16
-    for stage, planes in enumerate((16, 32, 64)):
-        for i in range(n):
-            layers.append(Block(cin, planes, 2 if stage and i == 0 else 1))
-            cin = planes
-    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, num_classes)]
-    return tnn.Sequential(*layers)
-
-
 @pytest.mark.parametrize("depth", [8, 14])
-def test_resnet_matches_pytorch(depth, rng):
+def test_resnet_matches_pytorch(depth, rng, bench_module):
+    """Against the same network built the usual PyTorch way (bench/train.py's torch_resnet)."""
     torch = pytest.importorskip("torch")
     nn.manual_seed(1)
     mine = models.resnet(depth, in_channels=1, num_classes=10)
-    theirs = torch_resnet(torch, depth, 1, 10).double()
+    theirs = bench_module("train").torch_resnet(torch, depth, 1, 10).double()
     theirs.load_state_dict({k: torch.tensor(v) for k, v in mine.state_dict().items()}, strict=True)
     x = floats(rng, 6, 1, 28, 28)
     labels = rng.integers(0, 10, 6)
