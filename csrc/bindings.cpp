@@ -273,33 +273,46 @@ const float* per_channel(const OptArray& a, const char* name, int64_t C) {
   return p;
 }
 
+// An optional array of x's shape (a residual added before the ReLU).
+const float* like_x(const OptArray& a, const char* name, const py::array& x) {
+  if (!a) return nullptr;
+  const float* p = in_f32(*a, name, 4);
+  expect_shape(*a, name, shape_of(x));
+  return p;
+}
+
 py::tuple batchnorm2d_forward(const py::array& x, const OptArray& weight, const OptArray& bias,
-                              double eps, bool relu, const OptArray& out) {
+                              double eps, bool relu, const OptArray& out,
+                              const OptArray& residual) {
   const float* xp = in_f32(x, "x", 4);
   const int64_t N = x.shape(0), C = x.shape(1), P = x.shape(2) * x.shape(3);
   const float *wp = per_channel(weight, "weight", C), *bp = per_channel(bias, "bias", C);
+  const float* rp = like_x(residual, "residual", x);
   if (!(eps > 0)) value_error("eps must be > 0");
-  F32 y = make_out(out, shape_of(x), "out", {&x});
+  F32 y = residual ? make_out(out, shape_of(x), "out", {&x, &*residual})
+                   : make_out(out, shape_of(x), "out", {&x});
   F32 mean({C}), invstd({C}), var({C});
   float *yp = data(y), *mp = data(mean), *ip = data(invstd), *vp = data(var);
   {
     py::gil_scoped_release nogil;
-    fastcnn::batchnorm2d_forward_train(N, C, P, xp, wp, bp, static_cast<float>(eps), relu, yp, mp,
-                                       ip, vp);
+    fastcnn::batchnorm2d_forward_train(N, C, P, xp, wp, bp, rp, static_cast<float>(eps), relu, yp,
+                                       mp, ip, vp);
   }
   return py::make_tuple(y, mean, invstd, var);
 }
 
 F32 batchnorm2d_forward_eval(const py::array& x, const py::array& scale, const py::array& shift,
-                             bool relu, const OptArray& out) {
+                             bool relu, const OptArray& out, const OptArray& residual) {
   const float* xp = in_f32(x, "x", 4);
   const int64_t N = x.shape(0), C = x.shape(1), P = x.shape(2) * x.shape(3);
   const float *sp = per_channel(scale, "scale", C), *hp = per_channel(shift, "shift", C);
-  F32 y = make_out(out, shape_of(x), "out", {&x});
+  const float* rp = like_x(residual, "residual", x);
+  F32 y = residual ? make_out(out, shape_of(x), "out", {&x, &*residual})
+                   : make_out(out, shape_of(x), "out", {&x});
   float* yp = data(y);
   {
     py::gil_scoped_release nogil;
-    fastcnn::batchnorm2d_forward_eval(N, C, P, xp, sp, hp, relu, yp);
+    fastcnn::batchnorm2d_forward_eval(N, C, P, xp, sp, hp, rp, relu, yp);
   }
   return y;
 }
@@ -307,7 +320,7 @@ F32 batchnorm2d_forward_eval(const py::array& x, const py::array& scale, const p
 py::tuple batchnorm2d_backward(const py::array& x, const py::array& dy, const OptArray& y,
                                const py::array& mean, const py::array& invstd,
                                const OptArray& weight, bool need_dx, bool need_affine,
-                               const OptArray& dx_out) {
+                               const OptArray& dx_out, const OptArray& masked_dy_out) {
   const float* xp = in_f32(x, "x", 4);
   const int64_t N = x.shape(0), C = x.shape(1), P = x.shape(2) * x.shape(3);
   const float* dyp = in_f32(dy, "dy", 4);
@@ -331,11 +344,30 @@ py::tuple batchnorm2d_backward(const py::array& x, const py::array& dy, const Op
     dwp = data(a), dbp = data(b);
     dw = a, db = b;
   }
+  float* gp = nullptr;
+  if (masked_dy_out) {
+    if (!y) value_error("masked_dy_out needs y (the mask)");
+    py::array g = *masked_dy_out;
+    check_out(g, shape_of(x), "masked_dy_out", {&x, &dy});
+    gp = static_cast<float*>(g.mutable_data());
+  }
   {
     py::gil_scoped_release nogil;
-    fastcnn::batchnorm2d_backward(N, C, P, xp, dyp, yp, mp, ip, wp, dxp, dwp, dbp);
+    fastcnn::batchnorm2d_backward(N, C, P, xp, dyp, yp, mp, ip, wp, dxp, dwp, dbp, gp);
   }
   return py::make_tuple(dx, dw, db);
+}
+
+F32 add_relu(const py::array& a, const py::array& b, const OptArray& out) {
+  const float* ap = in_f32(a, "a", -1);
+  const float* bp = in_f32(b, "b", -1);
+  expect_shape(b, "b", shape_of(a));
+  F32 y = make_out(out, shape_of(a), "out", {&b});  // out may be a itself
+  float* yp = data(y);
+  const int64_t n = a.size();
+  py::gil_scoped_release nogil;
+  fastcnn::add_relu(n, ap, bp, yp);
+  return y;
 }
 
 // ---- dropout ----------------------------------------------------------------------------------
@@ -517,12 +549,14 @@ PYBIND11_MODULE(_C, m) {
         arg("lr"), arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"),
         arg("decoupled") = false);
   m.def("batchnorm2d_forward", &batchnorm2d_forward, arg("x"), arg("weight").none(true),
-        arg("bias").none(true), arg("eps"), arg("relu") = false, arg("out") = none);
+        arg("bias").none(true), arg("eps"), arg("relu") = false, arg("out") = none,
+        arg("residual") = none);
   m.def("batchnorm2d_forward_eval", &batchnorm2d_forward_eval, arg("x"), arg("scale"), arg("shift"),
-        arg("relu") = false, arg("out") = none);
+        arg("relu") = false, arg("out") = none, arg("residual") = none);
   m.def("batchnorm2d_backward", &batchnorm2d_backward, arg("x"), arg("dy"), arg("y").none(true),
         arg("mean"), arg("invstd"), arg("weight").none(true), arg("need_dx") = true,
-        arg("need_affine") = true, arg("dx_out") = none);
+        arg("need_affine") = true, arg("dx_out") = none, arg("masked_dy_out") = none);
+  m.def("add_relu", &add_relu, arg("a"), arg("b"), arg("out") = none);
   m.def("dropout_forward", &dropout_forward, arg("x"), arg("p"), arg("seed"), arg("out") = none);
   m.def("dropout_backward", &dropout_backward, arg("dy"), arg("mask"), arg("p"), arg("out") = none);
   m.def("augment_crop_flip", &augment_crop_flip, arg("x"), arg("dy"), arg("dx"), arg("flip"));

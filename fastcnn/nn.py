@@ -313,6 +313,34 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+class _ConvBN:
+    """A Conv2d and the eval-mode BatchNorm2d after it, run as one convolution with the
+    normalisation folded into its weights and bias (and a following ReLU in its epilogue):
+    inference reads and writes the activations once instead of twice."""
+
+    def __init__(self, conv, bn):
+        self.conv, self.bn = conv, bn
+        self.reuse_buffers = False
+
+    def forward(self, x, relu=False):
+        out = self.conv._buffer("y", self.conv._out_shape(x), x) if self.reuse_buffers else None
+        return conv_bn_eval(self.conv, self.bn, x, relu, out)
+
+    def backward(self, dy):
+        raise RuntimeError("BatchNorm2d.backward called without a forward in training mode")
+
+
+def conv_bn_eval(conv, bn, x, relu=False, out=None, residual=None):
+    """bn(conv(x)) (+ residual, then max(0, .) with relu) in eval mode, as one convolution."""
+    scale, shift = bn.eval_affine()
+    w = (conv.weight.data * scale[:, None, None, None]).astype(np.float32)
+    b = shift if conv.bias is None else shift + scale * conv.bias.data
+    if residual is None:
+        return ops.conv2d_forward(x, w, b.astype(np.float32), conv.stride, conv.padding, relu, out)
+    y = ops.conv2d_forward(x, w, b.astype(np.float32), conv.stride, conv.padding, False, out)
+    return ops.add_relu(y, residual, y) if relu else y + residual
+
+
 def _has_buffers(module) -> bool:
     return any(isinstance(v, Buffer) for v in vars(module).values())
 
@@ -365,12 +393,22 @@ class Sequential(Module):
         return iter(self.layers)
 
     def _steps(self):
-        """(layer, relu) pairs to run, after fusing ReLUs into their neighbours."""
+        """(layer, relu) pairs to run, after fusing ReLUs into their neighbours (and, in eval
+        mode, a BatchNorm2d into the convolution before it)."""
         layers, steps, i = self.layers, [], 0
         while i < len(layers):
             layer, after = layers[i], layers[i + 1 : i + 3]
             relu_next = len(after) > 0 and type(after[0]) is ReLU
             if (
+                type(layer) is Conv2d
+                and after
+                and type(after[0]) is BatchNorm2d
+                and after[0].folds()
+            ):
+                relu_after = len(after) > 1 and type(after[1]) is ReLU
+                steps.append((_ConvBN(layer, after[0]), relu_after))
+                i += 3 if relu_after else 2
+            elif (
                 type(layer) is Conv2d
                 and relu_next
                 and len(after) > 1
@@ -778,7 +816,9 @@ class BatchNorm2d(Module):
             out.update(running_mean=c, running_var=c, num_batches_tracked=())
         return out
 
-    def forward(self, x, relu=False):
+    def forward(self, x, relu=False, residual=None):
+        """Normalise x; `relu` applies max(0, .) after it, and `residual` (x's shape) is added
+        before that (a ResNet block's tail, one pass)."""
         if getattr(x, "ndim", 0) != 4 or x.shape[1] != self.num_features:
             raise ValueError(
                 f"BatchNorm2d({self.num_features}) takes (N, {self.num_features}, H, W), "
@@ -788,21 +828,28 @@ class BatchNorm2d(Module):
         b = self.bias.data if self.affine else None
         out = self._buffer("y", x.shape, x)
         if self.training or not self.track_running_stats:
-            y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, self.eps, relu, out)
+            y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, self.eps, relu, out, residual)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
             self._x, self._y, self._stats = (x, y if relu else None, (mean, invstd))
             return y
-        scale = (1.0 / np.sqrt(self.running_var.data.astype(np.float64) + self.eps)).astype(
-            np.float32
-        )
-        if w is not None:
-            scale = scale * w
-        shift = -self.running_mean.data * scale
-        if b is not None:
-            shift = shift + b
         self._x = None
-        return ops.batchnorm2d_forward_eval(x, scale, shift.astype(np.float32), relu, out)
+        return ops.batchnorm2d_forward_eval(x, *self.eval_affine(), relu, out, residual)
+
+    def eval_affine(self):
+        """(scale, shift), float32 (C,): eval mode's y = x * scale + shift per channel."""
+        scale = 1.0 / np.sqrt(self.running_var.data.astype(np.float64) + self.eps)
+        if self.affine:
+            scale = scale * self.weight.data
+        shift = -self.running_mean.data * scale
+        if self.affine:
+            shift = shift + self.bias.data
+        return scale.astype(np.float32), shift.astype(np.float32)
+
+    def folds(self) -> bool:
+        """Whether this layer, in its current mode, is an affine map that a preceding
+        convolution can absorb (eval mode with running statistics)."""
+        return not self.training and self.track_running_stats
 
     def _update_running_stats(self, mean, var, count):
         self.num_batches_tracked.data = self.num_batches_tracked.data + 1
@@ -815,6 +862,18 @@ class BatchNorm2d(Module):
         rv.data = ((1 - m) * rv.data + m * unbiased).astype(np.float32)
 
     def backward(self, dy):
+        return self._backward(dy, None)
+
+    def backward_masked(self, dy):
+        """(dx, g) after a forward with relu=True: g is dy through the ReLU's mask, what the
+        residual added in forward receives."""
+        if self._y is None:
+            raise RuntimeError("backward_masked needs a forward with relu=True")
+        g = self._buffer("g", self._x.shape, dy)
+        g = ops.empty(self._x.shape, np.float32, dy) if g is None else g
+        return self._backward(dy, g), g
+
+    def _backward(self, dy, masked_dy_out):
         if getattr(self, "_x", None) is None:
             raise RuntimeError("BatchNorm2d.backward called without a forward in training mode")
         need_dx = self.requires_input_grad
@@ -827,6 +886,7 @@ class BatchNorm2d(Module):
             need_dx,
             self.affine,
             self._buffer("dx", self._x.shape, dy) if need_dx else None,
+            masked_dy_out,
         )
         if self.affine:
             self.weight.accumulate(dw)
@@ -943,17 +1003,22 @@ class BasicBlock(Module):
         return out
 
     def forward(self, x):
+        if self.bn1.folds() and self.bn2.folds():  # eval: three convolutions, nothing else
+            h = conv_bn_eval(self.conv1, self.bn1, x, relu=True)
+            s = x if not self.shortcut.layers else conv_bn_eval(*self.shortcut.layers, x)
+            return conv_bn_eval(self.conv2, self.bn2, h, residual=s, relu=True)
         h = self.bn1.forward(self.conv1(x), relu=True)
-        h = self.bn2(self.conv2(h))
         s = self.shortcut(x)
-        self._y = ops.relu_forward(h + s)
+        # bn2, the residual sum and the ReLU in one pass; its backward masks by this output.
+        self._y = self.bn2.forward(self.conv2(h), relu=True, residual=s)
         return self._y
 
     def backward(self, dy):
-        g = ops.relu_backward(self._y, dy)
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(g))))
+        # g, dy through the ReLU's mask, is what both branches receive.
+        dh, g = self.bn2.backward_masked(dy)
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(dh)))
         ds = self.shortcut.backward(g)
-        return dx + ds
+        return None if dx is None else np.add(dx, ds, out=dx)  # conv1's dx is a fresh array
 
     def config(self):
         return {"in_planes": self.in_planes, "planes": self.planes, "stride": self.stride}

@@ -38,6 +38,7 @@ __all__ = [
     "batchnorm2d_forward",
     "batchnorm2d_forward_eval",
     "batchnorm2d_backward",
+    "add_relu",
     "dropout_forward",
     "dropout_backward",
     "sgemm",
@@ -386,7 +387,7 @@ def _cpu_only(op, **arrays):
             )
 
 
-def batchnorm2d_forward(x, weight, bias, eps=1e-5, relu=False, out=None):
+def batchnorm2d_forward(x, weight, bias, eps=1e-5, relu=False, out=None, residual=None):
     """Batch normalisation of x (N, C, H, W) by its own per-channel statistics (training mode).
 
     Args:
@@ -395,23 +396,32 @@ def batchnorm2d_forward(x, weight, bias, eps=1e-5, relu=False, out=None):
         eps: added to the variance, > 0.
         relu: apply max(0, .) to the output (a BatchNorm2d followed by a ReLU).
         out: optional float32 array of x's shape to write y into.
+        residual: optional float32 array of x's shape added before the ReLU (a ResNet block's
+            shortcut).
 
     Returns:
         (y, mean, invstd, var): the output, and per channel the batch mean, 1/sqrt(var + eps)
         and the biased variance, float32 (C,) each.
     """
     _cpu_only("batchnorm2d_forward", x=x)
-    return _C.batchnorm2d_forward(_f32(x, "x"), weight, bias, eps, relu, out)
+    return _C.batchnorm2d_forward(_f32(x, "x"), weight, bias, eps, relu, out, residual)
 
 
-def batchnorm2d_forward_eval(x, scale, shift, relu=False, out=None):
-    """y = x * scale[c] + shift[c] per channel (eval-mode batch normalisation, folded)."""
+def batchnorm2d_forward_eval(x, scale, shift, relu=False, out=None, residual=None):
+    """y = x * scale[c] + shift[c] (+ residual) per channel, then max(0, .) with relu (eval-mode
+    batch normalisation, folded)."""
     _cpu_only("batchnorm2d_forward_eval", x=x)
-    return _C.batchnorm2d_forward_eval(_f32(x, "x"), scale, shift, relu, out)
+    return _C.batchnorm2d_forward_eval(_f32(x, "x"), scale, shift, relu, out, residual)
+
+
+def add_relu(a, b, out=None):
+    """max(0, a + b), float32; out may be a itself."""
+    _cpu_only("add_relu", a=a, b=b)
+    return _C.add_relu(_f32(a, "a"), _f32(b, "b"), out)
 
 
 def batchnorm2d_backward(
-    x, dy, y, mean, invstd, weight, need_dx=True, need_affine=True, dx_out=None
+    x, dy, y, mean, invstd, weight, need_dx=True, need_affine=True, dx_out=None, masked_dy_out=None
 ):
     """Gradients of training-mode batch normalisation.
 
@@ -420,13 +430,24 @@ def batchnorm2d_backward(
         y: the forward output when it was computed with relu=True, else None.
         mean, invstd: what batchnorm2d_forward returned.
         weight: (C,) or None.
+        masked_dy_out: with y, an array of x's shape that receives dy through the ReLU's mask
+            (what a residual block's shortcut gets).
 
     Returns:
         (dx or None, dweight or None, dbias or None).
     """
     _cpu_only("batchnorm2d_backward", x=x, dy=dy)
     return _C.batchnorm2d_backward(
-        _f32(x, "x"), _f32(dy, "dy"), y, mean, invstd, weight, need_dx, need_affine, dx_out
+        _f32(x, "x"),
+        _f32(dy, "dy"),
+        y,
+        mean,
+        invstd,
+        weight,
+        need_dx,
+        need_affine,
+        dx_out,
+        masked_dy_out,
     )
 
 

@@ -196,3 +196,63 @@ def test_fused_relu_in_a_sequential(rng):
     dx = fused.backward(dy)
     assert dx.shape == x.shape and np.isfinite(dx).all()
     assert bn.weight.grad is not None
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_residual_is_added_before_the_relu(relu, rng):
+    x, w, b = make(rng, (3, 4, 5, 6))
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    y = ops.batchnorm2d_forward(x, w, b, 1e-5, relu, residual=r)[0]
+    plain = ref.batchnorm2d_forward(x, w, b, 1e-5, False)[0] + r
+    ref.assert_close(y, np.maximum(plain, 0) if relu else plain, name="y")
+    scale, shift = (
+        rng.standard_normal(4).astype(np.float32),
+        rng.standard_normal(4).astype(np.float32),
+    )
+    y = ops.batchnorm2d_forward_eval(x, scale, shift, relu, residual=r)
+    plain = x.astype(np.float64) * scale[:, None, None] + shift[:, None, None] + r
+    ref.assert_close(y, np.maximum(plain, 0) if relu else plain, name="y")
+    with pytest.raises(ValueError, match="residual must have shape"):
+        ops.batchnorm2d_forward(x, w, b, residual=r[:1])
+
+
+def test_masked_dy_out(rng):
+    x, w, b = make(rng, (3, 4, 5, 6))
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y, mean, invstd, _ = ops.batchnorm2d_forward(x, w, b, 1e-5, True, residual=r)
+    g = np.full(x.shape, np.nan, np.float32)
+    dx, dw, db = ops.batchnorm2d_backward(x, dy, y, mean, invstd, w, masked_dy_out=g)
+    np.testing.assert_array_equal(g, np.where(y > 0, dy, 0))
+    # The BN part sees the masked gradient: the reference with dy already masked, no ReLU.
+    rdx, rdw, rdb = ref.batchnorm2d_backward(x, g, w, b, 1e-5, False)
+    ref.assert_close(dx, rdx, name="dx")
+    ref.assert_close(dw, rdw, name="dw")
+    with pytest.raises(ValueError, match="needs y"):
+        ops.batchnorm2d_backward(x, dy, None, mean, invstd, w, masked_dy_out=g)
+
+
+def test_add_relu(rng):
+    a, b = rng.standard_normal((2, 70000)).astype(np.float32)
+    np.testing.assert_array_equal(ops.add_relu(a, b), np.maximum(a + b, 0))
+    c = a.copy()
+    assert ops.add_relu(c, b, out=c) is c  # in place over its first input
+    np.testing.assert_array_equal(c, np.maximum(a + b, 0))
+
+
+def test_eval_folds_batchnorm_into_the_convolution(rng):
+    nn.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+                          nn.Conv2d(5, 4, 1, bias=False), nn.BatchNorm2d(4))  # fmt: skip
+    for _ in range(3):  # running statistics away from their initial values
+        model(make(rng, (8, 3, 6, 6))[0] * 2)
+    model.eval()
+    steps = model._steps()
+    assert [type(s).__name__ for s, _ in steps] == ["_ConvBN", "_ConvBN"]
+    assert [relu for _, relu in steps] == [True, False]
+    x = make(rng, (2, 3, 6, 6))[0]
+    y = model(x)
+    unfused = model[4](model[3](np.maximum(model[1](model[0](x)), 0)))
+    np.testing.assert_allclose(y, unfused, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="training mode"):
+        model.backward(y)

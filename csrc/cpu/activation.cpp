@@ -34,4 +34,17 @@ void relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
   }
 }
 
+// ---- add then relu (a ResNet block's output in eval mode) ---------------------------------------
+
+void add_relu(int64_t n, const float* a, const float* b, float* y) {
+#ifdef FASTCNN_OPENMP
+#pragma omp parallel for simd schedule(static) \
+    num_threads(num_threads()) if (parallel : n > kParallelMin)
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = a[i] + b[i];
+    y[i] = v < 0.f ? 0.f : v;
+  }
+}
+
 }  // namespace fastcnn

@@ -7,9 +7,12 @@
 //                      mean, invstd and var are written out for backward and the running stats.
 //   eval forward       y = x * scale + shift per channel (scale and shift folded by the caller
 //                      from the running stats).
+//   Either forward may add a residual (the same shape as x) before the ReLU: a ResNet block's
+//   relu(bn2(conv2(h)) + shortcut), in the one pass.
 //   backward           with g = dy (masked by y > 0 when the ReLU was fused), xhat the normalised
 //                      input and M = N*H*W: dbias = sum g, dweight = sum g*xhat,
-//                      dx = weight * invstd * (g - dbias/M - xhat * dweight/M).
+//                      dx = weight * invstd * (g - dbias/M - xhat * dweight/M); g itself is
+//                      written out on request (masked_dy), for the block's shortcut.
 // Channels are split over the threads; each channel's sums are taken by one thread, so results do
 // not depend on the thread count.
 #include <algorithm>
@@ -68,11 +71,33 @@ double sum_of(int64_t n, F f) {
 }
 }  // namespace
 
+// y = x * scale + shift (+ residual) over channel c's planes, then max(0, .) with relu.
+static void affine_rows(int64_t N, int64_t C, int64_t P, int64_t c, const float* x, float scale,
+                        float shift, const float* residual, bool relu, float* y) {
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t at = (n * C + c) * P;
+    const float* xc = x + at;
+    float* yc = y + at;
+    if (residual) {
+      const float* rc = residual + at;
+      for (int64_t p = 0; p < P; ++p) {
+        const float v = xc[p] * scale + shift + rc[p];
+        yc[p] = relu && v < 0.f ? 0.f : v;
+      }
+    } else {
+      for (int64_t p = 0; p < P; ++p) {
+        const float v = xc[p] * scale + shift;
+        yc[p] = relu && v < 0.f ? 0.f : v;
+      }
+    }
+  }
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, const float* w,
-                               const float* b, float eps, bool relu, float* y, float* mean,
-                               float* invstd, float* var) {
+                               const float* b, const float* residual, float eps, bool relu,
+                               float* y, float* mean, float* invstd, float* var) {
   const double M = static_cast<double>(N * P);
   for_each_channel(C, N * C * P, [&](int64_t c) {
     double s = 0.0;
@@ -97,29 +122,14 @@ void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, 
     // y = x * scale + shift, in float: scale = invstd * weight, shift = bias - mean * scale.
     const float scale = static_cast<float>(is * (w ? w[c] : 1.f));
     const float shift = static_cast<float>((b ? b[c] : 0.f) - mu * (is * (w ? w[c] : 1.f)));
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xc = x + (n * C + c) * P;
-      float* yc = y + (n * C + c) * P;
-      for (int64_t p = 0; p < P; ++p) {
-        const float v2 = xc[p] * scale + shift;
-        yc[p] = relu && v2 < 0.f ? 0.f : v2;
-      }
-    }
+    affine_rows(N, C, P, c, x, scale, shift, residual, relu, y);
   });
 }
 
 void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, const float* scale,
-                              const float* shift, bool relu, float* y) {
+                              const float* shift, const float* residual, bool relu, float* y) {
   for_each_channel(C, N * C * P, [&](int64_t c) {
-    const float a = scale[c], s = shift[c];
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xc = x + (n * C + c) * P;
-      float* yc = y + (n * C + c) * P;
-      for (int64_t p = 0; p < P; ++p) {
-        const float v = xc[p] * a + s;
-        yc[p] = relu && v < 0.f ? 0.f : v;
-      }
-    }
+    affine_rows(N, C, P, c, x, scale[c], shift[c], residual, relu, y);
   });
 }
 
@@ -127,7 +137,7 @@ void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, c
 
 void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const float* dy,
                           const float* y, const float* mean, const float* invstd, const float* w,
-                          float* dx, float* dw, float* db) {
+                          float* dx, float* dw, float* db, float* masked_dy) {
   const double M = static_cast<double>(N * P);
   for_each_channel(C, N * C * P, [&](int64_t c) {
     const float mu = mean[c], is = invstd[c];
@@ -143,6 +153,11 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
         sgx += sum_of(P, [=](int64_t p) { return dc[p] * (xc[p] - mu); });
       }
     }
+    if (masked_dy && y)  // g itself, for a residual branch that shares the ReLU
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t at = (n * C + c) * P;
+        for (int64_t p = 0; p < P; ++p) masked_dy[at + p] = relu_pass(y[at + p], dy[at + p]);
+      }
     sgx *= is;  // sum g * xhat
     if (db) db[c] = static_cast<float>(sg);
     if (dw) dw[c] = static_cast<float>(sgx);

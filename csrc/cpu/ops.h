@@ -56,18 +56,23 @@ double softmax_cross_entropy(int64_t N, int64_t K, const float* logits, const in
                              float* dlogits, float label_smoothing);
 
 // ---- batchnorm.cpp (per channel over N and P = H*W; see the file's header) --------------------
-// x, y: (N, C, P); w, b: (C,) or null (no affine); mean, invstd, var: (C,) out (var biased).
+// x, y: (N, C, P); w, b: (C,) or null (no affine); residual: like x, added before the ReLU, or
+// null; mean, invstd, var: (C,) out (var biased).
 void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, const float* w,
-                               const float* b, float eps, bool relu, float* y, float* mean,
-                               float* invstd, float* var);
-// scale, shift: (C,).
+                               const float* b, const float* residual, float eps, bool relu,
+                               float* y, float* mean, float* invstd, float* var);
+// scale, shift: (C,); residual: like x, or null.
 void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, const float* scale,
-                              const float* shift, bool relu, float* y);
-// y: the forward output when the ReLU was fused (dy masked by y > 0), else null; dx, dw, db may
-// each be null (not wanted).
+                              const float* shift, const float* residual, bool relu, float* y);
+// y: the forward output when the ReLU was fused (dy masked by y > 0), else null; dx, dw, db,
+// masked_dy (dy through the mask, like x; with y only) may each be null (not wanted).
 void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const float* dy,
                           const float* y, const float* mean, const float* invstd, const float* w,
-                          float* dx, float* dw, float* db);
+                          float* dx, float* dw, float* db, float* masked_dy);
+
+// ---- activation.cpp (more) --------------------------------------------------------------------
+// y = max(0, a + b), n elements (y may be a).
+void add_relu(int64_t n, const float* a, const float* b, float* y);
 
 // ---- dropout.cpp ------------------------------------------------------------------------------
 // n elements; p in [0, 1]; mask: 1 where kept.
