@@ -185,3 +185,54 @@ def test_resnet_matches_pytorch(depth, rng, bench_module):
         np.testing.assert_allclose(mine.state_dict()[name], v.numpy(), rtol=1e-4, atol=1e-6)
     mine.eval(), theirs.eval()
     np.testing.assert_allclose(mine(x), theirs(tx).detach().numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_resnet8_one_cycle_learns_as_pytorch_does(bench_module):
+    """The issue's recipe (SGD, one-cycle to lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4,
+    batch 64) for two epochs of Fashion-MNIST, from the same initial weights in the same batch
+    order: fastcnn and PyTorch end within a few tenths of a point of test accuracy."""
+    torch = pytest.importorskip("torch")
+    from fastcnn import data, optim
+    from fastcnn.optim import lr_scheduler
+
+    train, test = data.FashionMNIST(train=True), data.FashionMNIST(train=False)
+    torch.manual_seed(0)
+    nn.manual_seed(0)
+    mine = models.resnet8(in_channels=1, num_classes=10)
+    theirs = bench_module("train").torch_resnet(torch, 8, 1, 10)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in mine.state_dict().items()})
+    epochs, batch = 2, 64
+    loader = data.DataLoader(train, batch, shuffle=True, seed=0)
+    opt = optim.SGD(mine.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = lr_scheduler.OneCycleLR(opt, 0.1, epochs=epochs, steps_per_epoch=len(loader))
+    topt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                           weight_decay=5e-4)  # fmt: skip
+    tsched = torch.optim.lr_scheduler.OneCycleLR(
+        topt, 0.1, epochs=epochs, steps_per_epoch=len(loader)
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    mine.requires_input_grad = False
+    for _ in range(epochs):
+        mine.train(), theirs.train()
+        for x, y in loader:
+            opt.zero_grad()
+            loss_fn(mine(x), y)
+            mine.backward(loss_fn.backward())
+            opt.step()
+            sched.step()
+            topt.zero_grad()
+            tloss = torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)),
+                                                      torch.from_numpy(y))  # fmt: skip
+            tloss.backward()
+            topt.step()
+            tsched.step()
+    ours = fastcnn.evaluate(mine, test)["accuracy"]
+    theirs.eval()
+    with torch.no_grad():
+        x, y = test.images, torch.from_numpy(test.labels)
+        predicted = torch.cat([theirs(torch.from_numpy(x[i : i + 500])).argmax(1)
+                               for i in range(0, len(x), 500)])  # fmt: skip
+    their_accuracy = (predicted == y).double().mean().item()
+    assert ours > 0.85 and their_accuracy > 0.85  # both learned
+    assert abs(ours - their_accuracy) < 0.005, (ours, their_accuracy)
