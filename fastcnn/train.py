@@ -9,13 +9,14 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
 from . import nn, ops, optim
 from .data import DataLoader
 
-__all__ = ["fit", "evaluate", "predict"]
+__all__ = ["fit", "evaluate", "predict", "TrainingWarning"]
 
 
 def _loader(data, batch_size, shuffle=False, seed=None, transform=None) -> DataLoader:
@@ -77,6 +78,7 @@ def fit(
     checkpoint=None,
     resume=False,
     on_epoch_end=None,
+    warnings=True,
 ):
     """Train `model` on `train` for `epochs` epochs of shuffled mini-batches.
 
@@ -119,6 +121,9 @@ def fit(
             uninterrupted run ends; start from scratch if it does not exist.
         on_epoch_end: called with the history after each epoch (its record appended, the
             checkpoint written), e.g. to redraw fastcnn.plot.curves.
+        warnings: warn (TrainingWarning, once each, with what to try) when the loss has not
+            fallen after the first few hundred steps, accuracy sits at chance, the loss jumps,
+            or validation loss rises for several epochs while training loss falls.
 
     Returns:
         The history: a list with one dict per epoch (restored epochs included), with keys
@@ -176,7 +181,19 @@ def fit(
     wanted_input_grad = model.requires_input_grad
     model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
     try:
-        _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history, on_epoch_end)
+        watch = _Watch(_output_features(model), lambda: optimizer.lr) if warnings else None
+        _epochs(
+            model,
+            loader,
+            val_loader,
+            run,
+            epochs,
+            progress,
+            checkpoint,
+            history,
+            on_epoch_end,
+            watch,
+        )
     finally:
         model.requires_input_grad = wanted_input_grad
     return history
@@ -337,6 +354,79 @@ def _layer(spec):
     return f"{spec.get('type')}({args})"
 
 
+class TrainingWarning(UserWarning):
+    """fit()'s "is it learning?" warnings (fit(..., warnings=False) turns them off)."""
+
+
+class _Watch:
+    """Watches a run for the usual ways training fails and warns once about each, saying what
+    to try: a loss that has not fallen after the first few hundred steps, accuracy at chance,
+    a loss that jumps (a learning rate too high, before it turns into NaN), and validation loss
+    rising for several epochs while training loss falls (overfitting)."""
+
+    EARLY, LATE = 50, 300  # the first steps' mean loss against that of steps LATE-EARLY..LATE
+    PATIENCE = 3  # epochs of rising validation loss
+
+    def __init__(self, classes, lr_of):
+        self.classes, self.lr_of = classes, lr_of
+        self.losses, self.said = [], set()
+        self.epochs = []
+
+    def _warn(self, kind, message):
+        if kind not in self.said:
+            self.said.add(kind)
+            warnings.warn(message, TrainingWarning, stacklevel=4)
+
+    def batch(self, loss: float):
+        losses = self.losses
+        losses.append(loss)
+        # A jump: the last 5 steps' mean loss at 3x the median of the 50 before them (one batch
+        # of hard or mislabelled images alone does not make one).
+        if len(losses) >= 25 and math.isfinite(loss):
+            before = sorted(losses[-55:-5])
+            median = before[len(before) // 2]
+            recent = sum(losses[-5:]) / 5
+            if recent > 3 * median and recent > median + 1.0:
+                self._warn(
+                    "jump",
+                    f"the loss jumped from about {median:.3g} to {recent:.3g} around step "
+                    f"{len(losses)}: the learning rate ({self.lr_of():.3g}) is probably too "
+                    "high; lower it (by 3-10x) before the loss turns into NaN",
+                )
+        if len(losses) == self.LATE:
+            first = sum(losses[: self.EARLY]) / self.EARLY
+            last = sum(losses[-self.EARLY :]) / self.EARLY
+            if not last < 0.97 * first:
+                self._warn(
+                    "flat",
+                    f"the loss has not fallen in the first {self.LATE} steps ({first:.4g} -> "
+                    f"{last:.4g}): try a larger learning rate (now {self.lr_of():.3g}), check that "
+                    "the labels belong to the images, and that the inputs are normalised",
+                )
+
+    def epoch(self, record):
+        self.epochs.append(record)
+        chance = 1.0 / max(self.classes, 1)
+        if len(self.losses) >= self.LATE and record["accuracy"] <= 1.5 * chance:
+            self._warn(
+                "chance",
+                f"training accuracy is {record['accuracy']:.3f} after {len(self.losses)} steps, "
+                f"about chance (1/{self.classes} = {chance:.3f}): the network is not learning; "
+                "check the labels, the learning rate and the input normalisation",
+            )
+        tail = self.epochs[-(self.PATIENCE + 1) :]
+        if len(tail) == self.PATIENCE + 1 and all("val_loss" in r for r in tail):
+            val = [r["val_loss"] for r in tail]
+            train = [r["loss"] for r in tail]
+            if all(b > a for a, b in zip(val, val[1:])) and train[-1] < train[0]:
+                self._warn(
+                    "overfit",
+                    f"validation loss has risen for {self.PATIENCE} epochs ({val[0]:.4g} -> "
+                    f"{val[-1]:.4g}) while training loss fell: the model is overfitting; try "
+                    "augmentation (transform=, --augment), weight decay, or fewer epochs",
+                )
+
+
 class _Tally:
     """An epoch's loss and accuracy sums. On a device they stay there (ops.batch_stats adds each
     batch's in place) and are read only every READ_EVERY batches, so a training step makes no
@@ -398,7 +488,9 @@ def _on(device, x, y, classes):
     return ops.to_device(x, device), ops.to_device(y, device)
 
 
-def _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, history, on_epoch_end):
+def _epochs(
+    model, loader, val_loader, run, epochs, progress, checkpoint, history, on_epoch_end, watch
+):
     device, classes = model.device, _output_features(model)
     optimizer, scheduler, loss_fn = run.optimizer, run.scheduler, run.loss_fn
     per_batch = scheduler is not None and scheduler.per_batch
@@ -415,6 +507,8 @@ def _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, histor
             tally.add(logits, y, loss)
             if tally.due():
                 tally.check(epoch, optimizer.lr)
+            if watch is not None and isinstance(loss, float):  # CPU: the loss is at hand
+                watch.batch(loss)
             model.backward(loss_fn.backward())
             optimizer.step()
             if per_batch:
@@ -445,6 +539,8 @@ def _epochs(model, loader, val_loader, run, epochs, progress, checkpoint, histor
         history.append(record)
         if progress:
             _print_epoch(record, epochs)
+        if watch is not None:
+            watch.epoch(record)
         if scheduler is not None and not per_batch:
             scheduler.step()
         if checkpoint is not None:
