@@ -32,6 +32,7 @@ except ImportError as e:  # a source checkout without the compiled extension
 from . import cuda, data, models, nn, ops, optim
 from .io import load, save
 from .nn import manual_seed
+from .onnx_export import export_onnx
 from .train import evaluate, fit, predict
 
 
@@ -68,6 +69,7 @@ __all__ = [
     "predict",
     "save",
     "load",
+    "export_onnx",
     "manual_seed",
     "set_num_threads",
     "get_num_threads",

@@ -1,4 +1,4 @@
-"""The `fastcnn` command: train, eval, predict, bench, info."""
+"""The `fastcnn` command: train, eval, predict, export, bench, info."""
 
 from __future__ import annotations
 
@@ -217,6 +217,13 @@ def _model_plots(model, dataset, folder):
     print("plots: " + ", ".join(written))
 
 
+def cmd_export(args):
+    import fastcnn
+
+    model = fastcnn.load(args.model)
+    print(f"wrote {fastcnn.export_onnx(model, args.out)}")
+
+
 def cmd_eval(args):
     import fastcnn
 
@@ -399,6 +406,11 @@ def build_parser():
     r.add_argument("model")
     r.add_argument("images", nargs="+")
     r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="write a saved model as ONNX (needs fastcnn[onnx])")
+    x.add_argument("model", help="a .safetensors model file")
+    x.add_argument("out", help="the .onnx file to write")
+    x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="a short training-speed benchmark")
     b.add_argument("--batch-size", type=int, default=64)
