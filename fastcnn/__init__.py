@@ -30,7 +30,7 @@ except ImportError as e:  # a source checkout without the compiled extension
     ) from e
 
 from . import cuda, data, models, nn, ops, optim
-from .io import load, save
+from .io import load, load_state_dict_from, save
 from .nn import manual_seed
 from .onnx_export import export_onnx
 from .train import evaluate, fit, predict
@@ -70,6 +70,7 @@ __all__ = [
     "save",
     "load",
     "export_onnx",
+    "load_state_dict_from",
     "manual_seed",
     "set_num_threads",
     "get_num_threads",

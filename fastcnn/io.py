@@ -25,7 +25,14 @@ import numpy as np
 
 from . import __version__, nn, transforms
 
-__all__ = ["save", "load", "save_checkpoint", "load_checkpoint", "Checkpoint"]
+__all__ = [
+    "save",
+    "load",
+    "load_state_dict_from",
+    "save_checkpoint",
+    "load_checkpoint",
+    "Checkpoint",
+]
 
 FORMAT = "fastcnn"
 FORMAT_VERSION = "1"
@@ -302,6 +309,50 @@ def load(path) -> nn.Sequential:
     """
     metadata, tensors = _read(path)
     return _model_from(metadata, tensors, os.fspath(path))
+
+
+def load_state_dict_from(model, path, strict: bool = True):
+    """Load weights trained elsewhere, e.g. with PyTorch, into `model`, in place: a state dict
+    saved as .safetensors (`safetensors.torch.save_file(net.state_dict(), path)`), keyed as
+    `model.state_dict()` is (fastcnn uses PyTorch's names, so the same architecture built in
+    PyTorch matches). Every shape is checked before anything changes. Pickled files (.pt,
+    .pth) are refused: loading one could run code.
+
+    Args:
+        model: the fastcnn network to fill (e.g. models.resnet8(...)).
+        path: the .safetensors file.
+        strict: the keys must be exactly the model's (else missing ones stay as they are and
+            unknown ones are ignored).
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: a pickled or unreadable file, or a shape that differs. KeyError: (strict)
+            missing or unexpected keys, all named.
+
+    Example:
+        >>> model = fastcnn.models.resnet8(in_channels=3, num_classes=10)
+        >>> fastcnn.load_state_dict_from(model, "resnet8_cifar.safetensors")
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" or head == b"PK":  # a pickle, or a zip of pickles (torch.save)
+        raise ValueError(
+            f"{path} is a pickled PyTorch file, which fastcnn never loads (it could run code): "
+            "save the state dict with safetensors.torch.save_file(net.state_dict(), "
+            "'weights.safetensors') and load that"
+        )
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .safetensors file: {e}") from e
+    model.load_state_dict(tensors, strict=strict)
+    return model
 
 
 # ---- training checkpoints -----------------------------------------------------------------------

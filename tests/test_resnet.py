@@ -236,3 +236,33 @@ def test_resnet8_one_cycle_learns_as_pytorch_does(bench_module):
     their_accuracy = (predicted == y).double().mean().item()
     assert ours > 0.85 and their_accuracy > 0.85  # both learned
     assert abs(ours - their_accuracy) < 0.005, (ours, their_accuracy)
+
+
+def test_pytorch_weights_in(rng, tmp_path, bench_module):
+    """A state dict trained in PyTorch, saved as .safetensors, loads into the same fastcnn
+    network (running statistics included) and gives PyTorch's outputs; pickles are refused."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    theirs = bench_module("train").torch_resnet(torch, 8, 3, 10)
+    theirs.train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics away from their initial values
+            theirs(torch.randn(16, 3, 32, 32) * 2 + 1)
+    theirs.eval()
+    path = tmp_path / "r8.safetensors"
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(path))
+    mine = fastcnn.load_state_dict_from(models.resnet8(3, 10), path).eval()
+    x = floats(rng, 4, 3, 32, 32)
+    with torch.no_grad():
+        want = theirs(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(mine(x), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        fastcnn.load_state_dict_from(models.resnet8(1, 10), path)
+    with pytest.raises(KeyError, match="missing"):
+        fastcnn.load_state_dict_from(models.resnet20(3, 10), path)
+    pickled = tmp_path / "r8.pt"
+    torch.save(theirs.state_dict(), pickled)
+    with pytest.raises(ValueError, match="pickled"):
+        fastcnn.load_state_dict_from(models.resnet8(3, 10), pickled)
