@@ -1,4 +1,4 @@
-"""The `fastcnn` command: train, eval, predict, export, bench, info."""
+"""The `fastcnn` command: train, eval, predict, export, doctor, bench, info."""
 
 from __future__ import annotations
 
@@ -217,6 +217,14 @@ def _model_plots(model, dataset, folder):
     print("plots: " + ", ".join(written))
 
 
+def cmd_doctor(args):
+    from . import data
+
+    if args.image_size < 1:
+        raise ValueError(f"--image-size must be >= 1, got {args.image_size}")
+    print(data.doctor(args.data, image_size=args.image_size)["text"])
+
+
 def cmd_export(args):
     import fastcnn
 
@@ -406,6 +414,11 @@ def build_parser():
     r.add_argument("model")
     r.add_argument("images", nargs="+")
     r.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("doctor", help="check an image folder: classes, bad files, duplicates")
+    d.add_argument("data", help="an image folder (one sub-folder per class, or train/ and val/)")
+    d.add_argument("--image-size", type=int, default=64, help="the training size (default 64)")
+    d.set_defaults(func=cmd_doctor)
 
     x = sub.add_parser("export", help="write a saved model as ONNX (needs fastcnn[onnx])")
     x.add_argument("model", help="a .safetensors model file")

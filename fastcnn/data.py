@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .augment import Compose, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
+from .doctor import doctor
 from .transforms import (
     _raw_to_float,
     channel_stats,
@@ -58,6 +59,7 @@ __all__ = [
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
+    "doctor",
     "read_idx",
     "load_image",
     "preprocess_array",
