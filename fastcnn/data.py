@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import json
 import math
 import operator
 import os
@@ -311,9 +312,15 @@ class ImageFolder(_InMemory):
         classes: the class names, in label order (pass the training set's `.classes` for a
             validation folder, which may lack some); a sub-folder not among them is an error.
         workers: decoding threads (default: the number of cores).
+        cache: where decoded pixels are kept between runs, as a memory-mapped .npy keyed by the
+            file list (paths, sizes, modification times), image_size and channels: a folder,
+            None for $FASTCNN_CACHE or ~/.cache/fastcnn/images, or False for no cache. A
+            changed file changes the key (decoded again); a cache file that fails its checks
+            (size, CRC-32) is decoded again and rewritten, never used.
 
     Attributes:
-        classes, samples ((path, label) pairs), labels, raw, mean, std, preprocessing, skipped.
+        classes, samples ((path, label) pairs), labels, raw, mean, std, preprocessing, skipped,
+        cache_hit (whether the pixels came from the cache).
 
     Example:
         >>> train = data.ImageFolder("pets/train", image_size=64)
@@ -323,7 +330,7 @@ class ImageFolder(_InMemory):
 
     def __init__(
         self, root, image_size, channels=3, skip_bad=False, mean=None, std=None, classes=None,
-        workers=None,
+        workers=None, cache=None,
     ):  # fmt: skip
         size = to_size(image_size)
         if channels not in (1, 3):
@@ -335,7 +342,16 @@ class ImageFolder(_InMemory):
         self.classes, self.samples = _scan_folder(root, classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-        x, bad = self._decode_all(size, channels, skip_bad, workers)
+        store = _PixelCache(cache, self.samples, size, channels)
+        cached = store.load()
+        self.cache_hit = cached is not None
+        if cached is not None:
+            x, bad = cached
+            if bad and not skip_bad:  # cached from a skip_bad run: say which, as decoding would
+                raise ValueError(f"ImageFolder: cannot decode {self.samples[min(bad)][0]}")
+        else:
+            x, bad = self._decode_all(size, channels, skip_bad, workers)
+            store.save(x, bad)
         self.skipped = [self.samples[i][0] for i in sorted(bad)]
         if len(bad) == len(self.samples):
             raise ValueError(f"ImageFolder: no readable image in {root}")
@@ -378,6 +394,70 @@ class ImageFolder(_InMemory):
             # On the first bad file, do not go on decoding the thousands still queued.
             pool.shutdown(wait=True, cancel_futures=True)
         return x, bad
+
+
+class _PixelCache:
+    """ImageFolder's decoded pixels on disk (see ImageFolder's `cache`): <key>.npy holds the
+    uint8 (N, C, H, W) array, <key>.json its shape, the bad files' indices and a CRC-32 of the
+    pixels. Written to temporary files and renamed; read memory-mapped after its checks."""
+
+    VERSION = 1  # of the decoding (transforms.pil_to_uint8): a change invalidates every entry
+
+    def __init__(self, cache, samples, size, channels):
+        self.folder = None
+        if cache is False:
+            return
+        if cache is None:
+            cache = os.environ.get("FASTCNN_CACHE") or os.path.join(
+                os.path.expanduser("~"), ".cache", "fastcnn", "images"
+            )
+        self.folder = os.fspath(cache)
+        files = []
+        for path, _ in samples:
+            st = os.stat(path)
+            files.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+        spec = json.dumps([self.VERSION, list(size), channels, files])
+        self.key = hashlib.sha256(spec.encode()).hexdigest()[:32]
+        self.shape = [len(samples), channels, *size]
+
+    def _paths(self):
+        base = os.path.join(self.folder, self.key)
+        return base + ".npy", base + ".json"
+
+    def load(self):
+        """(pixels, bad indices) from the cache, or None (no entry, or one that fails a check)."""
+        if self.folder is None:
+            return None
+        npy, meta = self._paths()
+        try:
+            with open(meta) as f:
+                info = json.load(f)
+            x = np.load(npy, mmap_mode="r")
+            if list(x.shape) != self.shape or x.dtype != np.uint8 or info["shape"] != self.shape:
+                return None
+            if zlib.crc32(memoryview(np.ascontiguousarray(x)).cast("B")) != info["crc32"]:
+                return None
+            return x, set(info["bad"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing or corrupt: decode again
+
+    def save(self, x, bad):
+        if self.folder is None:
+            return
+        npy, meta = self._paths()
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            for path, write in (
+                (npy, lambda f: np.save(f, x)),
+                (meta, lambda f: f.write(json.dumps({"shape": self.shape, "bad": sorted(bad),
+                 "crc32": zlib.crc32(memoryview(x).cast("B"))}).encode())),
+            ):  # fmt: skip
+                fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only or full disk: the cache is an optimisation, not a requirement
 
 
 def _visible(name: str) -> bool:

@@ -16,6 +16,21 @@ _kernels_ran: set = set()
 _kernels_skipped: dict = {}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_image_cache(tmp_path_factory):
+    """ImageFolder's decoded-pixel cache goes to a folder of this run's, never the user's
+    ~/.cache (subprocesses inherit the variable)."""
+    import os
+
+    old = os.environ.get("FASTCNN_CACHE")
+    os.environ["FASTCNN_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FASTCNN_CACHE", None)
+    else:
+        os.environ["FASTCNN_CACHE"] = old
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240611)
