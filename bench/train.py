@@ -434,80 +434,35 @@ def config_key(cfg) -> tuple:
 
 def targets(results, rss, all_threads):
     t = all_threads
-    r8 = [("train", "resnet8", 1, 28, 64, t), ("train", "resnet8", 3, 32, 128, t)]
-    rows = [
-        _ratio_row(
-            results, f"train b64 {t}thr vs torch", ("train", "seednet", 1, 28, 64, t), "torch", 1.5
-        ),
-        _ratio_row(
-            results,
-            f"train b64 {t}thr vs torch_cl",
-            ("train", "seednet", 1, 28, 64, t),
-            "torch_cl",
-            1.25,
-        ),
-        _ratio_row(
-            results, f"train b32 {t}thr vs torch", ("train", "seednet", 1, 28, 32, t), "torch", 1.3
-        ),
-        _ratio_row(
-            results,
-            f"train b256 {t}thr vs torch",
-            ("train", "seednet", 1, 28, 256, t),
-            "torch",
-            1.3,
-        ),
-        _ratio_row(
-            results,
-            f"infer b256 {t}thr vs torch",
-            ("infer", "seednet", 1, 28, 256, t),
-            "torch",
-            1.5,
-        ),
-        _ratio_row(
-            results,
-            f"infer b256 {t}thr vs torch_cl",
-            ("infer", "seednet", 1, 28, 256, t),
-            "torch_cl",
-            1.0,
-        ),
-        _ratio_row(
-            results, "train b64 1thr vs torch", ("train", "seednet", 1, 28, 64, 1), "torch", 1.3
-        ),
+    seed = ("seednet", 1, 28)
+    specs = [  # label, (mode, network, input, batch, threads), reference, goal
+        (f"train b64 {t}thr vs torch", ("train", *seed, 64, t), "torch", 1.5),
+        (f"train b64 {t}thr vs torch_cl", ("train", *seed, 64, t), "torch_cl", 1.25),
+        (f"train b32 {t}thr vs torch", ("train", *seed, 32, t), "torch", 1.3),
+        (f"train b256 {t}thr vs torch", ("train", *seed, 256, t), "torch", 1.3),
+        (f"infer b256 {t}thr vs torch", ("infer", *seed, 256, t), "torch", 1.5),
+        (f"infer b256 {t}thr vs torch_cl", ("infer", *seed, 256, t), "torch_cl", 1.0),
+        ("train b64 1thr vs torch", ("train", *seed, 64, 1), "torch", 1.3),
     ]
-    for key in r8:
-        label = f"resnet8 {key[2]}x{key[3]} b{key[4]} {t}thr"
-        rows.append(_ratio_row(results, f"train {label} vs torch", key, "torch", 1.5))
-        rows.append(_ratio_row(results, f"train {label} vs torch_cl", key, "torch_cl", 1.25))
-        rows.append(
-            _ratio_row(results, f"infer {label} vs torch", ("infer", *key[1:]), "torch", 1.5)
-        )
-    mine, theirs = (
-        rss.get("fastcnn", {}).get("peak_rss_mb"),
-        rss.get("torch", {}).get("peak_rss_mb"),
-    )
-    share = mine / theirs if mine and theirs else None
-    rows.append(
-        [
-            "peak RSS training, fastcnn / torch",
-            share,
-            "<= 0.333",
-            None if share is None else share <= 1 / 3,
+    for c, size, batch in ((1, 28, 64), (3, 32, 128)):
+        key, label = ("resnet8", c, size, batch, t), f"resnet8 {c}x{size} b{batch} {t}thr"
+        specs += [
+            (f"train {label} vs torch", ("train", *key), "torch", 1.5),
+            (f"train {label} vs torch_cl", ("train", *key), "torch_cl", 1.25),
+            (f"infer {label} vs torch", ("infer", *key), "torch", 1.5),
         ]
-    )
-    mine, theirs = (
-        rss.get("fastcnn resnet8", {}).get("peak_rss_mb"),
-        rss.get("torch resnet8", {}).get("peak_rss_mb"),
-    )
-    share = mine / theirs if mine and theirs else None
-    rows.append(
-        [
-            "peak RSS training resnet8, fastcnn / torch",
-            share,
-            "<= 0.5",
-            None if share is None else share <= 0.5,
-        ]
-    )
+    rows = [_ratio_row(results, label, key, ref, goal) for label, key, ref, goal in specs]
+    rows.append(_rss_row(rss, "", "peak RSS training, fastcnn / torch", 1 / 3, "<= 0.333"))
+    rows.append(_rss_row(rss, " resnet8", "peak RSS training resnet8, fastcnn / torch", 0.5))
     return rows
+
+
+def _rss_row(rss, suffix, label, goal, shown=None):
+    """[label, fastcnn's peak RSS over torch's, goal, met] for the RSS children `suffix` names."""
+    mine = rss.get(f"fastcnn{suffix}", {}).get("peak_rss_mb")
+    theirs = rss.get(f"torch{suffix}", {}).get("peak_rss_mb")
+    share = mine / theirs if mine and theirs else None
+    return [label, share, shown or f"<= {goal}", None if share is None else share <= goal]
 
 
 def main(argv=None):

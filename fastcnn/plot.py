@@ -42,14 +42,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)  # a reader never sees half a file
-    return path
+def _save(plt, fig, path) -> str:
+    """Writes the figure (laid out) as PNG at `path` and closes it; returns the path."""
+    try:
+        fig.tight_layout()
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp.png"
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)  # a reader never sees half a file
+        return path
+    finally:
+        plt.close(fig)
 
 
 # ---- the history ------------------------------------------------------------------------------
@@ -79,11 +83,7 @@ def curves(history, path) -> str:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(plt, fig, path)
 
 
 def write_history_csv(history, path) -> str:
@@ -173,11 +173,7 @@ def confusion_matrix(model, data, path, *, normalize=True) -> str:
     fig.colorbar(
         im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class" if normalize else "images"
     )
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(plt, fig, path)
 
 
 def misclassified(model, data, path, *, max_images=25) -> str:
@@ -205,11 +201,7 @@ def misclassified(model, data, path, *, max_images=25) -> str:
     if len(wrong) == 0:
         axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle(f"misclassified: {int((labels != preds).sum())} of {len(labels)}", fontsize=10)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(plt, fig, path)
 
 
 def filters(model, path) -> str:
@@ -239,8 +231,4 @@ def filters(model, path) -> str:
         ax.imshow(tile, cmap=None if w.shape[1] == 3 else "gray", interpolation="nearest")
         ax.set_title(str(o), fontsize=7)
     fig.suptitle(f"first convolution: {n} filters {w.shape[2]}x{w.shape[3]}", fontsize=10)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(plt, fig, path)
