@@ -207,9 +207,12 @@ class _Run:
         self.optimizer, self.scheduler, self.loss_fn = optimizer, scheduler, loss_fn
 
     def state(self) -> dict:
-        """The schedule's and the loss's part of a checkpoint (JSON-able)."""
+        """The schedule's and the loss's part of a checkpoint (JSON-able), and the state of the
+        generator Dropout draws its masks from (nn.manual_seed's), so that a resumed run draws
+        the masks an uninterrupted one would."""
         s = self.scheduler
         return {
+            "layer_rng": nn._rng.bit_generator.state,
             "scheduler": None if s is None else {"type": type(s).__name__, **s.state_dict()},
             "label_smoothing": self.loss_fn.label_smoothing,
         }
@@ -258,6 +261,12 @@ def _resume(path, model, run, loader, epochs, history):
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"cannot resume from {path}: {e}") from e
     loader.set_epoch(ckpt.training["loader_epoch"])
+    rng_state = ckpt.training.get("layer_rng")
+    if rng_state is not None:
+        try:
+            nn._rng.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as e:  # another bit generator, or corrupt
+            raise ValueError(f"cannot resume from {path}: bad layer_rng state: {e}") from e
     history[:] = ckpt.history
 
 

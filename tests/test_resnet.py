@@ -266,3 +266,22 @@ def test_pytorch_weights_in(rng, tmp_path, bench_module):
     torch.save(theirs.state_dict(), pickled)
     with pytest.raises(ValueError, match="pickled"):
         fastcnn.load_state_dict_from(models.resnet8(3, 10), pickled)
+
+
+def test_resume_with_dropout_and_batchnorm_is_bit_for_bit(tmp_path):
+    from test_resume import assert_same_weights, squares
+
+    train = fastcnn.data.ArrayDataset(*squares(96, 1))
+
+    def run(epochs, **kw):
+        nn.manual_seed(4)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                              nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * 144, 4))  # fmt: skip
+        fastcnn.fit(model, train, epochs=epochs, batch_size=16, progress=False, **kw)
+        return model
+
+    whole = run(3)
+    path = tmp_path / "d.ckpt.safetensors"
+    run(2, checkpoint=path)
+    nn.manual_seed(99)  # whatever the generator did in between
+    assert_same_weights(run(3, checkpoint=path, resume=True), whole)
