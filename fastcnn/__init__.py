@@ -8,11 +8,14 @@
     fastcnn.save(model, "model.safetensors")
     probs = fastcnn.predict(fastcnn.load("model.safetensors"), "shoe.png")
 
-Training and use:   fit, evaluate, predict, save, load, manual_seed (weight initialisation),
+Training and use:   fit, evaluate, predict, save, load, load_state_dict_from (PyTorch
+                    weights), export_onnx, manual_seed (weight initialisation),
                     set_num_threads, get_num_threads
-Modules:            data (data sets, DataLoader), models (seednet), nn (layers, Sequential,
-                    CrossEntropyLoss), optim (SGD, Adam), ops (the kernels on NumPy arrays),
-                    io (training checkpoints), cuda (the GPU backend, when built)
+Modules:            data (data sets, DataLoader, augmentation, doctor), models (seednet,
+                    resnet, resnet8, resnet20), nn (layers, Sequential, CrossEntropyLoss),
+                    optim (SGD, Adam, AdamW, lr_scheduler), ops (the kernels on NumPy arrays),
+                    plot (pictures, with the plot extra), io (training checkpoints),
+                    cuda (the GPU backend, when built)
 
 Arrays are float32 NCHW; weights have PyTorch's names and shapes.
 """
