@@ -32,7 +32,7 @@ except ImportError as e:  # a source checkout without the compiled extension
         "and import it from outside the source tree"
     ) from e
 
-from . import cuda, data, models, nn, ops, optim
+from . import cuda, data, models, nn, ops, optim, plot
 from .io import load, load_state_dict_from, save
 from .nn import manual_seed
 from .onnx_export import export_onnx
@@ -67,6 +67,7 @@ __all__ = [
     "nn",
     "ops",
     "optim",
+    "plot",
     "fit",
     "evaluate",
     "predict",
