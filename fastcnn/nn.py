@@ -330,14 +330,20 @@ class _ConvBN:
         raise RuntimeError("BatchNorm2d.backward called without a forward in training mode")
 
 
+def fold_conv_bn(conv, bn):
+    """(weight, bias), float32: the convolution that computes bn(conv(x)) with bn in eval mode."""
+    scale, shift = bn.eval_affine()
+    w = np.asarray(ops.to_numpy(conv.weight.data)) * scale[:, None, None, None]
+    b = shift if conv.bias is None else shift + scale * np.asarray(ops.to_numpy(conv.bias.data))
+    return w.astype(np.float32), b.astype(np.float32)
+
+
 def conv_bn_eval(conv, bn, x, relu=False, out=None, residual=None):
     """bn(conv(x)) (+ residual, then max(0, .) with relu) in eval mode, as one convolution."""
-    scale, shift = bn.eval_affine()
-    w = (conv.weight.data * scale[:, None, None, None]).astype(np.float32)
-    b = shift if conv.bias is None else shift + scale * conv.bias.data
+    w, b = fold_conv_bn(conv, bn)
     if residual is None:
-        return ops.conv2d_forward(x, w, b.astype(np.float32), conv.stride, conv.padding, relu, out)
-    y = ops.conv2d_forward(x, w, b.astype(np.float32), conv.stride, conv.padding, False, out)
+        return ops.conv2d_forward(x, w, b, conv.stride, conv.padding, relu, out)
+    y = ops.conv2d_forward(x, w, b, conv.stride, conv.padding, False, out)
     return ops.add_relu(y, residual, y) if relu else y + residual
 
 
@@ -993,14 +999,16 @@ class BasicBlock(Module):
     @classmethod
     def shapes(cls, in_planes, planes, stride=1):
         """Parameter and buffer shapes, from the configuration alone (io checks files by it)."""
-        out = {"conv1.weight": (planes, in_planes, 3, 3), "conv2.weight": (planes, planes, 3, 3)}
-        bn = {"bn1": planes, "bn2": planes}
+        parts = {
+            "conv1": Conv2d.shapes(in_planes, planes, 3, bias=False),
+            "bn1": BatchNorm2d.shapes(planes),
+            "conv2": Conv2d.shapes(planes, planes, 3, bias=False),
+            "bn2": BatchNorm2d.shapes(planes),
+        }
         if stride != 1 or in_planes != planes:
-            out["shortcut.0.weight"] = (planes, in_planes, 1, 1)
-            bn["shortcut.1"] = planes
-        for name, c in bn.items():
-            out.update({f"{name}.{k}": s for k, s in BatchNorm2d.shapes(c).items()})
-        return out
+            parts["shortcut.0"] = Conv2d.shapes(in_planes, planes, 1, bias=False)
+            parts["shortcut.1"] = BatchNorm2d.shapes(planes)
+        return {f"{name}.{k}": s for name, shapes in parts.items() for k, s in shapes.items()}
 
     def forward(self, x):
         if self.bn1.folds() and self.bn2.folds():  # eval: three convolutions, nothing else

@@ -57,13 +57,12 @@ class _Graph:
 
 
 def _conv(g, conv, x, bn=None):
-    w = np.asarray(ops.to_numpy(conv.weight.data), np.float32)
-    b = None if conv.bias is None else np.asarray(ops.to_numpy(conv.bias.data), np.float32)
-    if bn is not None:  # fold the eval-mode normalisation into the convolution
-        scale, shift = bn.eval_affine()
-        w = w * scale[:, None, None, None]
-        b = shift if b is None else shift + scale * b
-    inputs = [x, g.const("weight", w.astype(np.float32))]
+    if bn is not None:  # the eval-mode normalisation folded into the convolution
+        w, b = nn.fold_conv_bn(conv, bn)
+    else:
+        w = np.asarray(ops.to_numpy(conv.weight.data), np.float32)
+        b = None if conv.bias is None else np.asarray(ops.to_numpy(conv.bias.data), np.float32)
+    inputs = [x, g.const("weight", w)]
     if b is not None:
         inputs.append(g.const("bias", np.asarray(b, np.float32)))
     (ph, pw), (sh, sw) = conv.padding, conv.stride

@@ -141,10 +141,19 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
   const double M = static_cast<double>(N * P);
   for_each_channel(C, N * C * P, [&](int64_t c) {
     const float mu = mean[c], is = invstd[c];
+    // With masked_dy, g is written there once and read back instead of dy and the mask.
+    const float *g_src = dy, *mask = y;
+    if (masked_dy && y) {
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t at = (n * C + c) * P;
+        for (int64_t p = 0; p < P; ++p) masked_dy[at + p] = relu_pass(y[at + p], dy[at + p]);
+      }
+      g_src = masked_dy, mask = nullptr;
+    }
     double sg = 0.0, sgx = 0.0;
     for (int64_t n = 0; n < N; ++n) {
       const int64_t at = (n * C + c) * P;
-      const float *xc = x + at, *dc = dy + at, *yc = y ? y + at : nullptr;
+      const float *xc = x + at, *dc = g_src + at, *yc = mask ? mask + at : nullptr;
       if (yc) {  // the fused ReLU's mask
         sg += sum_of(P, [=](int64_t p) { return relu_pass(yc[p], dc[p]); });
         sgx += sum_of(P, [=](int64_t p) { return relu_pass(yc[p], dc[p]) * (xc[p] - mu); });
@@ -153,11 +162,6 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
         sgx += sum_of(P, [=](int64_t p) { return dc[p] * (xc[p] - mu); });
       }
     }
-    if (masked_dy && y)  // g itself, for a residual branch that shares the ReLU
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t at = (n * C + c) * P;
-        for (int64_t p = 0; p < P; ++p) masked_dy[at + p] = relu_pass(y[at + p], dy[at + p]);
-      }
     sgx *= is;  // sum g * xhat
     if (db) db[c] = static_cast<float>(sg);
     if (dw) dw[c] = static_cast<float>(sgx);
@@ -166,7 +170,7 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
     const float mean_g = static_cast<float>(sg / M), mean_gx = static_cast<float>(sgx / M);
     for (int64_t n = 0; n < N; ++n) {
       const int64_t at = (n * C + c) * P;
-      const float *xc = x + at, *dc = dy + at, *yc = y ? y + at : nullptr;
+      const float *xc = x + at, *dc = g_src + at, *yc = mask ? mask + at : nullptr;
       float* out = dx + at;
       if (yc)
         for (int64_t p = 0; p < P; ++p)

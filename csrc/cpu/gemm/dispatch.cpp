@@ -3,8 +3,6 @@
 // force another (tests run every supported kernel against the same reference).
 #include <algorithm>
 #include <cstdlib>
-#include <mutex>
-#include <utility>
 
 #include "cpu/gemm/gemm.h"
 
@@ -57,17 +55,9 @@ const std::vector<GemmKernel>& gemm_all_kernels() {
 
 const GemmKernel* gemm_narrow_kernel(const GemmKernel& k) {
   if (!k.narrow) return nullptr;
-  // Looked up once per kernel (the table and the CPU do not change while a process runs).
-  static std::vector<std::pair<const GemmKernel*, const GemmKernel*>> cache;
-  static std::mutex lock;
-  std::lock_guard<std::mutex> guard(lock);
-  for (const auto& [from, to] : cache)
-    if (from == &k) return to;
-  const GemmKernel* found = nullptr;
   for (const GemmKernel& n : gemm_all_kernels())
-    if (n.name == std::string(k.narrow) && gemm_kernel_supported(n.name)) found = &n;
-  cache.emplace_back(&k, found);
-  return found;
+    if (n.name == std::string(k.narrow)) return gemm_kernel_supported(n.name) ? &n : nullptr;
+  return nullptr;
 }
 
 std::string gemm_kernel_isa(const GemmKernel& k) {
