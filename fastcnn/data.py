@@ -988,15 +988,15 @@ class DataLoader:
                     if self.transform is not None:
                         pixels = self.transform(pixels, np.random.default_rng(key))
                     return to_float(pixels), y
+            images = None if self.transform is not None else getattr(ds, "images", None)
+            if isinstance(images, np.ndarray) and len(images) == n:
+                # One gather; fancy indexing returns a fresh C-contiguous copy.
+                return images.take(idx, axis=0).astype(np.float32, copy=False), y
         if self.transform is not None:
             raise TypeError(
                 f"DataLoader: transform needs a data set of uint8 pixels (.raw), such as "
                 f"fastcnn.data's; {type(ds).__name__} has none"
             )
-            images = getattr(ds, "images", None)
-            if isinstance(images, np.ndarray) and len(images) == n:
-                # One gather; fancy indexing returns a fresh C-contiguous copy.
-                return images.take(idx, axis=0).astype(np.float32, copy=False), y
         pairs = [ds[int(i)] for i in idx]
         x = np.stack([np.asarray(img, dtype=np.float32) for img, _ in pairs])
         y = np.asarray([label for _, label in pairs])

@@ -801,3 +801,25 @@ def test_real_fashion_mnist_peak_memory():
     assert result.returncode == 0, result.stderr
     grown = int(result.stdout.split()[-1])
     assert grown < 80e6, f"peak memory grew by {grown / 1e6:.0f} MB"
+
+
+def test_float_array_batches_are_one_gather_not_sample_by_sample(monkeypatch):
+    from fastcnn import data
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(23, 2, 3, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, 23)
+    ds = data.ArrayDataset(images, labels)
+    loader = data.DataLoader(ds, batch_size=5, shuffle=True, seed=1)
+    expected = [(x.copy(), y.copy()) for x, y in loader]
+
+    def one_by_one(self, i):
+        raise AssertionError("a float ArrayDataset batch was gathered sample by sample")
+
+    monkeypatch.setattr(type(ds), "__getitem__", one_by_one)
+    loader.set_epoch(0)
+    for (x, y), (ex, ey) in zip(loader, expected, strict=True):
+        np.testing.assert_array_equal(x, ex)
+        np.testing.assert_array_equal(y, ey)
+    order = np.random.default_rng((1, 0)).permutation(23)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in expected]), labels[order])
