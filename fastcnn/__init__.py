@@ -15,7 +15,8 @@ Modules:            data (data sets, DataLoader, augmentation, doctor), models (
                     resnet, resnet8, resnet20), nn (layers, Sequential, CrossEntropyLoss),
                     optim (SGD, Adam, AdamW, lr_scheduler), ops (the kernels on NumPy arrays),
                     plot (pictures, with the plot extra), io (training checkpoints),
-                    cuda (the GPU backend, when built)
+                    distributed (data-parallel training under mpirun, with the
+                    distributed extra), cuda (the GPU backend, when built)
 
 Arrays are float32 NCHW; weights have PyTorch's names and shapes.
 """
@@ -32,7 +33,7 @@ except ImportError as e:  # a source checkout without the compiled extension
         "and import it from outside the source tree"
     ) from e
 
-from . import cuda, data, models, nn, ops, optim, plot
+from . import cuda, data, distributed, models, nn, ops, optim, plot
 from .io import load, load_state_dict_from, save
 from .nn import manual_seed
 from .onnx_export import export_onnx
@@ -63,6 +64,7 @@ __all__ = [
     "__version__",
     "cuda",
     "data",
+    "distributed",
     "models",
     "nn",
     "ops",

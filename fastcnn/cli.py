@@ -114,6 +114,9 @@ def cmd_train(args):
     from . import models, nn
 
     fastcnn.ops._device(args.device)
+    world = fastcnn.distributed.world()  # under mpirun: rank 0 alone prints and writes
+    lead = world is None or world.rank == 0
+    say = print if lead else (lambda *a, **k: None)
     defaults = (28, 1) if args.data == DEFAULT_DATA else (64, 3)
     image_size = defaults[0] if args.image_size is None else args.image_size  # 0 is an error
     channels = args.channels or defaults[1]
@@ -131,11 +134,11 @@ def cmd_train(args):
             f"cannot write the checkpoint {checkpoint}: {checkpoint_dir} is not writable"
         )
     if args.resume and not os.path.exists(checkpoint):
-        print(f"no checkpoint at {checkpoint}: training from the start", flush=True)
+        say(f"no checkpoint at {checkpoint}: training from the start", flush=True)
     t0 = time.perf_counter()
     train_set, val_set = _load_data(args.data, image_size, channels, seed=args.seed)
     x0 = train_set[0][0]  # one image, (C, H, W): never the whole set as floats
-    print(
+    say(
         f"data: {len(train_set)} training images {tuple(x0.shape)}, "
         f"{len(train_set.classes)} classes"
         + (f", {len(val_set)} test images" if val_set is not None else "")
@@ -147,9 +150,18 @@ def cmd_train(args):
         in_channels=x0.shape[0], num_classes=len(train_set.classes), image_size=x0.shape[1:]
     ).to(args.device)
     # (a batch size below 1 is refused by fit, with the other checks)
-    opt, sched = make_optimizer(args, model, -(-len(train_set) // max(1, args.batch_size)))
+    ranks = 1 if world is None else world.size
+    steps = fastcnn.distributed.steps_per_epoch(len(train_set), max(1, args.batch_size), ranks)
+    opt, sched = make_optimizer(args, model, steps)
+    if world is not None:
+        say(
+            f"distributed: {world.size} ranks on {len({h for h, _ in world.peers})} "
+            f"machine(s), {fastcnn.get_num_threads()} thread(s) each; each batch of "
+            f"{args.batch_size} split among them",
+            flush=True,
+        )
     on_epoch_end = None
-    if args.plots:
+    if args.plots and lead:
         from . import plot
 
         plot._pyplot()  # say now, not after the training, that matplotlib is missing
@@ -176,7 +188,10 @@ def cmd_train(args):
         checkpoint=checkpoint,
         resume=args.resume,
         on_epoch_end=on_epoch_end,
+        sync_batchnorm=args.sync_bn,
     )
+    if not lead:
+        return
     fastcnn.save(model, args.out)
     from . import plot
 
@@ -345,7 +360,12 @@ def build_parser():
     t.add_argument("--image-size", type=int, help="side in pixels (default 28 / 64 for folders)")
     t.add_argument("--channels", type=int, choices=[1, 3], help="1 grey, 3 RGB")
     t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per step (default 64); under mpirun split among the ranks",
+    )
     t.add_argument("--lr", type=float, default=0.01, help="learning rate (onecycle: its peak)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (default 0.9)")
     t.add_argument(
@@ -394,6 +414,11 @@ def build_parser():
         "misclassified.png (on the held-out images) and filters.png (needs fastcnn[plot])",
     )
     t.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under mpirun: BatchNorm statistics of the whole global batch, not each rank's",
+    )
+    t.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar and no per-epoch lines, only the summary",
@@ -437,11 +462,36 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    code = _run(args)
+    if code:
+        _stop_other_ranks()
+    return code
+
+
+def _stop_other_ranks() -> None:
+    """Under mpirun, a rank that failed stops the job: the others would wait for it."""
+    from . import distributed
+
+    world = distributed.world()
+    if world is not None:
+        print(
+            f"fastcnn: {world.name(world.rank)} failed: stopping all {world.size} ranks",
+            file=sys.stderr,
+        )
+        world.abort(1)
+
+
+def _run(args) -> int:
     try:
         if args.threads is not None:
             import fastcnn
 
             fastcnn.set_num_threads(args.threads)
+        if args.command == "train":
+            from . import distributed
+
+            if distributed.launched_size() > 1:  # started by mpirun: train as one of its ranks
+                distributed.init(threads=args.threads)
         args.func(args)
     except KeyboardInterrupt:
         print("fastcnn: interrupted", file=sys.stderr)

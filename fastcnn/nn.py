@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 _rng = np.random.default_rng()
+# Mixed into Dropout's mask seeds: each rank of a distributed run draws its own masks from the
+# same generator state (which the checkpoint keeps); 0 in a single process.
+_rank_salt = 0
 
 
 def manual_seed(seed: int) -> None:
@@ -65,15 +68,18 @@ class Parameter:
         data: float32 array (numpy, or a fastcnn.cuda.DeviceArray after model.to("cuda")).
         grad: dL/d(data), of data's shape, summed over backward calls since the last
             zero_grad(); None until the first backward.
+        hook: None, or a function called with the parameter after each accumulate (what
+            distributed training uses to start exchanging gradients during backward).
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "hook")
 
     def __init__(self, data):
         if ops.device_of(data) == "cpu":
             data = np.ascontiguousarray(data, dtype=np.float32)
         self.data = data
         self.grad = None
+        self.hook = None
 
     @property
     def shape(self):
@@ -85,6 +91,8 @@ class Parameter:
             self.grad = g
         else:
             self.grad += g
+        if self.hook is not None:
+            self.hook(self)
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape})"
@@ -797,6 +805,8 @@ class BatchNorm2d(Module):
         track_running_stats: keep running statistics (else batch statistics in eval too).
     """
 
+    sync = None  # a distributed World: training statistics over the global batch (--sync-bn)
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         self.num_features = _int(num_features, "num_features", 1)
         if not eps > 0:
@@ -833,6 +843,10 @@ class BatchNorm2d(Module):
         w = self.weight.data if self.affine else None
         b = self.bias.data if self.affine else None
         out = self._buffer("y", x.shape, x)
+        if self.training and self.sync is not None:
+            from . import distributed
+
+            return distributed.batchnorm_forward(self, x, relu, residual, out)
         if self.training or not self.track_running_stats:
             y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, self.eps, relu, out, residual)
             if self.training and self.track_running_stats:
@@ -882,6 +896,10 @@ class BatchNorm2d(Module):
     def _backward(self, dy, masked_dy_out):
         if getattr(self, "_x", None) is None:
             raise RuntimeError("BatchNorm2d.backward called without a forward in training mode")
+        if self.sync is not None:
+            from . import distributed
+
+            return distributed.batchnorm_backward(self, dy, masked_dy_out)
         need_dx = self.requires_input_grad
         dx, dw, db = ops.batchnorm2d_backward(
             self._x,
@@ -927,7 +945,7 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        seed = int(_rng.integers(0, 2**63))
+        seed = int(_rng.integers(0, 2**63)) ^ _rank_salt
         y, self._mask = ops.dropout_forward(x, self.p, seed, self._buffer("y", x.shape, x))
         return y
 

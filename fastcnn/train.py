@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -79,6 +80,8 @@ def fit(
     resume=False,
     on_epoch_end=None,
     warnings=True,
+    distributed=None,
+    sync_batchnorm=False,
 ):
     """Train `model` on `train` for `epochs` epochs of shuffled mini-batches.
 
@@ -120,10 +123,18 @@ def fit(
             history, shuffle order) and run the remaining epochs, ending bit for bit where an
             uninterrupted run ends; start from scratch if it does not exist.
         on_epoch_end: called with the history after each epoch (its record appended, the
-            checkpoint written), e.g. to redraw fastcnn.plot.curves.
+            checkpoint written), e.g. to redraw fastcnn.plot.curves; on rank 0 only.
         warnings: warn (TrainingWarning, once each, with what to try) when the loss has not
             fallen after the first few hundred steps, accuracy sits at chance, the loss jumps,
             or validation loss rises for several epochs while training loss falls.
+        distributed: train data-parallel with the other ranks mpirun started (see
+            fastcnn.distributed): True joins them (distributed.init()), None (the default) does
+            so when distributed.init() was called before, False never. Each batch of
+            `batch_size` images is split among the ranks, so the run computes what one process
+            computes; rank 0 alone prints, warns, checkpoints and calls on_epoch_end; the
+            history holds the whole job's figures. Outside mpirun it changes nothing.
+        sync_batchnorm: with `distributed`, BatchNorm2d normalises by the statistics of the
+            whole global batch (all-reduced) instead of each rank's part.
 
     Returns:
         The history: a list with one dict per epoch (restored epochs included), with keys
@@ -149,7 +160,10 @@ def fit(
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
-    if checkpoint is not None:
+    world = _join(distributed, model)
+    if world is not None and world.rank != 0:
+        progress, warnings, on_epoch_end = False, False, None
+    if checkpoint is not None and (world is None or world.rank == 0):
         checkpoint = os.fspath(checkpoint)
         folder = os.path.dirname(os.path.abspath(checkpoint))
         if not os.path.isdir(folder):  # fail now, not after the first epoch
@@ -172,12 +186,39 @@ def fit(
     if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
         raise ValueError("scheduler must schedule the optimizer passed as optimizer=")
     loss_fn = nn.CrossEntropyLoss(label_smoothing)
-    run = _Run(optimizer, scheduler, loss_fn)
-    history = []
-    if resume and os.path.exists(checkpoint):
-        _resume(checkpoint, model, run, loader, epochs, history)
-        if progress:
-            print(f"resuming from {checkpoint} after epoch {len(history)}/{epochs}", flush=True)
+    run = _Run(optimizer, scheduler, loss_fn, world)
+    train = functools.partial(
+        _train, model, loader, val_loader, run, epochs, checkpoint, resume, progress,
+        on_epoch_end, warnings,
+    )  # fmt: skip
+    if world is None:
+        return train()
+    with world.training(model, run, sync_batchnorm):
+        return train()
+
+
+def _join(distributed, model):
+    """fit's World (fastcnn.distributed), or None for a single process."""
+    from . import distributed as dist
+
+    if distributed is False or (distributed is None and dist.world() is None):
+        return None
+    world = dist.init()
+    if world is not None and model.device != "cpu":
+        raise dist.DistributedError(
+            f"distributed training runs on the CPU; the model is on {model.device}"
+        )
+    return world
+
+
+def _train(
+    model, loader, val_loader, run, epochs, checkpoint, resume, progress, on_epoch_end, warnings
+):
+    world, optimizer, history = run.world, run.optimizer, []
+    if resume:
+        _resume_shared(checkpoint, model, run, loader, epochs, history, progress)
+    if world is not None:  # every rank starts from rank 0's weights, as DDP does
+        world.broadcast_model(model)
     wanted_input_grad = model.requires_input_grad
     model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
     try:
@@ -201,10 +242,15 @@ def fit(
 
 class _Run:
     """What a training step uses besides the model and the data: the optimizer, the schedule
-    (or None) and the loss function."""
+    (or None), the loss function, and in a distributed run the World and gradient reducer."""
 
-    def __init__(self, optimizer, scheduler, loss_fn):
+    def __init__(self, optimizer, scheduler, loss_fn, world=None):
         self.optimizer, self.scheduler, self.loss_fn = optimizer, scheduler, loss_fn
+        self.world, self.reducer = world, None
+
+    @property
+    def ranks(self) -> int:
+        return 1 if self.world is None else self.world.size
 
     def state(self) -> dict:
         """The schedule's and the loss's part of a checkpoint (JSON-able), and the state of the
@@ -218,12 +264,13 @@ class _Run:
         }
 
 
-def _training_state(loader, run=None):
+def _training_state(loader, run=None, ranks=1):
     """What, besides weights and optimizer, a resumed run needs to repeat the shuffling (and
     what it must agree on to end where an uninterrupted run would)."""
     classes = getattr(loader.dataset, "classes", None)
     return {
         **({} if run is None else run.state()),
+        "ranks": ranks if run is None else run.ranks,
         "loader_epoch": loader.epoch,
         "seed": loader.seed,
         "batch_size": loader.batch_size,
@@ -235,7 +282,26 @@ def _training_state(loader, run=None):
     }
 
 
-def _resume(path, model, run, loader, epochs, history):
+def _resume_shared(checkpoint, model, run, loader, epochs, history, progress):
+    """resume=True: _resume from the checkpoint if there is one. In a distributed run rank 0
+    reads it and sends it to the others (their machines may not see rank 0's files)."""
+    world, path = run.world, checkpoint
+    if world is not None:
+        path = world.share_file(checkpoint, "the checkpoint's transfer from rank 0")
+    elif not os.path.exists(checkpoint):
+        path = None
+    if path is None:
+        return
+    try:
+        _resume(path, model, run, loader, epochs, history, shown=checkpoint)
+    finally:
+        if path != checkpoint:
+            os.remove(path)
+    if progress:
+        print(f"resuming from {checkpoint} after epoch {len(history)}/{epochs}", flush=True)
+
+
+def _resume(path, model, run, loader, epochs, history, shown=None):
     """Loads the checkpoint at `path` into model, optimizer, schedule, loader and history, after
     checking that it belongs to this run (ValueError naming the difference; nothing changed
     then)."""
@@ -243,6 +309,7 @@ def _resume(path, model, run, loader, epochs, history):
 
     optimizer = run.optimizer
     ckpt = io.load_checkpoint(path)
+    path = shown or path
     problem = _resume_problem(ckpt, model, run, loader)
     if problem:
         raise ValueError(f"cannot resume from {path}: {problem}")
@@ -312,10 +379,15 @@ def _resume_problem(ckpt, model, run, loader):
         )
     if ckpt.parameter_names != io._parameter_names(model, optimizer):
         return "the optimizer updates different parameters than the run that wrote it"
-    want = _training_state(loader)
+    want = _training_state(loader, ranks=run.ranks)
     have = ckpt.training
     if not isinstance(have.get("loader_epoch"), int):
         return "it records no data-loader epoch"
+    if have.get("ranks", 1) != want["ranks"]:
+        return (
+            f"it was written by a run of {have.get('ranks', 1)} process(es), this one has "
+            f"{want['ranks']}: resume with the same number (mpirun -n {have.get('ranks', 1)})"
+        )
     for key, what in (
         ("samples", "training images"),
         ("classes", "classes"),
@@ -503,13 +575,17 @@ def _epochs(
     device, classes = model.device, _output_features(model)
     optimizer, scheduler, loss_fn = run.optimizer, run.scheduler, run.loss_fn
     per_batch = scheduler is not None and scheduler.per_batch
+    world, reducer = run.world, run.reducer
+    # A distributed rank's part of each global batch comes with its share of it, by which its
+    # loss gradient is weighted so that the summed gradients are the global batch's mean.
+    batches = loader if world is None else world.shard(loader)
     for epoch in range(len(history) + 1, epochs + 1):
         model.train()
         start = time.perf_counter()
         tally = _Tally(device)
-        bar = _progress(len(loader), f"epoch {epoch}/{epochs}", progress)
-        for x, y in loader:
-            x, y = _on(device, x, y, classes)
+        bar = _progress(len(batches), f"epoch {epoch}/{epochs}", progress)
+        for batch in batches:
+            x, y = _on(device, batch[0], batch[1], classes)
             optimizer.zero_grad()
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -518,7 +594,13 @@ def _epochs(
                 tally.check(epoch, optimizer.lr)
             if watch is not None and isinstance(loss, float):  # CPU: the loss is at hand
                 watch.batch(loss)
-            model.backward(loss_fn.backward())
+            grad = loss_fn.backward()
+            if reducer is not None:
+                grad *= np.float32(batch[2])
+                reducer.start()
+            model.backward(grad)
+            if reducer is not None:
+                reducer.finish()
             optimizer.step()
             if per_batch:
                 scheduler.step()
@@ -532,6 +614,8 @@ def _epochs(
                 )
                 bar.update(1)
         tally.check(epoch, optimizer.lr)
+        if world is not None:
+            _reduce_tally(world, tally, "the training loss's sum")
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
@@ -542,8 +626,10 @@ def _epochs(
             "seconds": seconds,
             "images_per_second": tally.seen / seconds,
         }
+        if world is not None and not any(getattr(m, "sync", None) for m in model.modules()):
+            world.average_buffers(model)  # each rank's BatchNorm statistics -> their mean
         if val_loader is not None:
-            scores = evaluate(model, val_loader)
+            scores = evaluate(model, val_loader, _world=world)
             record["val_loss"], record["val_accuracy"] = scores["loss"], scores["accuracy"]
         history.append(record)
         if progress:
@@ -552,7 +638,7 @@ def _epochs(
             watch.epoch(record)
         if scheduler is not None and not per_batch:
             scheduler.step()
-        if checkpoint is not None:
+        if checkpoint is not None and (world is None or world.rank == 0):
             _save_checkpoint(checkpoint, model, run, loader, history, epoch)
         if on_epoch_end is not None:
             on_epoch_end(history)
@@ -600,7 +686,14 @@ def _print_epoch(r, epochs):
     print(line, flush=True)
 
 
-def evaluate(model, data, batch_size=256) -> dict:
+def _reduce_tally(world, tally, what) -> None:
+    """A distributed tally's sums -> those of all ranks."""
+    sums = np.array([tally.loss_sum, tally.correct, tally.seen], np.float64)
+    world.allreduce(sums, what)
+    tally.loss_sum, tally.correct, tally.seen = float(sums[0]), int(sums[1]), int(sums[2])
+
+
+def evaluate(model, data, batch_size=256, *, _world=None) -> dict:
     """Mean cross-entropy loss and accuracy of `model` on labelled data.
 
     The model runs in eval mode and is left in the mode it was found in, also when several
@@ -622,14 +715,18 @@ def evaluate(model, data, batch_size=256) -> dict:
     loss_fn = nn.CrossEntropyLoss()
     device, classes = model.device, _output_features(model)
     tally = _Tally(device)
+    # In a distributed run (fit's validation), each rank evaluates its part of the data.
+    batches = loader if _world is None else _world.shard_for_eval(loader)
     with _eval_mode(model):
-        for x, y in loader:
+        for x, y in batches:
             x, y = _on(device, x, y, classes)
             logits = model(x)
             tally.add(logits, y, loss_fn(logits, y))
+    tally.read()
+    if _world is not None:
+        _reduce_tally(_world, tally, "the validation loss's sum")
     if tally.seen == 0:
         raise ValueError("evaluate: the data set is empty")
-    tally.read()
     return {"loss": tally.loss, "accuracy": tally.accuracy}
 
 
