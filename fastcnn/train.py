@@ -222,7 +222,7 @@ def _train(
     wanted_input_grad = model.requires_input_grad
     model.requires_input_grad = False  # nothing needs d(loss)/d(image) while training
     try:
-        watch = _Watch(_output_features(model), lambda: optimizer.lr) if warnings else None
+        watch = _Watch(_output_features(model), lambda: optimizer.lr, history) if warnings else None
         _epochs(
             model,
             loader,
@@ -448,10 +448,12 @@ class _Watch:
     EARLY, LATE = 50, 300  # the first steps' mean loss against that of steps LATE-EARLY..LATE
     PATIENCE = 3  # epochs of rising validation loss
 
-    def __init__(self, classes, lr_of):
+    def __init__(self, classes, lr_of, history=()):
         self.classes, self.lr_of = classes, lr_of
         self.losses, self.said = [], set()
-        self.epochs = []
+        self.epochs = list(history)  # a resumed run's epochs so far
+        # A resumed run's first steps are not the run's first: its loss has already fallen.
+        self.resumed = bool(self.epochs)
 
     def _warn(self, kind, message):
         if kind not in self.said:
@@ -474,7 +476,7 @@ class _Watch:
                     f"{len(losses)}: the learning rate ({self.lr_of():.3g}) is probably too "
                     "high; lower it (by 3-10x) before the loss turns into NaN",
                 )
-        if len(losses) == self.LATE:
+        if len(losses) == self.LATE and not self.resumed:
             first = sum(losses[: self.EARLY]) / self.EARLY
             last = sum(losses[-self.EARLY :]) / self.EARLY
             if not last < 0.97 * first:

@@ -79,6 +79,18 @@ def test_rising_validation_loss_warns_of_overfitting():
     assert watch(records=flat) == []
 
 
+def test_a_resumed_run_whose_loss_has_already_fallen_does_not_warn():
+    # fit gives the watch the checkpoint's history: the resumed run's first steps are flat
+    # because the loss fell before the interruption, which is no sign of trouble.
+    w = _Watch(classes=10, lr_of=lambda: 0.5, history=[{"epoch": 1, "loss": 0.2, "accuracy": 0.9}])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(300):
+            w.batch(0.2)
+    assert caught == []
+    assert any("has not fallen" in s for s in watch([0.2] * 300))  # from the start, it does
+
+
 @pytest.mark.parametrize("lr", [0.02])
 def test_cli_prints_no_warning_on_a_good_run(lr, tmp_path):
     from test_cli import cli, make_folder
