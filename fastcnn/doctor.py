@@ -132,11 +132,14 @@ def doctor(root, image_size=64, workers=None) -> dict:
 
     advice = []
     if unreadable:
-        advice.append(f"remove or replace the {len(unreadable)} unreadable files named above "
+        files = "unreadable file" if len(unreadable) == 1 else f"{len(unreadable)} unreadable files"
+        advice.append(f"remove or replace the {files} named above "
                       "(ImageFolder(skip_bad=True) skips them)")  # fmt: skip
     if leaks:
-        advice.append(f"{len(leaks)} images (or near copies) are in both splits: move or delete "
-                      "one copy of each, or the validation accuracy is too optimistic")  # fmt: skip
+        them = "an image (or near copy) is" if len(leaks) == 1 else (
+            f"{len(leaks)} images (or near copies) are")  # fmt: skip
+        advice.append(f"{them} in both splits: move or delete one copy of each, or the "
+                      "validation accuracy is too optimistic")  # fmt: skip
     if exact or near:
         advice.append("duplicates weigh those images twice in training; delete the extra copies")
     if imbalance >= 3:
