@@ -12,6 +12,7 @@ between fastcnn and PyTorch unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Iterator
@@ -987,6 +988,20 @@ class Residual(Module):
         return dx + ds
 
 
+@contextlib.contextmanager
+def _reusing(inner, last, last_reuses):
+    """Runs a block's layers with reused output buffers: `inner` always (their results stay
+    inside the block), `last` (whose result the block hands out) only when `last_reuses`."""
+    try:
+        for layer in inner:
+            layer.reuse_buffers = True
+        last.reuse_buffers = last_reuses
+        yield
+    finally:
+        for layer in (*inner, last):
+            layer.reuse_buffers = False
+
+
 class BasicBlock(Module):
     """The two-convolution residual block of the CIFAR ResNets (He et al. 2016):
     relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), 3x3 convolutions without bias, the
@@ -1033,18 +1048,22 @@ class BasicBlock(Module):
             h = conv_bn_eval(self.conv1, self.bn1, x, relu=True)
             s = x if not self.shortcut.layers else conv_bn_eval(*self.shortcut.layers, x)
             return conv_bn_eval(self.conv2, self.bn2, h, residual=s, relu=True)
-        h = self.bn1.forward(self.conv1(x), relu=True)
-        s = self.shortcut(x)
-        # bn2, the residual sum and the ReLU in one pass; its backward masks by this output.
-        self._y = self.bn2.forward(self.conv2(h), relu=True, residual=s)
+        # Inner results go into the layers' reused buffers, the block's output too when the
+        # Sequential around it asks (reuse_buffers): a training step allocates no activations.
+        with _reusing((self.conv1, self.bn1, self.conv2), self.bn2, self.reuse_buffers):
+            h = self.bn1.forward(self.conv1(x), relu=True)
+            s = self.shortcut(x)
+            # bn2, the residual sum and the ReLU in one pass; its backward masks by this output.
+            self._y = self.bn2.forward(self.conv2(h), relu=True, residual=s)
         return self._y
 
     def backward(self, dy):
-        # g, dy through the ReLU's mask, is what both branches receive.
-        dh, g = self.bn2.backward_masked(dy)
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(dh)))
-        ds = self.shortcut.backward(g)
-        return None if dx is None else np.add(dx, ds, out=dx)  # conv1's dx is a fresh array
+        with _reusing((self.bn2, self.conv2, self.bn1), self.conv1, self.reuse_buffers):
+            # g, dy through the ReLU's mask, is what both branches receive.
+            dh, g = self.bn2.backward_masked(dy)
+            dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(dh)))
+            ds = self.shortcut.backward(g)
+        return None if dx is None else np.add(dx, ds, out=dx)  # dx: conv1's, ds: another array
 
     def config(self):
         return {"in_planes": self.in_planes, "planes": self.planes, "stride": self.stride}
