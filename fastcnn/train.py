@@ -163,15 +163,16 @@ def fit(
     world = _join(distributed, model)
     if world is not None and world.rank != 0:
         progress, warnings, on_epoch_end = False, False, None
-    if checkpoint is not None and (world is None or world.rank == 0):
+    if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
-        folder = os.path.dirname(os.path.abspath(checkpoint))
-        if not os.path.isdir(folder):  # fail now, not after the first epoch
-            raise FileNotFoundError(
-                f"cannot write the checkpoint {checkpoint}: folder {folder} does not exist"
-            )
     loader = _loader(train, batch_size, shuffle=True, seed=seed, transform=transform)
-    if len(loader) == 0:  # an empty data set, or drop_last dropping every sample
+    steps = len(loader)
+    if world is not None:
+        from . import distributed as dist
+
+        steps = dist.steps_per_epoch(len(loader.dataset), loader.batch_size, world.size,
+                                     loader.drop_last)  # fmt: skip
+    if steps == 0:  # an empty data set, or drop_last dropping every sample
         raise ValueError(
             f"the training data gives no batches ({len(loader.dataset)} samples, "
             f"batch_size {loader.batch_size}, drop_last={loader.drop_last})"
@@ -215,6 +216,14 @@ def _train(
     model, loader, val_loader, run, epochs, checkpoint, resume, progress, on_epoch_end, warnings
 ):
     world, optimizer, history = run.world, run.optimizer, []
+    if checkpoint is not None and (world is None or world.rank == 0):
+        folder = os.path.dirname(os.path.abspath(checkpoint))
+        if not os.path.isdir(folder):  # fail now, not after the first epoch
+            raise FileNotFoundError(
+                f"cannot write the checkpoint {checkpoint}: folder {folder} does not exist"
+            )
+    if world is not None:  # the same data, batches and model on every rank, or a clear error
+        world.check_agreement(model, loader, val_loader)
     if resume:
         _resume_shared(checkpoint, model, run, loader, epochs, history, progress)
     if world is not None:  # every rank starts from rank 0's weights, as DDP does

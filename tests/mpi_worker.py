@@ -44,6 +44,7 @@ def main():
     p.add_argument("--kill-rank", type=int)
     p.add_argument("--at-step", type=int, default=3)
     p.add_argument("--raise-after-fit", type=int, metavar="RANK")
+    p.add_argument("--rank1-samples", type=int, help="rank 1 loads another number of images")
     args = p.parse_args()
 
     world = None if args.alone else fastcnn.distributed.init()
@@ -64,7 +65,7 @@ def main():
         return forward(x)
 
     model.forward = faulty_forward
-    train = learnable(args.samples)
+    train = learnable(args.rank1_samples if rank == 1 and args.rank1_samples else args.samples)
     history = fastcnn.fit(
         model,
         train,

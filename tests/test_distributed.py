@@ -326,6 +326,14 @@ def test_a_hung_rank_is_named_and_the_job_stops(tmp_path):
 
 
 @needs_mpi
+def test_ranks_with_different_data_are_refused_by_name(tmp_path):
+    result = mpirun(2, tmp_path / "d", "--samples", "40", "--rank1-samples", "41", timeout=120)
+    assert result.returncode != 0
+    assert "the ranks do not train the same thing" in result.stderr
+    assert "rank 1 (host" in result.stderr and "training images 41, rank 0 40" in result.stderr
+
+
+@needs_mpi
 def test_an_uncaught_exception_on_one_rank_stops_the_job(tmp_path):
     start = time.monotonic()
     result = mpirun(2, tmp_path / "e", "--samples", "40", "--epochs", "1", "--raise-after-fit", "1",
