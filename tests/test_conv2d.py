@@ -37,7 +37,7 @@ CASES = [
     (8, 3, 5, 5, 4, 5, 5, 1, 0),  # batch of 1x1 outputs
     # Wide enough for the indirect NHWC kernels (out and in channels >= 16):
     (1, 16, 9, 11, 16, 3, 3, 1, 1),  # batch 1: threads split one image's tiles
-    (3, 20, 13, 7, 24, 5, 3, (2, 1), (2, 1)),  # strided: dx takes the im2col path
+    (3, 20, 13, 7, 24, 5, 3, (2, 1), (2, 1)),  # strided: dx as stride-1 convolutions per phase
     (2, 33, 8, 9, 40, 3, 3, 1, 0),  # channels just past a register tile
     (2, 16, 6, 6, 16, 3, 3, 1, 3),  # padding past k-1: dx takes the im2col path
     (5, 18, 7, 7, 19, 1, 1, 1, 0),  # pointwise
@@ -52,6 +52,13 @@ CASES = [
     (2, 2, 9, 11, 7, 3, 4, 1, 1),
     (1, 1, 12, 13, 5, 2, 6, 1, 2),
     (2, 3, 10, 19, 3, 3, 8, (1, 2), (1, 3)),
+    # Strided dx by phases (ResNet's downsampling layers), including input positions that no
+    # tap reaches (zero gradient) and a padding that leaves one phase to im2col:
+    (2, 16, 12, 12, 32, 3, 3, 2, 1),
+    (2, 32, 7, 7, 64, 3, 3, 2, 1),  # odd input: phases of 4 and 3 positions
+    (2, 16, 9, 9, 32, 1, 1, 2, 0),  # 1x1 shortcut
+    (1, 24, 10, 11, 16, 2, 2, 3, 1),  # stride past the kernel
+    (2, 16, 8, 8, 16, 4, 4, 2, 3),  # padding past k/2: a phase with a negative border
     # Output pixels (the im2col GEMM's columns) filling 16 of the last 32-wide panel:
     (2, 17, 8, 8, 6, 5, 5, 2, 2),  # 4x4 output, strided
     (1, 1, 12, 12, 4, 5, 5, 1, 2),  # 144 pixels; dx of one input channel
