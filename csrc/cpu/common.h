@@ -39,6 +39,17 @@ struct Window2d {
   int64_t pixels() const { return OH * OW; }     // columns of the im2col matrix
 };
 
+// Elementwise loops (batch norm, ...) are compiled for the baseline ISA (SSE2 on x86-64); this
+// attribute also compiles a function for AVX-512 and AVX2, the loader picking the widest the CPU
+// has (GCC and Clang's target_clones; an ifunc). Not under the sanitizers, whose instrumentation
+// would run before the resolver.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_UNDEFINED__)
+#define FASTCNN_ELEMENTWISE __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTCNN_ELEMENTWISE
+#endif
+
 // Scratch memory that grows and is never shrunk, aligned to 64 bytes (a cache line, one zmm
 // register: a vector load from a packed panel never straddles two lines). Its contents are not
 // kept when it grows; every user fills what it reads.
