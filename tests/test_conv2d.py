@@ -52,13 +52,14 @@ CASES = [
     (2, 2, 9, 11, 7, 3, 4, 1, 1),
     (1, 1, 12, 13, 5, 2, 6, 1, 2),
     (2, 3, 10, 19, 3, 3, 8, (1, 2), (1, 3)),
-    # Strided dx by phases (ResNet's downsampling layers), including input positions that no
-    # tap reaches (zero gradient) and a padding that leaves one phase to im2col:
+    # Strided dx by phases (ResNet's downsampling layers), and the shapes left to im2col:
+    # phases no tap reaches, a phase with a negative border:
     (2, 16, 12, 12, 32, 3, 3, 2, 1),
     (2, 32, 7, 7, 64, 3, 3, 2, 1),  # odd input: phases of 4 and 3 positions
-    (2, 16, 9, 9, 32, 1, 1, 2, 0),  # 1x1 shortcut
-    (1, 24, 10, 11, 16, 2, 2, 3, 1),  # stride past the kernel
-    (2, 16, 8, 8, 16, 4, 4, 2, 3),  # padding past k/2: a phase with a negative border
+    (1, 24, 10, 11, 16, 5, 4, 3, 2),  # stride 3: nine phases of 1-2 taps a side
+    (2, 16, 9, 9, 32, 1, 1, 2, 0),  # 1x1 shortcut: im2col
+    (1, 24, 10, 11, 16, 2, 2, 3, 1),  # stride past the kernel: im2col
+    (2, 16, 8, 8, 16, 4, 4, 2, 3),  # padding past k/2: im2col
     # Output pixels (the im2col GEMM's columns) filling 16 of the last 32-wide panel:
     (2, 17, 8, 8, 6, 5, 5, 2, 2),  # 4x4 output, strided
     (1, 1, 12, 12, 4, 5, 5, 1, 2),  # 144 pixels; dx of one input channel

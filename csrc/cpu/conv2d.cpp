@@ -436,13 +436,15 @@ struct Phase {
 // the indirect kernel and scattered into dx. The im2col path it replaces multiplied every
 // image's dy by the whole filter matrix, then added the columns back (col2im), at 35-44 GFLOP/s
 // against the indirect kernel's 90-100 on ResNet-8's stride-2 layers. False (nothing written)
-// where a class would need a negative border (padding >= kernel), left to im2col.
+// where a phase has no taps or would need a negative border, left to im2col.
 bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const float* dy,
                   float* dx) {
+  // Every phase must have taps: positions no tap reaches (a 1x1 stride-2 shortcut's) would
+  // cost a pass of strided zero writes each, where im2col's one GEMM was faster.
   for (int64_t a = 0; a < g.sh; ++a)
-    if (Phase h = Phase::of(a, g.sh, g.ph, g.kh, g.H); h.K > 0 && h.border < 0) return false;
+    if (Phase h = Phase::of(a, g.sh, g.ph, g.kh, g.H); h.K == 0 || h.border < 0) return false;
   for (int64_t b = 0; b < g.sw; ++b)
-    if (Phase v = Phase::of(b, g.sw, g.pw, g.kw, g.W); v.K > 0 && v.border < 0) return false;
+    if (Phase v = Phase::of(b, g.sw, g.pw, g.kw, g.W); v.K == 0 || v.border < 0) return false;
   const int64_t T = g.kh * g.kw, plane = g.H * g.W;
   const int threads = num_threads();
   for (int64_t a = 0; a < g.sh; ++a) {
@@ -452,18 +454,13 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
       if (h.n == 0 || v.n == 0) continue;
       const int64_t sub_plane = h.n * v.n;
       float* sub = scratch(kCol, g.N * g.C * sub_plane);
-      if (h.K == 0 || v.K == 0) {  // no tap reaches these positions
-        std::fill(sub, sub + g.N * g.C * sub_plane, 0.f);
-      } else {
-        const float* Wp =
-            pack_filters(k, g.C, g.O, h.K * v.K, [&](int64_t c, int64_t o, int64_t t) {
-              const int64_t ki = h.r + g.sh * (h.K - 1 - t / v.K);
-              const int64_t kj = v.r + g.sw * (v.K - 1 - t % v.K);
-              return w[(o * g.C + c) * T + ki * g.kw + kj];
-            });
-        const Indirect cv{g.O, g.OH, g.OW, h.border, v.border, h.K, v.K, 1, 1, g.C, h.n, v.n};
-        indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, sub);
-      }
+      const float* Wp = pack_filters(k, g.C, g.O, h.K * v.K, [&](int64_t c, int64_t o, int64_t t) {
+        const int64_t ki = h.r + g.sh * (h.K - 1 - t / v.K);
+        const int64_t kj = v.r + g.sw * (v.K - 1 - t % v.K);
+        return w[(o * g.C + c) * T + ki * g.kw + kj];
+      });
+      const Indirect cv{g.O, g.OH, g.OW, h.border, v.border, h.K, v.K, 1, 1, g.C, h.n, v.n};
+      indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, sub);
       parallel_range(g.N * g.C, threads, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
           const float* src = sub + q * sub_plane;
