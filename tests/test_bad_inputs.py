@@ -69,6 +69,7 @@ CONV_SHAPES = {
     "generic": (2, 3, 9, 9, 8, 3, 1, 1),
     "few-channels": (2, 1, 12, 12, 32, 5, 1, 2),
     "strided": (1, 16, 8, 8, 32, 3, 2, 1),
+    "wide": (1, 16, 8, 8, 16, 3, 1, 1),  # dx on the indirect kernel
 }
 
 # Findings, pinned: (GEMM kernel, conv algorithm, shape, where, value) -> what goes wrong. Each
@@ -78,8 +79,18 @@ _PAD_SKIP = (
     "zero padding are skipped, so 0 * NaN-weight is not NaN there (the avx512 "
     "and im2col paths, the reference and PyTorch's native conv give NaN)"
 )
+_ROW_SKIP = (
+    "conv2d_forward, indirect path: tap rows that lie on the zero padding for a whole tile "
+    "are skipped, so 0 * NaN-weight there is not NaN at the border pixels (every other pixel "
+    "is NaN; the im2col path, the reference and PyTorch's native conv give NaN there too)"
+)
 KNOWN_CONV = {
     **{("generic", "auto", "strided", "w", v): _PAD_SKIP for v in ("nan", "+inf", "-inf")},
+    **{
+        (k, "auto", "wide", "w", v): _ROW_SKIP
+        for k in ("avx512", "avx2", "generic", "generic-avx512", "generic-avx2")
+        for v in ("nan", "+inf", "-inf")
+    },
 }
 
 

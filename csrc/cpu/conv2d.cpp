@@ -841,9 +841,15 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
   if (dx) {
     const bool unit_stride = g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw;
     const GemmKernel& kt = tile_kernel(k, g.C);
-    if (unit_stride && use_indirect(kt, g.C))
+    // The indirect paths multiply the filters by dy's zero border too: with an Inf or NaN
+    // weight that is NaN where the gradient has no such product (im2col adds back only real
+    // products). A few thousand weights to check, against a dx pass.
+    const int64_t wn = g.O * g.C * g.kh * g.kw;
+    const bool indirect_dx =
+        use_indirect(kt, g.C) && std::all_of(w, w + wn, [](float v) { return std::isfinite(v); });
+    if (unit_stride && indirect_dx)
       dx_indirect(kt, g, w, dy, dx);
-    else if (unit_stride || !use_indirect(kt, g.C) || !dx_polyphase(kt, g, w, dy, dx))
+    else if (unit_stride || !indirect_dx || !dx_polyphase(kt, g, w, dy, dx))
       dx_im2col(g, w, dy, dx);
   }
 }
