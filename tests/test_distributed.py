@@ -46,12 +46,13 @@ def mpirun(n, out, *args, env=None, timeout=180):
         text=True,
         timeout=timeout,
         env={**os.environ, **MPI_ENV, **(env or {})},
+        cwd=Path(out).parent,  # never the source tree, whose fastcnn/ has no extension
     )
 
 
 def alone(out, *args):
     cmd = [sys.executable, str(WORKER), str(out), "--alone", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=Path(out).parent)
 
 
 def ok(result):
@@ -397,9 +398,10 @@ def test_cli_under_mpirun_trains_one_model_and_rank_0_alone_speaks(tmp_path, cap
         str(out),
         "--quiet",
     ]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **MPI_ENV}
-    )
+    result = subprocess.run(  # from tmp_path: `-m fastcnn.cli` must not find the source tree
+        cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **MPI_ENV},
+        cwd=tmp_path,
+    )  # fmt: skip
     ok(result)
     assert result.stdout.count("distributed: 2 ranks on 1 machine(s)") == 1
     assert result.stdout.count("trained 2 epochs") == 1
