@@ -450,7 +450,8 @@ class TrainingWarning(UserWarning):
 
 class _Watch:
     """Watches a run for the usual ways training fails and warns once about each, saying what
-    to try: a loss that has not fallen after the first few hundred steps, accuracy at chance,
+    to try: a loss far above chance level from the start or one that has not fallen after the
+    first few hundred steps (both: the learning rate), accuracy at chance,
     a loss that jumps (a learning rate too high, before it turns into NaN), and validation loss
     rising for several epochs while training loss falls (overfitting)."""
 
@@ -484,6 +485,17 @@ class _Watch:
                     f"the loss jumped from about {median:.3g} to {recent:.3g} around step "
                     f"{len(losses)}: the learning rate ({self.lr_of():.3g}) is probably too "
                     "high; lower it (by 3-10x) before the loss turns into NaN",
+                )
+        if len(losses) == self.EARLY and self.classes:
+            # Far above what guessing costs (ln classes) from the start: the steps overshoot.
+            typical = sorted(losses)[len(losses) // 2]
+            chance = math.log(max(self.classes, 2))
+            if typical > 3 * chance:
+                self._warn(
+                    "high",
+                    f"the loss has stayed around {typical:.3g} in the first {self.EARLY} steps, "
+                    f"far above the {chance:.3g} of guessing: the learning rate "
+                    f"({self.lr_of():.3g}) is probably too high; lower it (by 3-10x)",
                 )
         if len(losses) == self.LATE and not self.resumed:
             first = sum(losses[: self.EARLY]) / self.EARLY

@@ -59,6 +59,13 @@ def test_a_jump_in_the_loss_warns_once_naming_the_learning_rate():
     assert watch(steady + [3.5] + steady) == []  # one bad batch, not a jump
 
 
+def test_a_loss_far_above_chance_from_the_start_names_the_learning_rate():
+    said = watch([60.0, 80.0, 45.0] * 20)
+    assert len(said) == 1 and "far above the 2.3 of guessing" in said[0] and "(0.5)" in said[0]
+    assert watch([2.3 * 0.99**i for i in range(60)]) == []  # a run starting at chance level
+    assert watch([6.0] * 60) == []  # high, but under 3x chance
+
+
 def test_a_flat_loss_and_chance_accuracy_warn():
     said = watch([2.30] * 300, [{"epoch": 1, "loss": 2.3, "accuracy": 0.11}])
     assert any("has not fallen in the first 300 steps" in s for s in said)
