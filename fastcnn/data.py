@@ -955,12 +955,15 @@ class DataLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def _order(self, epoch):
+        """The data set's indices in epoch `epoch`'s order."""
         n = len(self.dataset)
         if self.shuffle:
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(n)
-        else:
-            order = np.arange(n)
+            return np.random.default_rng((self.seed, epoch)).permutation(n)
+        return np.arange(n)
+
+    def __iter__(self):
+        order = self._order(self.epoch)
         epoch = self.epoch
         self.epoch += 1
         stops = range(0, len(self) * self.batch_size, self.batch_size)

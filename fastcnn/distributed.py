@@ -139,7 +139,6 @@ class World:
 
     Attributes:
         rank, size: this process's rank and the number of ranks.
-        local_rank, local_size: the same among the ranks on this machine.
         threads: the kernel threads this rank should run (see init).
         timeout: the deadline of every exchange, in seconds.
     """
@@ -156,8 +155,6 @@ class World:
         peers = self.comm.allgather((host, os.getpid(), cores, os.cpu_count() or 1))
         self.peers = [(h, pid) for h, pid, _, _ in peers]
         here = [p for p in peers if p[0] == host]
-        self.local_size = len(here)
-        self.local_rank = [r for r, p in enumerate(peers) if p[0] == host].index(self.rank)
         self.threads = _threads_per_rank(cores, [p[2] for p in here], os.cpu_count() or 1)
         self.reduce_seconds = 0.0  # time spent waiting on gradient exchanges (bench/)
 
@@ -190,9 +187,6 @@ class World:
         """Rank `root`'s array into every rank's, in place."""
         self.wait([self.comm.Ibcast(array, root=root)], what)
         return array
-
-    def barrier(self, what) -> None:
-        self.wait([self.comm.Ibarrier()], what)
 
     def share_file(self, path, what):
         """Rank 0's file at `path` on every rank: the path itself on rank 0, elsewhere a
@@ -387,30 +381,20 @@ class ShardedBatches:
                 f"batch is split among them, and each needs at least one image"
             )
         self.loader, self.rank, self.size = loader, rank, size
-        self.global_batch = loader.batch_size
-
-    def _bounds(self):
-        """(first image, images) of each global batch, in the shuffled order."""
-        n, step = len(self.loader.dataset), self.global_batch
-        count = steps_per_epoch(n, self.loader.batch_size, self.size, self.loader.drop_last)
-        return [(k * step, min(step, n - k * step)) for k in range(count)]
 
     def __len__(self):
-        return len(self._bounds())
+        loader = self.loader
+        return steps_per_epoch(len(loader.dataset), loader.batch_size, self.size, loader.drop_last)
 
     def __iter__(self):
-        loader = self.loader
-        n = len(loader.dataset)
-        epoch = loader.epoch
-        if loader.shuffle:
-            order = np.random.default_rng((loader.seed, epoch)).permutation(n)
-        else:
-            order = np.arange(n)
+        loader, epoch = self.loader, self.loader.epoch
+        order = loader._order(epoch)
         loader.epoch += 1
-        for k, (start, count) in enumerate(self._bounds()):
-            part = np.array_split(order[start : start + count], self.size)[self.rank]
+        for k in range(len(self)):
+            batch = order[k * loader.batch_size : (k + 1) * loader.batch_size]
+            part = np.array_split(batch, self.size)[self.rank]
             x, y = loader._batch(part, (loader.seed, epoch, k, self.rank))
-            yield x, y, len(part) / count
+            yield x, y, len(part) / len(batch)
 
 
 class GradientReducer:

@@ -166,12 +166,7 @@ def fit(
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
     loader = _loader(train, batch_size, shuffle=True, seed=seed, transform=transform)
-    steps = len(loader)
-    if world is not None:
-        from . import distributed as dist
-
-        steps = dist.steps_per_epoch(len(loader.dataset), loader.batch_size, world.size,
-                                     loader.drop_last)  # fmt: skip
+    steps = len(loader if world is None else world.shard(loader))
     if steps == 0:  # an empty data set, or drop_last dropping every sample
         raise ValueError(
             f"the training data gives no batches ({len(loader.dataset)} samples, "
