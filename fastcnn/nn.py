@@ -1052,7 +1052,7 @@ class BasicBlock(Module):
         # Sequential around it asks (reuse_buffers): a training step allocates no activations.
         with _reusing((self.conv1, self.bn1, self.conv2), self.bn2, self.reuse_buffers):
             h = self.bn1.forward(self.conv1(x), relu=True)
-            s = self.shortcut(x)
+            s = self._shortcut_forward(x)
             # bn2, the residual sum and the ReLU in one pass; its backward masks by this output.
             self._y = self.bn2.forward(self.conv2(h), relu=True, residual=s)
         return self._y
@@ -1062,8 +1062,24 @@ class BasicBlock(Module):
             # g, dy through the ReLU's mask, is what both branches receive.
             dh, g = self.bn2.backward_masked(dy)
             dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(dh)))
-            ds = self.shortcut.backward(g)
+            ds = self._shortcut_backward(g)
         return None if dx is None else np.add(dx, ds, out=dx)  # dx: conv1's, ds: another array
+
+    # The projection shortcut's conv and BN run on reused buffers too, its output and input
+    # gradient included: both stay inside the block (s is summed into bn2's output, ds into dx).
+    def _shortcut_forward(self, x):
+        if not self.shortcut.layers:
+            return x
+        conv, bn = self.shortcut.layers
+        with _reusing((conv,), bn, True):
+            return bn.forward(conv(x))
+
+    def _shortcut_backward(self, g):
+        if not self.shortcut.layers:
+            return g
+        conv, bn = self.shortcut.layers
+        with _reusing((bn,), conv, True):
+            return conv.backward(bn.backward(g))
 
     def config(self):
         return {"in_planes": self.in_planes, "planes": self.planes, "stride": self.stride}
