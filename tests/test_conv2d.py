@@ -57,7 +57,11 @@ CASES = [
     (2, 16, 12, 12, 32, 3, 3, 2, 1),
     (2, 32, 7, 7, 64, 3, 3, 2, 1),  # odd input: phases of 4 and 3 positions
     (1, 24, 10, 11, 16, 5, 4, 3, 2),  # stride 3: nine phases of 1-2 taps a side
-    (2, 16, 9, 9, 32, 1, 1, 2, 0),  # 1x1 shortcut: im2col
+    (2, 16, 9, 9, 32, 1, 1, 2, 0),  # 1x1 shortcut: a stride-1 conv of the gathered pixels
+    (1, 16, 7, 10, 16, 1, 1, (2, 3), 0),  # the same, batch 1, a stride a side, odd sizes
+    (3, 32, 14, 14, 64, 1, 1, 2, 0),  # ResNet's second projection shortcut
+    (2, 16, 5, 6, 20, 1, 1, (1, 2), 0),  # strided along W only
+    (2, 16, 7, 7, 16, 1, 1, 2, 1),  # 1x1 strided with padding: not gathered
     (1, 24, 10, 11, 16, 2, 2, 3, 1),  # stride past the kernel: im2col
     (2, 16, 8, 8, 16, 4, 4, 2, 3),  # padding past k/2: im2col
     # Output pixels (the im2col GEMM's columns) filling 16 of the last 32-wide panel:

@@ -22,7 +22,8 @@
 //   output pixels of a row in vector lanes; nothing is packed.
 // "im2col" (the reference, and the fallback for small channel counts or strided dx): im2col +
 //   sgemm per image, col2im for dx.
-// with T = kh*kw taps, P = OH*OW output pixels.
+// with T = kh*kw taps, P = OH*OW output pixels. A strided 1x1 convolution without padding runs
+// as the stride-1 convolution of the pixels it reads, gathered first (see strided_pointwise).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -47,7 +48,7 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
-enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kDwPartials, kSlots };
+enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kDwPartials, kStrided, kStridedDx, kSlots };
 // Floats the weight gradient may hold in partial sums (8 MB), see dw_indirect.
 constexpr int64_t kDwPartialFloats = 2 * 1024 * 1024;
 
@@ -444,7 +445,7 @@ struct Phase {
 // where a phase has no taps or would need a negative border, left to im2col.
 bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const float* dy,
                   float* dx) {
-  // Every phase must have taps: positions no tap reaches (a 1x1 stride-2 shortcut's) would
+  // Every phase must have taps: positions no tap reaches (a padded 1x1 strided layer's) would
   // cost a pass of strided zero writes each, where im2col's one GEMM was faster.
   for (int64_t a = 0; a < g.sh; ++a)
     if (Phase h = Phase::of(a, g.sh, g.ph, g.kh, g.H); h.K == 0 || h.border < 0) return false;
@@ -802,10 +803,56 @@ const GemmKernel& dw_kernel(const GemmKernel& k, int64_t C) {
   const GemmKernel* narrow = gemm_narrow_kernel(k);
   return narrow && C % k.nr != 0 && C % narrow->nr == 0 ? *narrow : k;
 }
+
+// A 1x1 convolution without padding reads only the pixels its stride lands on: it is the
+// stride-1 convolution gs of those pixels, gathered first. (ResNet's projection shortcuts, 1x1
+// with stride 2, had the whole input transposed for their forward and weight gradient, to use a
+// quarter of it, and dx went through im2col; gathered, ResNet-8's 16->32 shortcut at 2 threads
+// ran 1.2x faster forward and 1.1x backward at 28x28 batch 64, 1.9x and 1.5x at 32x32 batch 128.)
+bool strided_pointwise(const Window2d& g, Window2d* gs) {
+  if (g_algorithm != ConvAlgorithm::kAuto || g.kh != 1 || g.kw != 1 || g.ph != 0 || g.pw != 0 ||
+      (g.sh == 1 && g.sw == 1))
+    return false;
+  *gs = g;
+  gs->H = g.OH, gs->W = g.OW, gs->sh = gs->sw = 1;
+  gs->finish();
+  return true;
+}
+
+// x (N, C, H, W) -> xs (N, C, OH, OW): the pixels a 1x1 window with g's stride lands on.
+void gather_strided(const Window2d& g, const float* x, float* xs) {
+  parallel_range(g.N * g.C, num_threads(), [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q)
+      for (int64_t i = 0; i < g.OH; ++i) {
+        const float* src = x + (q * g.H + i * g.sh) * g.W;
+        float* dst = xs + (q * g.OH + i) * g.OW;
+        for (int64_t j = 0; j < g.OW; ++j) dst[j] = src[j * g.sw];
+      }
+  });
+}
+
+// The reverse: dx = dxs at those pixels, 0 elsewhere.
+void scatter_strided(const Window2d& g, const float* dxs, float* dx) {
+  parallel_range(g.N * g.C, num_threads(), [&](int64_t q0, int64_t q1) {
+    std::fill(dx + q0 * g.H * g.W, dx + q1 * g.H * g.W, 0.f);
+    for (int64_t q = q0; q < q1; ++q)
+      for (int64_t i = 0; i < g.OH; ++i) {
+        const float* src = dxs + (q * g.OH + i) * g.OW;
+        float* dst = dx + (q * g.H + i * g.sh) * g.W;
+        for (int64_t j = 0; j < g.OW; ++j) dst[j * g.sw] = src[j];
+      }
+  });
+}
 }  // namespace
 
 void conv2d_forward(const Window2d& g, const float* x, const float* w, const float* b, float* y,
                     bool relu) {
+  if (Window2d gs; strided_pointwise(g, &gs)) {
+    float* xs = scratch(kStrided, gs.N * gs.C * gs.H * gs.W);
+    gather_strided(g, x, xs);
+    conv2d_forward(gs, xs, w, b, y, relu);
+    return;
+  }
   const GemmKernel& k = gemm_active_kernel();
   const GemmKernel& kt = tile_kernel(k, g.O);
   if (use_direct(k, g))
@@ -820,6 +867,14 @@ void conv2d_forward(const Window2d& g, const float* x, const float* w, const flo
 
 void conv2d_backward(const Window2d& g, const float* x, const float* w, const float* dy, float* dx,
                      float* dw, float* db) {
+  if (Window2d gs; strided_pointwise(g, &gs)) {
+    float* xs = scratch(kStrided, gs.N * gs.C * gs.H * gs.W);
+    float* dxs = dx ? scratch(kStridedDx, gs.N * gs.C * gs.H * gs.W) : nullptr;
+    gather_strided(g, x, xs);
+    conv2d_backward(gs, xs, w, dy, dxs, dw, db);
+    if (dx) scatter_strided(g, dxs, dx);
+    return;
+  }
   const int64_t P = g.pixels();
   const int T = num_threads();
   const GemmKernel& k = gemm_active_kernel();
