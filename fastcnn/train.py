@@ -457,6 +457,7 @@ class _Watch:
         self.classes, self.lr_of = classes, lr_of
         self.losses, self.said = [], set()
         self.epochs = list(history)  # a resumed run's epochs so far
+        self.lrs = []  # the learning rate at the end of each epoch this run watched
         # A resumed run's first steps are not the run's first: its loss has already fallen.
         self.resumed = bool(self.epochs)
 
@@ -505,6 +506,7 @@ class _Watch:
 
     def epoch(self, record):
         self.epochs.append(record)
+        self.lrs.append(self.lr_of())
         chance = 1.0 / max(self.classes, 1)
         if len(self.losses) >= self.LATE and record["accuracy"] <= 1.5 * chance:
             self._warn(
@@ -517,7 +519,13 @@ class _Watch:
         if len(tail) == self.PATIENCE + 1 and all("val_loss" in r for r in tail):
             val = [r["val_loss"] for r in tail]
             train = [r["loss"] for r in tail]
-            if all(b > a for a, b in zip(val, val[1:])) and train[-1] < train[0]:
+            # Not while a schedule still holds the rate high (above half its peak) and moving:
+            # a one-cycle run's validation loss swings near its peak and settles as the rate
+            # anneals, which is no overfitting.
+            lrs = self.lrs[-(self.PATIENCE + 1) :]
+            scheduled_high = len(set(lrs)) > 1 and lrs[-1] > 0.5 * max(self.lrs)
+            rising = all(b > a for a, b in zip(val, val[1:])) and train[-1] < train[0]
+            if rising and not scheduled_high:
                 self._warn(
                     "overfit",
                     f"validation loss has risen for {self.PATIENCE} epochs ({val[0]:.4g} -> "

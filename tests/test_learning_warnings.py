@@ -40,13 +40,18 @@ def test_labels_unrelated_to_the_images_warn():
     )
 
 
-def watch(losses=(), records=()):
-    w = _Watch(classes=10, lr_of=lambda: 0.5)
+def watch(losses=(), records=(), lrs=None):
+    """What a _Watch says of these batch losses and epoch records; `lrs`: the learning rate at
+    each epoch's end (default 0.5 throughout)."""
+    lr = [0.5]
+    w = _Watch(classes=10, lr_of=lambda: lr[0])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for v in losses:
             w.batch(v)
-        for r in records:
+        for i, r in enumerate(records):
+            if lrs is not None:
+                lr[0] = lrs[i]
             w.epoch(r)
     return [str(c.message) for c in caught]
 
@@ -84,6 +89,21 @@ def test_rising_validation_loss_warns_of_overfitting():
     assert len(said) == 1 and "overfitting" in said[0]
     flat = [dict(r, val_loss=0.5) for r in records]
     assert watch(records=flat) == []
+
+
+def test_rising_validation_loss_near_a_schedules_peak_is_not_called_overfitting():
+    # A one-cycle run near its peak rate: the validation loss swings, then settles as the rate
+    # anneals. Past half the peak on the way down, the same rise is reported.
+    records = [
+        {"epoch": e, "loss": 1.0 - 0.01 * e, "accuracy": 0.9, "val_loss": v}
+        for e, v in enumerate([0.4, 0.45, 0.48, 0.5, 0.54, 0.56], 1)
+    ]
+    assert watch(records=records, lrs=[0.04, 0.08, 0.1, 0.09, 0.08, 0.07]) == []
+    said = watch(records=records, lrs=[0.1, 0.09, 0.07, 0.05, 0.04, 0.03])
+    assert len(said) == 1 and "overfitting" in said[0]
+    # A step schedule holding its rate: reported as with a constant rate.
+    said = watch(records=records, lrs=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert len(said) == 1 and "overfitting" in said[0]
 
 
 def test_a_resumed_run_whose_loss_has_already_fallen_does_not_warn():
