@@ -358,7 +358,7 @@ py::tuple batchnorm2d_backward(const py::array& x, const py::array& dy, const Op
   return py::make_tuple(dx, dw, db);
 }
 
-F32 add_relu(const py::array& a, const py::array& b, const OptArray& out) {
+F32 add(const py::array& a, const py::array& b, bool relu, const OptArray& out) {
   const float* ap = in_f32(a, "a", -1);
   const float* bp = in_f32(b, "b", -1);
   expect_shape(b, "b", shape_of(a));
@@ -366,7 +366,7 @@ F32 add_relu(const py::array& a, const py::array& b, const OptArray& out) {
   float* yp = data(y);
   const int64_t n = a.size();
   py::gil_scoped_release nogil;
-  fastcnn::add_relu(n, ap, bp, yp);
+  fastcnn::add(n, ap, bp, relu, yp);
   return y;
 }
 
@@ -556,7 +556,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("batchnorm2d_backward", &batchnorm2d_backward, arg("x"), arg("dy"), arg("y").none(true),
         arg("mean"), arg("invstd"), arg("weight").none(true), arg("need_dx") = true,
         arg("need_affine") = true, arg("dx_out") = none, arg("masked_dy_out") = none);
-  m.def("add_relu", &add_relu, arg("a"), arg("b"), arg("out") = none);
+  m.def("add", &add, arg("a"), arg("b"), arg("relu") = false, arg("out") = none);
   m.def("dropout_forward", &dropout_forward, arg("x"), arg("p"), arg("seed"), arg("out") = none);
   m.def("dropout_backward", &dropout_backward, arg("dy"), arg("mask"), arg("p"), arg("out") = none);
   m.def("augment_crop_flip", &augment_crop_flip, arg("x"), arg("dy"), arg("dx"), arg("flip"));

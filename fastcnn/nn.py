@@ -1063,7 +1063,7 @@ class BasicBlock(Module):
             dh, g = self.bn2.backward_masked(dy)
             dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(dh)))
             ds = self._shortcut_backward(g)
-        return None if dx is None else np.add(dx, ds, out=dx)  # dx: conv1's, ds: another array
+        return None if dx is None else ops.add(dx, ds, out=dx)  # dx: conv1's, ds: another array
 
     # The projection shortcut's conv and BN run on reused buffers too, its output and input
     # gradient included: both stay inside the block (s is summed into bn2's output, ds into dx).

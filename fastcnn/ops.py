@@ -38,6 +38,7 @@ __all__ = [
     "batchnorm2d_forward",
     "batchnorm2d_forward_eval",
     "batchnorm2d_backward",
+    "add",
     "add_relu",
     "dropout_forward",
     "dropout_backward",
@@ -414,10 +415,16 @@ def batchnorm2d_forward_eval(x, scale, shift, relu=False, out=None, residual=Non
     return _C.batchnorm2d_forward_eval(_f32(x, "x"), scale, shift, relu, out, residual)
 
 
+def add(a, b, out=None):
+    """a + b, float32, over the threads; out may be a itself."""
+    _cpu_only("add", a=a, b=b)
+    return _C.add(_f32(a, "a"), _f32(b, "b"), False, out)
+
+
 def add_relu(a, b, out=None):
     """max(0, a + b), float32; out may be a itself."""
     _cpu_only("add_relu", a=a, b=b)
-    return _C.add_relu(_f32(a, "a"), _f32(b, "b"), out)
+    return _C.add(_f32(a, "a"), _f32(b, "b"), True, out)
 
 
 def batchnorm2d_backward(

@@ -232,12 +232,17 @@ def test_masked_dy_out(rng):
         ops.batchnorm2d_backward(x, dy, None, mean, invstd, w, masked_dy_out=g)
 
 
-def test_add_relu(rng):
-    a, b = rng.standard_normal((2, 70000)).astype(np.float32)
+@pytest.mark.parametrize("n", [1, 17, 70000])  # 70000: over the threads
+def test_add_and_add_relu(n, rng):
+    a, b = rng.standard_normal((2, n)).astype(np.float32)
     np.testing.assert_array_equal(ops.add_relu(a, b), np.maximum(a + b, 0))
-    c = a.copy()
-    assert ops.add_relu(c, b, out=c) is c  # in place over its first input
-    np.testing.assert_array_equal(c, np.maximum(a + b, 0))
+    np.testing.assert_array_equal(ops.add(a, b), a + b)
+    for op, want in ((ops.add_relu, np.maximum(a + b, 0)), (ops.add, a + b)):
+        c = a.copy()
+        assert op(c, b, out=c) is c  # in place over its first input
+        np.testing.assert_array_equal(c, want)
+    with pytest.raises(ValueError, match="b"):
+        ops.add(a, b[:-1] if n > 1 else np.zeros(2, np.float32))
 
 
 def test_eval_folds_batchnorm_into_the_convolution(rng):

@@ -34,17 +34,26 @@ void relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
   }
 }
 
-// ---- add then relu (a ResNet block's output in eval mode) ---------------------------------------
+// ---- add, then relu if asked (a ResNet block: dx plus the shortcut's gradient; its output in
+// eval mode) ------------------------------------------------------------------------------------
 
-void add_relu(int64_t n, const float* a, const float* b, float* y) {
+void add(int64_t n, const float* a, const float* b, bool relu, float* y) {
+  if (relu) {
 #ifdef FASTCNN_OPENMP
 #pragma omp parallel for simd schedule(static) \
     num_threads(num_threads()) if (parallel : n > kParallelMin)
 #endif
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = a[i] + b[i];
-    y[i] = v < 0.f ? 0.f : v;
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = a[i] + b[i];
+      y[i] = v < 0.f ? 0.f : v;
+    }
+    return;
   }
+#ifdef FASTCNN_OPENMP
+#pragma omp parallel for simd schedule(static) \
+    num_threads(num_threads()) if (parallel : n > kParallelMin)
+#endif
+  for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
 }
 
 }  // namespace fastcnn

@@ -72,7 +72,7 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
 
 // ---- activation.cpp (more) --------------------------------------------------------------------
 // y = max(0, a + b), n elements (y may be a).
-void add_relu(int64_t n, const float* a, const float* b, float* y);
+void add(int64_t n, const float* a, const float* b, bool relu, float* y);
 
 // ---- dropout.cpp ------------------------------------------------------------------------------
 // n elements; p in [0, 1]; mask: 1 where kept.
