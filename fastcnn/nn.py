@@ -1045,9 +1045,17 @@ class BasicBlock(Module):
 
     def forward(self, x):
         if self.bn1.folds() and self.bn2.folds():  # eval: three convolutions, nothing else
-            h = conv_bn_eval(self.conv1, self.bn1, x, relu=True)
-            s = x if not self.shortcut.layers else conv_bn_eval(*self.shortcut.layers, x)
-            return conv_bn_eval(self.conv2, self.bn2, h, residual=s, relu=True)
+            # On the convolutions' reused buffers as in training (inner results always, the
+            # output when the Sequential around asks): inference allocates no activations.
+            def into(conv, x):
+                return conv._buffer("y", conv._out_shape(x), x)
+
+            sc = self.shortcut.layers
+            with _reusing((self.conv1, *sc[:1]), self.conv2, self.reuse_buffers):
+                h = conv_bn_eval(self.conv1, self.bn1, x, relu=True, out=into(self.conv1, x))
+                s = conv_bn_eval(*sc, x, out=into(sc[0], x)) if sc else x
+                y = into(self.conv2, h)
+                return conv_bn_eval(self.conv2, self.bn2, h, out=y, residual=s, relu=True)
         # Inner results go into the layers' reused buffers, the block's output too when the
         # Sequential around it asks (reuse_buffers): a training step allocates no activations.
         with _reusing((self.conv1, self.bn1, self.conv2), self.bn2, self.reuse_buffers):

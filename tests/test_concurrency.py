@@ -17,10 +17,11 @@ THREADS = 4
 BATCH_SIZES = (1, 5, 32, 32, 67)  # two batches of 32: same shapes, different images
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["seednet", "resnet8"])
+def model(request):
     nn.manual_seed(0)
-    m = models.seednet()
+    # ResNet-8: blocks whose eval-mode convolutions write into per-thread reused buffers too.
+    m = models.seednet() if request.param == "seednet" else models.resnet8(in_channels=1)
     # Make the outputs depend on every weight: small random perturbations of the biases.
     rng = np.random.default_rng(1)
     for p in m.parameters():
@@ -33,7 +34,13 @@ def model():
 @pytest.fixture(scope="module")
 def batches():
     rng = np.random.default_rng(2)
-    return [rng.standard_normal((n, 1, 28, 28)).astype(np.float32) for n in BATCH_SIZES]
+    # Each image with its own contrast and brightness: an untrained ResNet, whose global average
+    # pooling evens out plain noise, then also tells the images apart.
+    return [
+        (rng.standard_normal((n, 1, 28, 28)) * rng.uniform(0.5, 2, (n, 1, 1, 1))
+         + rng.normal(0, 1, (n, 1, 1, 1))).astype(np.float32)
+        for n in BATCH_SIZES
+    ]  # fmt: skip
 
 
 def run_in_threads(work, n=THREADS):
