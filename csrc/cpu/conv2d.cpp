@@ -265,8 +265,8 @@ void pad_nhwc(const Indirect& cv, const float* x, float* xp) {
   // is 16): within a group, each row's pixels go 4 at a time through all its channels in 4 x 4
   // blocks in SSE registers (baseline on x86-64), so that a pixel's group is written whole while
   // x is read as 16 sequential streams. (4 channels at a time through all rows wrote each line
-  // in four partial visits, and the padding ran 2x slower; all C planes at once, the loads
-  // waited on memory.) Then blocks of 8 channels, then single channels.
+  // in four partial visits: the padding took 1.5x as long at 16 channels, 28x28; all C planes
+  // at once, the loads waited on memory.) Then blocks of 8 channels, then single channels.
   const int64_t plane = H * W;
   float* inside = xp + (cv.ph * Wp + cv.pw) * C;
   int64_t c0 = 0;
