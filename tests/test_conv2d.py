@@ -275,6 +275,25 @@ def test_backward_zero_dy_gives_zero_gradients(rng):
         np.testing.assert_array_equal(g, 0.0)
 
 
+@pytest.mark.parametrize("channels", [3, 16])  # im2col-sized, and the gathered indirect path
+def test_strided_pointwise_never_reads_the_pixels_it_skips(channels, gemm_kernel, rng):
+    # A 1x1 stride-2 convolution reads only even rows and columns, as PyTorch's: NaN elsewhere
+    # must not reach y or dw, and dx is 0 there.
+    x = rng.standard_normal((2, channels, 7, 9), dtype=np.float32)
+    w = rng.standard_normal((8, channels, 1, 1), dtype=np.float32)
+    clean = x.copy()
+    x[:, :, 1::2, :] = np.nan
+    x[:, :, :, 1::2] = np.nan
+    y = ops.conv2d_forward(x, w, stride=2)
+    ref.assert_close(y, ref.conv2d_forward(clean, w, None, 2, 0), name="y")
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dx, dw, db = ops.conv2d_backward(x, w, dy, stride=2)
+    rdx, rdw, rdb = ref.conv2d_backward(clean, w, dy, 2, 0)
+    ref.assert_close(dw, rdw, name="dw")
+    ref.assert_close(dx, rdx, name="dx")
+    assert np.all(dx[:, :, 1::2, :] == 0) and np.all(dx[:, :, :, 1::2] == 0)
+
+
 # --------------------------------------------------------------------------------------------
 # properties over random shapes
 # --------------------------------------------------------------------------------------------
