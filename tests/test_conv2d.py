@@ -275,8 +275,10 @@ def test_backward_zero_dy_gives_zero_gradients(rng):
         np.testing.assert_array_equal(g, 0.0)
 
 
-@pytest.mark.parametrize("channels", [3, 16])  # im2col-sized, and the gathered indirect path
-def test_strided_pointwise_never_reads_the_pixels_it_skips(channels, gemm_kernel, rng):
+@pytest.mark.parametrize("channels", [3, 16])  # few channels, and the indirect kernels
+def test_strided_pointwise_never_reads_the_pixels_it_skips(
+    channels, gemm_kernel, conv_algorithm, rng
+):
     # A 1x1 stride-2 convolution reads only even rows and columns, as PyTorch's: NaN elsewhere
     # must not reach y or dw, and dx is 0 there.
     x = rng.standard_normal((2, channels, 7, 9), dtype=np.float32)
