@@ -1056,38 +1056,26 @@ class BasicBlock(Module):
                 s = conv_bn_eval(*sc, x, out=into(sc[0], x)) if sc else x
                 y = into(self.conv2, h)
                 return conv_bn_eval(self.conv2, self.bn2, h, out=y, residual=s, relu=True)
-        # Inner results go into the layers' reused buffers, the block's output too when the
-        # Sequential around it asks (reuse_buffers): a training step allocates no activations.
-        with _reusing((self.conv1, self.bn1, self.conv2), self.bn2, self.reuse_buffers):
+        # Inner results (the projection shortcut's too) go into the layers' reused buffers, the
+        # block's output too when the Sequential around it asks (reuse_buffers): a training step
+        # allocates no activations.
+        sc = self.shortcut.layers
+        with _reusing((self.conv1, self.bn1, self.conv2, *sc), self.bn2, self.reuse_buffers):
             h = self.bn1.forward(self.conv1(x), relu=True)
-            s = self._shortcut_forward(x)
+            s = sc[1].forward(sc[0](x)) if sc else x
             # bn2, the residual sum and the ReLU in one pass; its backward masks by this output.
             self._y = self.bn2.forward(self.conv2(h), relu=True, residual=s)
         return self._y
 
     def backward(self, dy):
-        with _reusing((self.bn2, self.conv2, self.bn1), self.conv1, self.reuse_buffers):
+        # The shortcut's input gradient stays inside the block too (it is added into dx).
+        sc = self.shortcut.layers
+        with _reusing((self.bn2, self.conv2, self.bn1, *sc), self.conv1, self.reuse_buffers):
             # g, dy through the ReLU's mask, is what both branches receive.
             dh, g = self.bn2.backward_masked(dy)
             dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(dh)))
-            ds = self._shortcut_backward(g)
+            ds = sc[0].backward(sc[1].backward(g)) if sc else g
         return None if dx is None else ops.add(dx, ds, out=dx)  # dx: conv1's, ds: another array
-
-    # The projection shortcut's conv and BN run on reused buffers too, its output and input
-    # gradient included: both stay inside the block (s is summed into bn2's output, ds into dx).
-    def _shortcut_forward(self, x):
-        if not self.shortcut.layers:
-            return x
-        conv, bn = self.shortcut.layers
-        with _reusing((conv,), bn, True):
-            return bn.forward(conv(x))
-
-    def _shortcut_backward(self, g):
-        if not self.shortcut.layers:
-            return g
-        conv, bn = self.shortcut.layers
-        with _reusing((bn,), conv, True):
-            return conv.backward(bn.backward(g))
 
     def config(self):
         return {"in_planes": self.in_planes, "planes": self.planes, "stride": self.stride}

@@ -37,23 +37,22 @@ void relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
 // ---- add, then relu if asked (a ResNet block: dx plus the shortcut's gradient; its output in
 // eval mode) ------------------------------------------------------------------------------------
 
-void add(int64_t n, const float* a, const float* b, bool relu, float* y) {
-  if (relu) {
+namespace {
+template <bool kRelu>
+void add_loop(int64_t n, const float* a, const float* b, float* y) {
 #ifdef FASTCNN_OPENMP
 #pragma omp parallel for simd schedule(static) \
     num_threads(num_threads()) if (parallel : n > kParallelMin)
 #endif
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = a[i] + b[i];
-      y[i] = v < 0.f ? 0.f : v;
-    }
-    return;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = a[i] + b[i];
+    y[i] = kRelu && v < 0.f ? 0.f : v;
   }
-#ifdef FASTCNN_OPENMP
-#pragma omp parallel for simd schedule(static) \
-    num_threads(num_threads()) if (parallel : n > kParallelMin)
-#endif
-  for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+}
+}  // namespace
+
+void add(int64_t n, const float* a, const float* b, bool relu, float* y) {
+  relu ? add_loop<true>(n, a, b, y) : add_loop<false>(n, a, b, y);
 }
 
 }  // namespace fastcnn

@@ -425,6 +425,13 @@ void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const f
   indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, dx);
 }
 
+// src (rows x cols) into dst's every sh-th row and sw-th column, dst's rows W apart.
+void put_strided(const float* src, int64_t rows, int64_t cols, int64_t sh, int64_t sw, int64_t W,
+                 float* dst) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[i * sh * W + j * sw] = src[i * cols + j];
+}
+
 // One residue class of a strided dx along one axis: the input positions a, a + s, a + 2s, ...
 // (count n) receive only the taps r, r + s, ... (K of them) with r = (a + p) mod s, tap r + s*u
 // reading dy at i + q - u for the class's i-th position, q = (a + p - r) / s. Flipped, that is
@@ -468,12 +475,8 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
       const Indirect cv{g.O, g.OH, g.OW, h.border, v.border, h.K, v.K, 1, 1, g.C, h.n, v.n};
       indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, sub);
       parallel_range(g.N * g.C, threads, [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const float* src = sub + q * sub_plane;
-          float* dst = dx + q * plane + a * g.W + b;
-          for (int64_t i = 0; i < h.n; ++i)
-            for (int64_t j = 0; j < v.n; ++j) dst[i * g.sh * g.W + j * g.sw] = src[i * v.n + j];
-        }
+        for (int64_t q = q0; q < q1; ++q)
+          put_strided(sub + q * sub_plane, h.n, v.n, g.sh, g.sw, g.W, dx + q * plane + a * g.W + b);
       });
     }
   }
@@ -836,11 +839,7 @@ void scatter_strided(const Window2d& g, const float* dxs, float* dx) {
   parallel_range(g.N * g.C, num_threads(), [&](int64_t q0, int64_t q1) {
     std::fill(dx + q0 * g.H * g.W, dx + q1 * g.H * g.W, 0.f);
     for (int64_t q = q0; q < q1; ++q)
-      for (int64_t i = 0; i < g.OH; ++i) {
-        const float* src = dxs + (q * g.OH + i) * g.OW;
-        float* dst = dx + (q * g.H + i * g.sh) * g.W;
-        for (int64_t j = 0; j < g.OW; ++j) dst[j * g.sw] = src[j];
-      }
+      put_strided(dxs + q * g.OH * g.OW, g.OH, g.OW, g.sh, g.sw, g.W, dx + q * g.H * g.W);
   });
 }
 }  // namespace

@@ -71,7 +71,7 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
                           float* dx, float* dw, float* db, float* masked_dy);
 
 // ---- activation.cpp (more) --------------------------------------------------------------------
-// y = max(0, a + b), n elements (y may be a).
+// y = a + b, then max(0, .) with relu; n elements (y may be a).
 void add(int64_t n, const float* a, const float* b, bool relu, float* y);
 
 // ---- dropout.cpp ------------------------------------------------------------------------------
