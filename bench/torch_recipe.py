@@ -86,7 +86,12 @@ def main(argv=None) -> int:
     p.add_argument("--nesterov", action="store_true")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--shift", type=int, default=4, help="augmentation: largest shift (0: none)")
+    p.add_argument(
+        "--shift",
+        type=int,
+        default=4,
+        help="largest shift of the augmentation (0: no augmentation, no flips either)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--tag", default="", help="copied into every JSON line")
