@@ -13,45 +13,23 @@ OneCycleLR stepped every batch, cross-entropy with optional label smoothing; flo
         --weight-decay 5e-4 --label-smoothing 0.1
 
 One JSON line per epoch (test accuracy, training loss and accuracy, images/s), then the final
-test accuracy. Needs torch (the `bench` extra); reads the idx files from --data (default: the
-Debian package's folder). `--limit N` trains and tests on the first N images of each split: a check
-that it runs.
+test accuracy. Needs torch (the `bench` extra); reads Fashion-MNIST with fastcnn's loader (from
+--data, else where `fastcnn train` finds it). `--limit N` trains and tests on the first N images
+of each split: a check that it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import os
 import time
 
 import numpy as np
 from train import torch_resnet
 
-MEAN, STD = 0.2860406, 0.3530242  # fastcnn.data.FASHION_MNIST_MEAN / _STD
+from fastcnn import data
 
-
-def read_idx(path: str) -> np.ndarray:
-    """An idx file (gzipped or not) as a uint8 array of its shape."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load(folder: str, split: str):
-    def find(stem):
-        for name in (stem, stem + ".gz"):
-            if os.path.exists(os.path.join(folder, name)):
-                return os.path.join(folder, name)
-        raise SystemExit(f"{stem}(.gz) not found in {folder}")
-
-    images = read_idx(find(f"{split}-images-idx3-ubyte"))[:, None]
-    labels = read_idx(find(f"{split}-labels-idx1-ubyte")).astype(np.int64)
-    return images, labels
+MEAN, STD = data.FASHION_MNIST_MEAN, data.FASHION_MNIST_STD
 
 
 def augment(torch, x, shift, generator):
@@ -68,10 +46,11 @@ def augment(torch, x, shift, generator):
     rows = oy + torch.arange(h, device=dev)
     bi = torch.arange(b, device=dev)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    return (out * (1 / 255) - MEAN) * (1 / STD)
+    return normalise(torch, out)
 
 
 def normalise(torch, x):
+    """uint8 (or integral float) pixels -> fastcnn's normalised floats for Fashion-MNIST."""
     return (x.float() * (1 / 255) - MEAN) * (1 / STD)
 
 
@@ -93,7 +72,7 @@ def main(argv=None) -> int:
         help="largest shift of the augmentation (0: no augmentation, no flips either)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--data", help="the folder of the idx files (default: where fastcnn looks)")
     p.add_argument("--tag", default="", help="copied into every JSON line")
     p.add_argument(
         "--limit", type=int, help="train and test on the first LIMIT images of each (a check)"
@@ -109,10 +88,13 @@ def main(argv=None) -> int:
     dev = torch.device(args.device)
     gen = torch.Generator(device=dev).manual_seed(args.seed)
 
-    x_train, y_train = (torch.from_numpy(a[: args.limit].copy()).to(dev)
-                        for a in load(args.data, "train"))  # fmt: skip
-    x_test, y_test = (torch.from_numpy(a[: args.limit].copy()).to(dev)
-                      for a in load(args.data, "t10k"))  # fmt: skip
+    def split(train):  # fastcnn's own loader: the same uint8 pixels and labels
+        ds = data.FashionMNIST(root=args.data, train=train)
+        labels = ds.labels[: args.limit].astype(np.int64)
+        return torch.from_numpy(ds.raw[: args.limit]).to(dev), torch.from_numpy(labels).to(dev)
+
+    x_train, y_train = split(True)
+    x_test, y_test = split(False)
     model = torch_resnet(torch, args.depth, 1, 10).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                           nesterov=args.nesterov, weight_decay=args.weight_decay)  # fmt: skip

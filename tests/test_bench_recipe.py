@@ -3,6 +3,7 @@ augmentation is RandomCrop(padding) + RandomHorizontalFlip: a shift with a black
 optional mirror."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_trains_and_reports_each_epoch(recipe, capsys):
     from fastcnn import data
 
     folder = data.DEBIAN_DIR
-    if not recipe.os.path.exists(folder):
+    if not os.path.isdir(folder):
         pytest.skip("Fashion-MNIST is not installed")
     args = ["--epochs", "1", "--limit", "1000", "--nesterov", "--label-smoothing", "0.1"]
     assert recipe.main(args + ["--data", folder, "--tag", "t"]) == 0
