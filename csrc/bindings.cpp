@@ -573,14 +573,22 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_conv_algorithm", [](const std::string& name) {
     if (name == "auto")
       fastcnn::set_conv_algorithm(fastcnn::ConvAlgorithm::kAuto);
+    else if (name == "indirect")
+      fastcnn::set_conv_algorithm(fastcnn::ConvAlgorithm::kIndirect);
     else if (name == "im2col")
       fastcnn::set_conv_algorithm(fastcnn::ConvAlgorithm::kIm2col);
     else
-      value_error("conv algorithm must be 'auto' or 'im2col', got '" + name + "'");
+      value_error("conv algorithm must be 'auto', 'indirect' or 'im2col', got '" + name + "'");
   });
-  m.def("conv_algorithm", [] {
-    return std::string(fastcnn::conv_algorithm() == fastcnn::ConvAlgorithm::kAuto ? "auto"
-                                                                                  : "im2col");
+  m.def("conv_algorithm", []() -> std::string {
+    switch (fastcnn::conv_algorithm()) {
+      case fastcnn::ConvAlgorithm::kAuto:
+        return "auto";
+      case fastcnn::ConvAlgorithm::kIndirect:
+        return "indirect";
+      default:
+        return "im2col";
+    }
   });
   m.def("gemm_kernels", &fastcnn::gemm_supported_kernels);
   m.def("gemm_kernel_table", [] {

@@ -565,13 +565,15 @@ def sgemm(a, b, trans_a=False, trans_b=False):
 
 
 def set_conv_algorithm(name: str) -> None:
-    """ "auto" (default: the indirect NHWC kernels where they apply) or "im2col" (the reference
+    """ "auto" (default: Winograd's F(2x2, 5x5) for 5x5 stride-1 layers and the indirect NHWC
+    kernels where they apply), "indirect" (the same without Winograd) or "im2col" (the reference
     path: im2col + SGEMM, col2im), for tests and benchmarks."""
     _C.set_conv_algorithm(name)
 
 
 def conv_algorithm() -> str:
-    """The convolution algorithm in use: "auto" or "im2col" (see set_conv_algorithm)."""
+    """The convolution algorithm in use: "auto", "indirect" or "im2col" (see
+    set_conv_algorithm)."""
     return _C.conv_algorithm()
 
 

@@ -54,9 +54,10 @@ def gemm_kernel(request):
     ops.set_gemm_kernel(previous)
 
 
-@pytest.fixture(params=["auto", "im2col"])
+@pytest.fixture(params=["auto", "indirect", "im2col"])
 def conv_algorithm(request):
-    """Run a conv test on both algorithms: the indirect NHWC kernels and the im2col reference."""
+    """Run a conv test on every algorithm: Winograd and the indirect NHWC kernels, the indirect
+    kernels alone, and the im2col reference."""
     from fastcnn import ops
 
     previous = ops.conv_algorithm()

@@ -85,10 +85,15 @@ _ROW_SKIP = (
     "is NaN; the im2col path, the reference and PyTorch's native conv give NaN there too)"
 )
 KNOWN_CONV = {
-    **{("generic", "auto", "strided", "w", v): _PAD_SKIP for v in ("nan", "+inf", "-inf")},
     **{
-        (k, "auto", "wide", "w", v): _ROW_SKIP
+        ("generic", a, "strided", "w", v): _PAD_SKIP
+        for a in ("auto", "indirect")
+        for v in ("nan", "+inf", "-inf")
+    },
+    **{
+        (k, a, "wide", "w", v): _ROW_SKIP
         for k in ("avx512", "avx2", "generic", "generic-avx512", "generic-avx2")
+        for a in ("auto", "indirect")
         for v in ("nan", "+inf", "-inf")
     },
 }

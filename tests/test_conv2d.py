@@ -67,6 +67,14 @@ CASES = [
     # Output pixels (the im2col GEMM's columns) filling 16 of the last 32-wide panel:
     (2, 17, 8, 8, 6, 5, 5, 2, 2),  # 4x4 output, strided
     (1, 1, 12, 12, 4, 5, 5, 1, 2),  # 144 pixels; dx of one input channel
+    # Winograd's F(2x2, 5x5) (5x5, stride 1, where the indirect kernel applies): odd output
+    # sizes (a last row and column of half-used tiles), batch 1 (threads split the tile blocks),
+    # every padding up to 4, channels past a panel, more tiles than a block:
+    (1, 16, 7, 9, 16, 5, 5, 1, 2),
+    (2, 19, 9, 6, 35, 5, 5, 1, 1),
+    (3, 16, 5, 5, 48, 5, 5, 1, 4),
+    (1, 64, 12, 12, 16, 5, 5, 1, 0),
+    (2, 24, 8, 11, 20, 5, 5, 1, 3),
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
@@ -121,6 +129,73 @@ def test_forward_out_is_overwritten(case, gemm_kernel, rng):
     np.testing.assert_array_equal(
         out, ops.conv2d_forward(x, w, None, stride=stride, padding=padding)
     )
+
+
+WINOGRAD = (2, 32, 14, 14, 64, 5, 5, 1, 2)  # SeedNet conv2: Winograd forward and dx
+
+
+def test_winograd_runs_where_it_applies(gemm_kernel, rng):
+    """Winograd's rounding differs from the direct sums': "auto" (Winograd) and "indirect"
+    disagree in the last bits, both within the reference's tolerance."""
+    x, w, b, stride, padding = make(rng, WINOGRAD)
+    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32)
+    got = {}
+    for algorithm in ("auto", "indirect"):
+        ops.set_conv_algorithm(algorithm)
+        try:
+            y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+            dx, _, _ = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+        finally:
+            ops.set_conv_algorithm("auto")
+        got[algorithm] = y, dx
+    ref_y = ref.conv2d_forward(x, w, b, stride, padding)
+    ref_dx = ref.conv2d_backward(x, w, dy, stride, padding)[0]
+    for i, expect in enumerate((ref_y, ref_dx)):
+        ref.assert_close(got["auto"][i], expect)
+        ref.assert_close(got["indirect"][i], expect)
+        assert not np.array_equal(got["auto"][i], got["indirect"][i])
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["x", "w", "dy"])
+def test_winograd_non_finite_gives_the_direct_result(bad, where, gemm_kernel, rng):
+    """Winograd's transforms would spread an Inf or NaN over whole 2x2 tiles: where any output
+    is not finite, the direct kernel's result is returned, the Inf and NaN exactly where the
+    direct sums put them."""
+    x, w, b, stride, padding = make(rng, WINOGRAD)
+    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32)
+    target = {"x": x, "w": w, "dy": dy}[where]
+    target[1, 3, 4, min(7, target.shape[3] - 1)] = bad
+    got = {}
+    for algorithm in ("auto", "indirect"):
+        ops.set_conv_algorithm(algorithm)
+        try:
+            y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+            dx, _, _ = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+        finally:
+            ops.set_conv_algorithm("auto")
+        got[algorithm] = y, dx
+    for i in {"x": [0], "w": [0, 1], "dy": [1]}[where]:  # y, dx: those it reaches
+        np.testing.assert_array_equal(got["auto"][i], got["indirect"][i])
+    if where == "x" and not np.isfinite(bad):  # the outputs whose window holds it, no more
+        expect = np.zeros(got["auto"][0].shape, bool)
+        expect[1, :, 2:7, 5:10] = True
+        np.testing.assert_array_equal(~np.isfinite(got["auto"][0]), expect)
+
+
+@pytest.mark.parametrize("huge", [1e37, 3e38])
+def test_winograd_huge_values(huge, gemm_kernel, rng):
+    """A huge finite input: Winograd's result where its transforms stay finite (errors then
+    scale with the largest value in a tile's window, as the reference tolerance allows), the
+    direct kernel's where they overflow (3e38: direct sums that stay finite must not become Inf)."""
+    x, w, b, stride, padding = make(rng, WINOGRAD)
+    w *= np.float32(0.05)
+    x[1, 3, 4, 7] = huge
+    y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    expect = ref.conv2d_forward(x, w, b, stride, padding)
+    assert np.isfinite(expect).all()
+    assert np.isfinite(y).all()
+    ref.assert_close(y, expect, name="y")
 
 
 @pytest.mark.parametrize("case", CASES[1::4], ids=str)

@@ -255,20 +255,24 @@ def test_synchronised_batchnorm_is_batchnorm_of_the_whole_batch(rng, relu, resid
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_ranks_compute_what_one_process_computes(tmp_path, ranks):
-    # 200 images at 16 x ranks per step: a last batch smaller than the others (8 images).
-    ok(alone(tmp_path / "one", "--batch", str(16 * ranks)))
-    ok(mpirun(ranks, tmp_path / "many", "--batch", str(16 * ranks)))
+    # 200 images at 16 x ranks per step: a last batch smaller than the others (8 images). One
+    # epoch: the ranks add their gradients in another order than one process, and over more
+    # steps a ReLU or max-pool decision within rounding of its threshold flips now and then,
+    # which SGD spreads over every weight (1e-3 after 2 epochs at lr 0.06, 3 ranks).
+    args = ("--batch", str(16 * ranks), "--epochs", "1")
+    ok(alone(tmp_path / "one", *args))
+    ok(mpirun(ranks, tmp_path / "many", *args))
     one, h1 = weights(tmp_path / "one")
     for rank in range(ranks):  # every rank holds the same weights, those of one process
         many, hn = weights(tmp_path / "many", rank)
         assert_weights_close(many, one, rtol=1e-4)
-    assert len(hn) == len(h1) == 2
+    assert len(hn) == len(h1) == 1
     for a, b in zip(h1, hn):  # the history holds the whole job's figures
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["accuracy"] == a["accuracy"]
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
         assert b["val_accuracy"] == a["val_accuracy"]
-    assert h1[-1]["val_accuracy"] > 0.3  # it learned (ten classes: chance is 0.1)
+    assert h1[-1]["val_loss"] < np.log(10)  # it learned: below a uniform guess's loss
 
 
 @needs_mpi

@@ -25,6 +25,7 @@
 // with T = kh*kw taps, P = OH*OW output pixels. A strided 1x1 convolution without padding runs
 // as the stride-1 convolution of the pixels it reads, gathered first (see strided_pointwise).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -32,6 +33,7 @@
 #include "cpu/gemm/gemm.h"
 #include "cpu/gemm/gemm_driver.h"
 #include "cpu/ops.h"
+#include "cpu/winograd.h"
 
 #ifdef FASTCNN_OPENMP
 #include <omp.h>
@@ -48,7 +50,20 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::kAuto;
 
 // Scratch owned by the calling thread, one vector per purpose, grown once: a training step
 // reuses it and allocates nothing.
-enum Slot { kCol, kPad, kPacked, kBias, kDw, kDyPanels, kDwPartials, kStrided, kStridedDx, kSlots };
+enum Slot {
+  kCol,
+  kPad,
+  kPacked,
+  kBias,
+  kDw,
+  kDyPanels,
+  kDwPartials,
+  kStrided,
+  kStridedDx,
+  kWinogradFilters,
+  kWinogradBlock,
+  kSlots
+};
 // Floats the weight gradient may hold in partial sums (8 MB), see dw_indirect.
 constexpr int64_t kDwPartialFloats = 2 * 1024 * 1024;
 
@@ -350,7 +365,7 @@ void indirect_tiles(const GemmKernel& k, const Indirect& cv, const float* xp,
     const int64_t ki1 = std::clamp<int64_t>(cv.H + cv.ph - oh1 * cv.sh, ki0, cv.kh);
     k.conv(ki1 - ki0, cv.kw * cv.C, pix, row_off + ki0,
            Wp + (panel * T + ki0 * cv.kw) * cv.C * k.cnr, bias ? bias + panel * k.cnr : nullptr,
-           relu, y + panel * k.cnr * P + p0, P, m, n);
+           relu, y + panel * k.cnr * P + p0, P, 1, m, n);
   }
 }
 
@@ -399,9 +414,134 @@ float* pack_filters(const GemmKernel& k, int64_t O, int64_t C, int64_t T, At at)
   return Wp;
 }
 
+// ---- Winograd path: 5x5, stride 1 (see winograd.h) ------------------------------------------
+
+// F(2x2, 5x5) runs a 5x5 stride-1 layer that the indirect kernel would (SeedNet's conv2 and its
+// dx: forward 1.9x and dx 1.8x as fast on Zen 4; see bench/RESULTS.md).
+bool use_winograd(const GemmKernel& k, const Indirect& cv) {
+  return g_algorithm == ConvAlgorithm::kAuto && k.cnr <= 64 && cv.kh == 5 && cv.kw == 5 &&
+         cv.sh == 1 && cv.sw == 1;
+}
+
+// Transformed filters for the convolution kernel: Up[((xi*panels + q)*C + c)*cnr + j] = point xi
+// of G f G^T for the filter f(t) = at(o, c, t) of output channel o = q*cnr + j (zero past O).
+template <class At>
+float* pack_winograd_filters(const GemmKernel& k, int64_t O, int64_t C, At at) {
+  const int64_t panels = (O + k.cnr - 1) / k.cnr, ldu = panels * C * k.cnr;
+  float* Up = scratch(kWinogradFilters, kWinogradPoints * ldu);
+  parallel_range(panels * C, num_threads(), [&](int64_t b, int64_t e) {
+    float f[25 * 64];  // a panel's filters side by side (cnr <= 64)
+    for (int64_t qc = b; qc < e; ++qc) {
+      const int64_t q = qc / C, c = qc % C;
+      for (int t = 0; t < 25; ++t)
+        for (int64_t j = 0; j < k.cnr; ++j) {
+          const int64_t o = q * k.cnr + j;
+          f[t * k.cnr + j] = o < O ? at(o, c, t) : 0.f;
+        }
+      winograd5_filters(f, k.cnr, Up + qc * k.cnr, ldu);
+    }
+  });
+  return Up;
+}
+
+// Blocks [b0, b1) of k.cmr 2x2 output tiles of one image (tiles row-major over the TH x TW
+// grid): each tile's 6x6 input block transformed (V), the 36 products V . U by the convolution
+// kernel into M (a tile's channels side by side), then A^T M A, bias and ReLU into y's NCHW
+// planes. xp: the image, NHWC, zero-bordered far enough for every tile's block. False if an
+// output was Inf or NaN (then the caller runs the direct kernel instead, whose Inf and NaN
+// reach only the outputs they should: the transforms would spread them over whole tiles).
+bool winograd_blocks(const GemmKernel& k, const Indirect& cv, const Indirect& pad, const float* xp,
+                     const float* Up, const float* bias, bool relu, float* y, int64_t b0,
+                     int64_t b1) {
+  const int64_t C = cv.C, O = cv.O, OH = cv.OH, OW = cv.OW, P = OH * OW;
+  const int64_t TW = (OW + 1) / 2, tiles = (OH + 1) / 2 * TW;
+  const int64_t panels = (O + k.cnr - 1) / k.cnr, Opad = panels * k.cnr, row = pad.Wp() * C;
+  const int64_t v_size = k.cmr * kWinogradPoints * C, m_size = kWinogradPoints * k.cmr * Opad;
+  float* V = scratch(kWinogradBlock, v_size + kWinogradPoints * C + m_size + 4 * k.cmr * Opad);
+  float* tmp = V + v_size;
+  float* M = tmp + kWinogradPoints * C;
+  float* out = M + m_size;
+  // The kernel writes n < cnr channels of the last panel: the rest stays zero, read but unused.
+  if (Opad != O) std::fill(M, M + m_size, 0.f);
+  const float* pix[64];
+  int64_t toff[kWinogradPoints];  // V[i][xi][c]: tile i's point xi is at pix[i] + xi*C
+  for (int xi = 0; xi < kWinogradPoints; ++xi) toff[xi] = xi * C;
+  bool finite = true;
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int64_t t0 = blk * k.cmr;
+    const int m = static_cast<int>(std::min<int64_t>(k.cmr, tiles - t0));
+    for (int i = 0; i < m; ++i) {
+      const int64_t th = (t0 + i) / TW, tw = (t0 + i) % TW;
+      winograd5_input(xp + (2 * th * pad.Wp() + 2 * tw) * C, row, C, V + i * kWinogradPoints * C, C,
+                      tmp);
+    }
+    for (int i = 0; i < k.cmr; ++i) pix[i] = V + (i < m ? i : 0) * kWinogradPoints * C;
+    for (int xi = 0; xi < kWinogradPoints; ++xi)
+      for (int64_t q = 0; q < panels; ++q) {
+        const int n = static_cast<int>(std::min<int64_t>(k.cnr, O - q * k.cnr));
+        k.conv(1, C, pix, toff + xi, Up + (xi * panels + q) * C * k.cnr, nullptr, false,
+               M + xi * k.cmr * Opad + q * k.cnr, 1, Opad, m, n);
+      }
+    const int64_t count = m * Opad;
+    finite &= winograd5_output(M, k.cmr * Opad, count, out);
+    for (int i = 0; i < m; ++i) {
+      const int64_t th = (t0 + i) / TW, tw = (t0 + i) % TW;
+      for (int q = 0; q < 4; ++q) {
+        const int64_t oh = 2 * th + q / 2, ow = 2 * tw + q % 2;
+        if (oh >= OH || ow >= OW) continue;
+        const float* src = out + q * count + i * Opad;
+        float* dst = y + oh * OW + ow;
+        for (int64_t o = 0; o < O; ++o) {
+          const float v = src[o] + (bias ? bias[o] : 0.f);
+          dst[o * P] = relu && v < 0.f ? 0.f : v;
+        }
+      }
+    }
+  }
+  return finite;
+}
+
+// All images: x (N, C, H, W) -> y (N, O, OH, OW) by F(2x2, 5x5), with Up from
+// pack_winograd_filters. False if an output was Inf or NaN (y is then to be recomputed).
+bool winograd_batch(const GemmKernel& k, const Indirect& cv, int64_t N, const float* x,
+                    const float* Up, const float* bias, bool relu, float* y) {
+  const int threads = num_threads();
+  const int64_t in_size = cv.C * cv.H * cv.W, out_size = cv.O * cv.OH * cv.OW;
+  const int64_t tiles = (cv.OH + 1) / 2 * ((cv.OW + 1) / 2);
+  const int64_t blocks = (tiles + k.cmr - 1) / k.cmr;
+  Indirect pad = cv;  // the padding reaching every tile's 6x6 block (one more row, column if odd)
+  pad.OH = (cv.OH + 1) / 2 * 2, pad.OW = (cv.OW + 1) / 2 * 2;
+  std::atomic<bool> finite{true};
+  if (N >= threads || threads == 1) {  // whole images per thread
+    parallel_chunks(N, 1, threads, [&](int64_t b, int64_t e) {
+      float* xp = scratch(kPad, pad.padded_size());
+      for (int64_t n = b; n < e; ++n) {
+        pad_nhwc(pad, x + n * in_size, xp);
+        if (!winograd_blocks(k, cv, pad, xp, Up, bias, relu, y + n * out_size, 0, blocks))
+          finite.store(false, std::memory_order_relaxed);
+      }
+    });
+    return finite.load();
+  }
+  float* xp = scratch(kPad, pad.padded_size());  // few images: threads split each image's blocks
+  for (int64_t n = 0; n < N; ++n) {
+    pad_nhwc(pad, x + n * in_size, xp);
+    parallel_range(blocks, threads, [&](int64_t b, int64_t e) {
+      if (!winograd_blocks(k, cv, pad, xp, Up, bias, relu, y + n * out_size, b, e))
+        finite.store(false, std::memory_order_relaxed);
+    });
+  }
+  return finite.load();
+}
+
 void forward_indirect(const GemmKernel& k, const Window2d& g, const float* x, const float* w,
                       const float* b, float* y, bool relu) {
   const int64_t T = g.kh * g.kw;
+  if (use_winograd(k, Indirect::of(g))) {
+    const float* Up = pack_winograd_filters(
+        k, g.O, g.C, [&](int64_t o, int64_t c, int t) { return w[(o * g.C + c) * T + t]; });
+    if (winograd_batch(k, Indirect::of(g), g.N, x, Up, b, relu, y)) return;
+  }
   const float* Wp = pack_filters(
       k, g.O, g.C, T, [&](int64_t o, int64_t c, int64_t t) { return w[(o * g.C + c) * T + t]; });
   float* bias = nullptr;
@@ -418,11 +558,15 @@ void forward_indirect(const GemmKernel& k, const Window2d& g, const float* x, co
 void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const float* dy,
                  float* dx) {
   const int64_t T = g.kh * g.kw;
-  const float* Wp = pack_filters(k, g.C, g.O, T, [&](int64_t c, int64_t o, int64_t t) {
+  const auto flipped = [&](int64_t c, int64_t o, int64_t t) {
     return w[(o * g.C + c) * T + (T - 1 - t)];
-  });
+  };
   Indirect cv{g.O, g.OH, g.OW, g.kh - 1 - g.ph, g.kw - 1 - g.pw, g.kh, g.kw, 1, 1, g.C, g.H, g.W};
-  indirect_batch(k, cv, g.N, dy, Wp, nullptr, false, dx);
+  if (use_winograd(k, cv) &&
+      winograd_batch(k, cv, g.N, dy, pack_winograd_filters(k, g.C, g.O, flipped), nullptr, false,
+                     dx))
+    return;
+  indirect_batch(k, cv, g.N, dy, pack_filters(k, g.C, g.O, T, flipped), nullptr, false, dx);
 }
 
 // src (rows x cols) into dst's every sh-th row and sw-th column, dst's rows W apart.
@@ -770,12 +914,13 @@ void dw_direct(const GemmKernel& k, const Window2d& g, const float* x, const flo
 }
 
 bool use_direct(const GemmKernel& k, const Window2d& g) {
-  return g_algorithm == ConvAlgorithm::kAuto && k.direct_fwd && g.C <= 4 && g.kw <= kDirectMaxKw &&
-         g.kh <= kDirectMaxKw && g.sw <= 3;
+  return g_algorithm != ConvAlgorithm::kIm2col && k.direct_fwd && g.C <= 4 &&
+         g.kw <= kDirectMaxKw && g.kh <= kDirectMaxKw && g.sw <= 3;
 }
 
 bool use_indirect(const GemmKernel& k, int64_t out_channels) {
-  return g_algorithm == ConvAlgorithm::kAuto && k.conv && k.cmr <= 64 && out_channels * 2 >= k.cnr;
+  return g_algorithm != ConvAlgorithm::kIm2col && k.conv && k.cmr <= 64 &&
+         out_channels * 2 >= k.cnr;
 }
 
 }  // namespace
@@ -813,7 +958,7 @@ const GemmKernel& dw_kernel(const GemmKernel& k, int64_t C) {
 // quarter of it, and dx went through im2col; gathered, ResNet-8's 16->32 shortcut at 2 threads
 // ran 1.2x faster forward and 1.1x backward at 28x28 batch 64, 1.9x and 1.5x at 32x32 batch 128.)
 bool strided_pointwise(const Window2d& g, Window2d* gs) {
-  if (g_algorithm != ConvAlgorithm::kAuto || g.kh != 1 || g.kw != 1 || g.ph != 0 || g.pw != 0 ||
+  if (g_algorithm == ConvAlgorithm::kIm2col || g.kh != 1 || g.kw != 1 || g.ph != 0 || g.pw != 0 ||
       (g.sh == 1 && g.sw == 1))
     return false;
   *gs = g;

@@ -10,8 +10,9 @@
 namespace fastcnn {
 
 // ---- conv2d.cpp -------------------------------------------------------------------------------
-// kAuto: the indirect NHWC kernels where they apply; kIm2col: always the im2col reference path.
-enum class ConvAlgorithm { kAuto, kIm2col };
+// kAuto: Winograd's F(2x2, 5x5) and the indirect NHWC kernels where they apply; kIndirect: the
+// same without Winograd; kIm2col: always the im2col reference path.
+enum class ConvAlgorithm { kAuto, kIndirect, kIm2col };
 void set_conv_algorithm(ConvAlgorithm a);
 ConvAlgorithm conv_algorithm();
 // x: (N, C, H, W); w: (O, C, kh, kw); b: (O,) or null; y: (N, O, OH, OW).

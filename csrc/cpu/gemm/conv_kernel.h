@@ -13,7 +13,7 @@ namespace fastcnn {
 template <int MR, int NR>
 void conv_kernel_portable(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
                           const float* Wp, const float* bias, bool relu, float* y, int64_t ldy,
-                          int m, int n) {
+                          int64_t ldp, int m, int n) {
   float acc[MR][NR] = {};
   const float* w = Wp;
   for (int64_t t = 0; t < T; ++t) {
@@ -29,7 +29,7 @@ void conv_kernel_portable(int64_t T, int64_t C, const float* const* pix, const i
     const float b = bias ? bias[j] : 0.f;
     for (int i = 0; i < m; ++i) {
       const float v = acc[i][j] + b;
-      y[j * ldy + i] = relu && v < 0.f ? 0.f : v;
+      y[j * ldy + i * ldp] = relu && v < 0.f ? 0.f : v;
     }
   }
 }

@@ -31,10 +31,12 @@ using MicroKernel = void (*)(int64_t K, const float* Ap, const float* Bp, float*
 //         floats it reads there (conv2d passes a tap row: kw taps of all channels, kw*C floats).
 //   Wp:   packed filters for CNR output channels: Wp[(t*C + c)*CNR + j].
 //   bias: CNR values (zero past n) or null; relu: max(0, .) after it.
-//   y:    the tile's first output, y[j*ldy + i] for channel j, pixel i (NCHW planes).
+//   y:    the tile's first output, y[j*ldy + i*ldp] for channel j, pixel i: NCHW planes
+//         (ldp 1), or a pixel's channels side by side (ldy 1, stored a row of the tile at a
+//         time; conv2d's Winograd products).
 using ConvKernel = void (*)(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
                             const float* Wp, const float* bias, bool relu, float* y, int64_t ldy,
-                            int m, int n);
+                            int64_t ldp, int m, int n);
 
 // Direct convolution for few input channels (SeedNet's conv1 has one), where neither im2col nor
 // the indirect kernel has enough work per tap. Geometry of one zero-padded NCHW image:

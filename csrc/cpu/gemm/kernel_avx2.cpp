@@ -103,7 +103,7 @@ constexpr int CMR = G.cmr, CNR = G.cnr;
 static_assert(CNR == 16, "the tile below is two ymm registers wide");
 
 void conv_avx2(int64_t T, int64_t C, const float* const* pix, const int64_t* toff, const float* Wp,
-               const float* bias, bool relu, float* y, int64_t ldy, int m, int n) {
+               const float* bias, bool relu, float* y, int64_t ldy, int64_t ldp, int m, int n) {
   __m256 c[CMR][2];
 #pragma GCC unroll 6
   for (int i = 0; i < CMR; ++i) c[i][0] = c[i][1] = _mm256_setzero_ps();
@@ -135,12 +135,20 @@ void conv_avx2(int64_t T, int64_t C, const float* const* pix, const int64_t* tof
       v0 = _mm256_andnot_ps(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ), v0);
       v1 = _mm256_andnot_ps(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ), v1);
     }
+    if (ldy == 1 && n == CNR) {  // a pixel's channels side by side: a row of the tile each
+      if (i < m) {
+        _mm256_storeu_ps(y + i * ldp, v0);
+        _mm256_storeu_ps(y + i * ldp + 8, v1);
+      }
+      continue;
+    }
     _mm256_store_ps(tile[i], v0);
     _mm256_store_ps(tile[i] + 8, v1);
   }
+  if (ldy == 1 && n == CNR) return;
   for (int j = 0; j < n; ++j) {
     float* yj = y + j * ldy;
-    for (int i = 0; i < m; ++i) yj[i] = tile[i][j];
+    for (int i = 0; i < m; ++i) yj[i * ldp] = tile[i][j];
   }
 }
 

@@ -102,8 +102,8 @@ static_assert(CNR == 32 && CMR == 12, "the tile below is up to 12 rows of two zm
 
 template <int R>
 void conv_avx512_rows(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
-                      const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int m,
-                      int n) {
+                      const float* Wp, const float* bias, bool relu, float* y, int64_t ldy,
+                      int64_t ldp, int m, int n) {
   __m512 c[R][2];
   for (int i = 0; i < R; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   const float* w = Wp;
@@ -125,27 +125,39 @@ void conv_avx512_rows(int64_t T, int64_t C, const float* const* pix, const int64
   const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
   const __m512 zero = _mm512_setzero_ps();
   alignas(64) float tile[R][CNR];
+  const __mmask16 lanes0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+  const __mmask16 lanes1 = n >= 32   ? 0xFFFF
+                           : n <= 16 ? 0
+                                     : static_cast<__mmask16>((1u << (n - 16)) - 1);
   for (int i = 0; i < R; ++i) {
     __m512 v0 = _mm512_add_ps(c[i][0], bias0), v1 = _mm512_add_ps(c[i][1], bias1);
     if (relu) {  // v < 0 ? 0 : v (NaN passes, as in every fastcnn ReLU)
       v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ), v0);
       v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, zero, _CMP_NLT_UQ), v1);
     }
+    if (ldy == 1) {  // a pixel's channels side by side: a row of the tile each, n lanes
+      if (i < m) {
+        _mm512_mask_storeu_ps(y + i * ldp, lanes0, v0);
+        _mm512_mask_storeu_ps(y + i * ldp + 16, lanes1, v1);
+      }
+      continue;
+    }
     _mm512_store_ps(tile[i], v0);
     _mm512_store_ps(tile[i] + 16, v1);
   }
+  if (ldy == 1) return;
   for (int j = 0; j < n; ++j) {
     float* yj = y + j * ldy;
-    for (int i = 0; i < m; ++i) yj[i] = tile[i][j];
+    for (int i = 0; i < m; ++i) yj[i * ldp] = tile[i][j];
   }
 }
 
 void conv_avx512(int64_t T, int64_t C, const float* const* pix, const int64_t* toff,
-                 const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int m,
-                 int n) {
-  if (m <= 4) return conv_avx512_rows<4>(T, C, pix, toff, Wp, bias, relu, y, ldy, m, n);
-  if (m <= 8) return conv_avx512_rows<8>(T, C, pix, toff, Wp, bias, relu, y, ldy, m, n);
-  conv_avx512_rows<CMR>(T, C, pix, toff, Wp, bias, relu, y, ldy, m, n);
+                 const float* Wp, const float* bias, bool relu, float* y, int64_t ldy, int64_t ldp,
+                 int m, int n) {
+  if (m <= 4) return conv_avx512_rows<4>(T, C, pix, toff, Wp, bias, relu, y, ldy, ldp, m, n);
+  if (m <= 8) return conv_avx512_rows<8>(T, C, pix, toff, Wp, bias, relu, y, ldy, ldp, m, n);
+  conv_avx512_rows<CMR>(T, C, pix, toff, Wp, bias, relu, y, ldy, ldp, m, n);
 }
 
 // Direct convolution (few input channels, unit stride; see DirectFwd in gemm.h): a row of up

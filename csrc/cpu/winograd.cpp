@@ -1,0 +1,118 @@
+// The transforms of F(2x2, 5x5), see winograd.h. The input and output transforms are loops over
+// channels (or products) that the compiler vectorises, built for AVX-512 and AVX2 as well
+// (FASTCNN_ELEMENTWISE). Each is a pass over rows then over columns, with the 1-D transforms
+//   B^T d: 4d0 - 5d2 + d4, (d3 + d4) - 4(d1 + d2), (d4 - d3) + 4(d1 - d2),
+//          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
+//   A^T m: m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2(m3 - m4) + m5
+//   G f:   f0/4, -(f0+f1+f2+f3+f4)/6, -(f0-f1+f2-f3+f4)/6, (f0+2f1+4f2+8f3+16f4)/24,
+//          (f0-2f1+4f2-8f3+16f4)/24, f4
+#include "cpu/winograd.h"
+
+#include <cfloat>
+#include <cmath>
+
+#include "cpu/common.h"
+
+namespace fastcnn {
+
+namespace {
+
+// G f of five values, into u[0..5].
+inline void filter_1d(double f0, double f1, double f2, double f3, double f4, double* u) {
+  u[0] = f0 / 4;
+  u[1] = -(f0 + f1 + f2 + f3 + f4) / 6;
+  u[2] = -(f0 - f1 + f2 - f3 + f4) / 6;
+  u[3] = (f0 + 2 * f1 + 4 * f2 + 8 * f3 + 16 * f4) / 24;
+  u[4] = (f0 - 2 * f1 + 4 * f2 - 8 * f3 + 16 * f4) / 24;
+  u[5] = f4;
+}
+
+// B^T d over C channels: six input rows (d[r] + c) to six output rows (v[x] + c). Inlined into
+// each of winograd5_input's ISA clones.
+inline void input_1d(const float* const* d, float* const* v, int64_t C) {
+  const float* __restrict d0 = d[0], * __restrict d1 = d[1], * __restrict d2 = d[2];
+  const float* __restrict d3 = d[3], * __restrict d4 = d[4], * __restrict d5 = d[5];
+  float* __restrict v0 = v[0], * __restrict v1 = v[1], * __restrict v2 = v[2];
+  float* __restrict v3 = v[3], * __restrict v4 = v[4], * __restrict v5 = v[5];
+#pragma GCC ivdep
+  for (int64_t c = 0; c < C; ++c) {
+    const float a = d4[c] - d2[c], b = d3[c] - d1[c];
+    v0[c] = 4.f * d0[c] - 5.f * d2[c] + d4[c];
+    v1[c] = (d3[c] + d4[c]) - 4.f * (d1[c] + d2[c]);
+    v2[c] = (d4[c] - d3[c]) + 4.f * (d1[c] - d2[c]);
+    v3[c] = a + 2.f * b;
+    v4[c] = a - 2.f * b;
+    v5[c] = 4.f * d1[c] - 5.f * d3[c] + d5[c];
+  }
+}
+
+}  // namespace
+
+FASTCNN_ELEMENTWISE
+void winograd5_filters(const float* f, int64_t count, float* u, int64_t ldu) {
+#pragma GCC ivdep
+  for (int64_t j = 0; j < count; ++j) {  // vectorised over the filters
+    double t[6][5];                      // G f: 6 rows of 5
+#pragma GCC unroll 5
+    for (int c = 0; c < 5; ++c) {
+      double g[6];
+      filter_1d(f[c * count + j], f[(5 + c) * count + j], f[(10 + c) * count + j],
+                f[(15 + c) * count + j], f[(20 + c) * count + j], g);
+#pragma GCC unroll 6
+      for (int r = 0; r < 6; ++r) t[r][c] = g[r];
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; ++r) {
+      double g[6];
+      filter_1d(t[r][0], t[r][1], t[r][2], t[r][3], t[r][4], g);
+#pragma GCC unroll 6
+      for (int s = 0; s < 6; ++s) u[(6 * r + s) * ldu + j] = static_cast<float>(g[s]);
+    }
+  }
+}
+
+FASTCNN_ELEMENTWISE
+void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp) {
+  const float* src[6];
+  float* dst[6];
+  // Columns s: tmp[(6x + s) * C + c] = (B^T d)[x][s].
+  for (int s = 0; s < 6; ++s) {
+    for (int r = 0; r < 6; ++r) src[r] = d + r * row + s * C, dst[r] = tmp + (6 * r + s) * C;
+    input_1d(src, dst, C);
+  }
+  // Rows x: V[6x + y] = (B^T d B)[x][y].
+  for (int x = 0; x < 6; ++x) {
+    for (int s = 0; s < 6; ++s) src[s] = tmp + (6 * x + s) * C, dst[s] = V + (6 * x + s) * ldv;
+    input_1d(src, dst, C);
+  }
+}
+
+FASTCNN_ELEMENTWISE
+bool winograd5_output(const float* M, int64_t ldm, int64_t count, float* out) {
+  float* __restrict y00 = out, * __restrict y01 = out + count;
+  float* __restrict y10 = out + 2 * count, * __restrict y11 = out + 3 * count;
+  int bad = 0;
+#pragma GCC ivdep
+  for (int64_t e = 0; e < count; ++e) {
+    float s0[6], s1[6];  // A^T over the rows, for each column
+#pragma GCC unroll 6
+    for (int c = 0; c < 6; ++c) {
+      const float* m = M + c * ldm + e;
+      const float m0 = m[0], m1 = m[6 * ldm], m2 = m[12 * ldm], m3 = m[18 * ldm];
+      const float m4 = m[24 * ldm], m5 = m[30 * ldm];
+      s0[c] = m0 + m1 + m2 + m3 + m4;
+      s1[c] = (m1 - m2) + 2.f * (m3 - m4) + m5;
+    }
+    const float a = s0[0] + s0[1] + s0[2] + s0[3] + s0[4];
+    const float b = (s0[1] - s0[2]) + 2.f * (s0[3] - s0[4]) + s0[5];
+    const float c = s1[0] + s1[1] + s1[2] + s1[3] + s1[4];
+    const float d = (s1[1] - s1[2]) + 2.f * (s1[3] - s1[4]) + s1[5];
+    y00[e] = a, y01[e] = b, y10[e] = c, y11[e] = d;
+    // Inf or NaN anywhere: |v| <= FLT_MAX is false for both.
+    bad |= !(std::fabs(a) <= FLT_MAX) | !(std::fabs(b) <= FLT_MAX) | !(std::fabs(c) <= FLT_MAX) |
+           !(std::fabs(d) <= FLT_MAX);
+  }
+  return bad == 0;
+}
+
+}  // namespace fastcnn

@@ -1,0 +1,34 @@
+// Winograd's minimal filtering F(2x2, 5x5) (Lavin and Gray, "Fast Algorithms for Convolutional
+// Neural Networks", 2016), for conv2d's 5x5 stride-1 layers: a 2x2 block of outputs from a 6x6
+// block of the input, with 36 products a pair of channels where the direct sum takes 100.
+//
+//   U = G f G^T      a 5x5 filter f, transformed once a call (6x6, in double)
+//   V = B^T d B      a 6x6 input block d, one per channel
+//   M = sum over input channels of U .* V    (36 products of V's rows by U: conv2d runs them
+//                                              through the convolution micro-kernel)
+//   Y = A^T M A      the 2x2 outputs
+//
+// with the interpolation points 0, 1, -1, 2, -2 and infinity. Point xi = 6*r + s of a 6x6 array
+// is its row r, column s.
+#pragma once
+
+#include <cstdint>
+
+namespace fastcnn {
+
+constexpr int kWinogradPoints = 36;
+
+// u[xi * ldu + j] = (G f_j G^T)[xi] for `count` 5x5 filters side by side: f_j's tap
+// t = 5*row + column at f[t * count + j]. Computed in double.
+void winograd5_filters(const float* f, int64_t count, float* u, int64_t ldu);
+
+// V[xi * ldv + c] = (B^T d B)[xi] of channel c < C, for the 6x6 block whose top-left pixel's
+// channels are at d (NHWC: a pixel's C channels side by side, rows `row` floats apart). tmp:
+// 36 * C floats of scratch.
+void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp);
+
+// out[q * count + e] = (A^T M A)[q] of the 6x6 array M[xi * ldm + e], for e < count and the
+// four outputs q = 2*row + column. Returns false if any output is Inf or NaN.
+bool winograd5_output(const float* M, int64_t ldm, int64_t count, float* out);
+
+}  // namespace fastcnn
