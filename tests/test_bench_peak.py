@@ -37,6 +37,16 @@ def test_a_conv_that_skips_padding_may_pass_the_nominal_peak_a_little(kernels):
     assert results[("conv2", "fwd", 2)]["torch"]["peak_share"] is None
 
 
+def test_fastcnn_convs_may_pass_the_peak_on_nominal_flops(kernels):
+    # Winograd's F(2x2, 5x5) does 36 products where the nominal count has 100: fastcnn's conv
+    # shares are reported, not used to judge the peak; a PyTorch conv that fast still is.
+    results = {("conv2", "fwd", 2): {"fastcnn": record(160.0), "torch": record(90.0)}}
+    assert kernels.settle_peaks(results, {2: {"gflops": 100.0}}) == []
+    assert results[("conv2", "fwd", 2)]["fastcnn"]["peak_share"] == pytest.approx(1.6)
+    results = {("conv2", "fwd", 2): {"fastcnn": record(90.0), "torch": record(160.0)}}
+    assert kernels.settle_peaks(results, {2: {"gflops": 100.0}}) == [2]
+
+
 def test_an_unknown_peak_gives_no_shares_and_no_warning(kernels):
     results = {("sgemm", "fwd", 1): {"fastcnn": record(70.0)}}
     assert kernels.settle_peaks(results, {1: {"gflops": None}}) == []
