@@ -134,26 +134,36 @@ def test_forward_out_is_overwritten(case, gemm_kernel, rng):
 WINOGRAD = (2, 32, 14, 14, 64, 5, 5, 1, 2)  # SeedNet conv2: Winograd forward and dx
 
 
-def test_winograd_runs_where_it_applies(gemm_kernel, rng):
-    """Winograd's rounding differs from the direct sums': "auto" (Winograd) and "indirect"
-    disagree in the last bits, both within the reference's tolerance."""
-    x, w, b, stride, padding = make(rng, WINOGRAD)
-    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32)
+def _auto_and_indirect(x, w, b, dy, stride, padding):
+    """{algorithm: (y, dx, dw)} for "auto" and "indirect"."""
     got = {}
     for algorithm in ("auto", "indirect"):
         ops.set_conv_algorithm(algorithm)
         try:
             y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
-            dx, _, _ = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+            dx, dw, _ = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
         finally:
             ops.set_conv_algorithm("auto")
-        got[algorithm] = y, dx
-    ref_y = ref.conv2d_forward(x, w, b, stride, padding)
-    ref_dx = ref.conv2d_backward(x, w, dy, stride, padding)[0]
-    for i, expect in enumerate((ref_y, ref_dx)):
-        ref.assert_close(got["auto"][i], expect)
-        ref.assert_close(got["indirect"][i], expect)
-        assert not np.array_equal(got["auto"][i], got["indirect"][i])
+        got[algorithm] = y, dx, dw
+    return got
+
+
+def test_winograd_runs_where_it_applies(gemm_kernel, rng):
+    """Winograd's rounding differs from the direct sums': "auto" (Winograd) and "indirect"
+    disagree in the last bits, both within the reference's tolerance (the weight gradient's
+    Winograd needs the in-place-B GEMM kernel, which the plain generic kernel lacks)."""
+    x, w, b, stride, padding = make(rng, WINOGRAD)
+    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32)
+    got = _auto_and_indirect(x, w, b, dy, stride, padding)
+    expect = (
+        ref.conv2d_forward(x, w, b, stride, padding),
+        *ref.conv2d_backward(x, w, dy, stride, padding)[:2],
+    )
+    for i, name in enumerate(("y", "dx", "dw")):
+        ref.assert_close(got["auto"][i], expect[i], name=name)
+        ref.assert_close(got["indirect"][i], expect[i], name=name)
+        winograd = name != "dw" or gemm_kernel != "generic"
+        assert np.array_equal(got["auto"][i], got["indirect"][i]) != winograd, name
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
@@ -166,16 +176,8 @@ def test_winograd_non_finite_gives_the_direct_result(bad, where, gemm_kernel, rn
     dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32)
     target = {"x": x, "w": w, "dy": dy}[where]
     target[1, 3, 4, min(7, target.shape[3] - 1)] = bad
-    got = {}
-    for algorithm in ("auto", "indirect"):
-        ops.set_conv_algorithm(algorithm)
-        try:
-            y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
-            dx, _, _ = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
-        finally:
-            ops.set_conv_algorithm("auto")
-        got[algorithm] = y, dx
-    for i in {"x": [0], "w": [0, 1], "dy": [1]}[where]:  # y, dx: those it reaches
+    got = _auto_and_indirect(x, w, b, dy, stride, padding)
+    for i in {"x": [0, 2], "w": [0, 1], "dy": [1, 2]}[where]:  # y, dx, dw: those it reaches
         np.testing.assert_array_equal(got["auto"][i], got["indirect"][i])
     if where == "x" and not np.isfinite(bad):  # the outputs whose window holds it, no more
         expect = np.zeros(got["auto"][0].shape, bool)
@@ -187,15 +189,21 @@ def test_winograd_non_finite_gives_the_direct_result(bad, where, gemm_kernel, rn
 def test_winograd_huge_values(huge, gemm_kernel, rng):
     """A huge finite input: Winograd's result where its transforms stay finite (errors then
     scale with the largest value in a tile's window, as the reference tolerance allows), the
-    direct kernel's where they overflow (3e38: direct sums that stay finite must not become Inf)."""
+    direct kernel's where they overflow (3e38: direct sums that stay finite must not become Inf),
+    forward and for the weight gradient."""
     x, w, b, stride, padding = make(rng, WINOGRAD)
     w *= np.float32(0.05)
     x[1, 3, 4, 7] = huge
+    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32) * np.float32(0.05)
     y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
-    expect = ref.conv2d_forward(x, w, b, stride, padding)
-    assert np.isfinite(expect).all()
-    assert np.isfinite(y).all()
-    ref.assert_close(y, expect, name="y")
+    _, dw, _ = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding, need_dx=False)
+    for name, got, expect in (
+        ("y", y, ref.conv2d_forward(x, w, b, stride, padding)),
+        ("dw", dw, ref.conv2d_backward(x, w, dy, stride, padding)[1]),
+    ):
+        assert np.isfinite(expect).all()
+        assert np.isfinite(got).all(), name
+        ref.assert_close(got, expect, name=name)
 
 
 @pytest.mark.parametrize("case", CASES[1::4], ids=str)

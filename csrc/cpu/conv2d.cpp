@@ -847,6 +847,85 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   }
 }
 
+// dw by Winograd's F(2x2, 5x5) (see winograd.h): for each 2x2 block of dy and the 6x6 block of
+// x under it, D = A dy A^T (O channels) and V = B^T x B (C channels); the 36 products
+// M[xi] (O x C) = sum over blocks of D[xi]^T V[xi] run through the in-place-B GEMM kernel (D in
+// its A panels, V's rows read where they lie), then dw = G^T M G. The batch goes in segments of
+// whole images fixed by the shapes (as dw_indirect's), each summed into its own partial M by one
+// thread, the partials then added in segment order: the result does not depend on the thread
+// count. False (dw not written) if a sum is Inf or NaN: the caller then runs dw_indirect, whose
+// Inf and NaN land where the direct sums put them.
+bool use_winograd_dw(const GemmKernel& k, const Window2d& g) {
+  return g_algorithm == ConvAlgorithm::kAuto && g.kh == 5 && g.kw == 5 && g.sh == 1 && g.sw == 1 &&
+         k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0 && k.mr <= kMaxInterleaveRows;
+}
+
+bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
+                 float* dw) {
+  constexpr int64_t kBlock = 32;  // 2x2 blocks a GEMM call: V, D and M of SeedNet's conv2 in L2
+  const int64_t C = g.C, O = g.O, OH = g.OH, OW = g.OW, mr = k.mr;
+  const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, tiles = TH * TW;
+  const int64_t a_panels = (O + mr - 1) / mr;
+  // x, NHWC, zero-bordered to reach every block's 6x6 input; dy, NHWC, a zero row and column
+  // where OH or OW is odd.
+  Indirect xcv = Indirect::of(g);
+  xcv.OH = 2 * TH, xcv.OW = 2 * TW;
+  const Indirect dcv{O, OH, OW, 0, 0, 2, 2, 2, 2, O, TH, TW};
+  const int64_t ximg = xcv.padded_size(), dimg = dcv.padded_size();
+  const int64_t m_size = kWinogradPoints * O * C;
+  if (g.N == 0 || tiles == 0) return false;
+  const int64_t segments =
+      std::min<int64_t>(g.N, std::clamp<int64_t>(kDwPartialFloats / m_size, 1, 8));
+  const int64_t seg_images = (g.N + segments - 1) / segments;
+  const int64_t used = (g.N + seg_images - 1) / seg_images;  // segments with images
+  float* partials = scratch(kDwPartials, used * m_size);
+  const int threads = num_threads();
+  parallel_chunks(used, 1, threads, [&](int64_t s0, int64_t s1) {
+    const int64_t v_size = kWinogradPoints * kBlock * C;
+    const int64_t d_size = kWinogradPoints * a_panels * kBlock * mr;
+    float* buf = scratch(kWinogradBlock, ximg + dimg + v_size + d_size + kWinogradPoints * C);
+    float *xp = buf, *dyp = xp + ximg, *V = dyp + dimg, *D = V + v_size, *tmp = D + d_size;
+    const float* rows[kBlock];
+    for (int64_t kk = 0; kk < kBlock; ++kk) rows[kk] = V + kk * C;
+    for (int64_t seg = s0; seg < s1; ++seg) {
+      float* M = partials + seg * m_size;  // M[xi][o][c]
+      std::fill(M, M + m_size, 0.f);
+      for (int64_t n = seg * seg_images; n < std::min(g.N, (seg + 1) * seg_images); ++n) {
+        pad_nhwc(xcv, x + n * C * g.H * g.W, xp);
+        pad_nhwc(dcv, dy + n * O * OH * OW, dyp);
+        for (int64_t t0 = 0; t0 < tiles; t0 += kBlock) {
+          const int64_t kc = std::min(kBlock, tiles - t0);
+          for (int64_t kk = 0; kk < kc; ++kk) {
+            const int64_t th = (t0 + kk) / TW, tw = (t0 + kk) % TW;
+            winograd5_input(xp + (2 * th * xcv.Wp() + 2 * tw) * C, xcv.Wp() * C, C, V + kk * C,
+                            kBlock * C, tmp);
+            winograd5_dy(dyp + (2 * th * dcv.Wp() + 2 * tw) * O, dcv.Wp() * O, O,
+                         static_cast<int>(mr), D + kk * mr, a_panels * kc * mr, kc * mr);
+          }
+          for (int xi = 0; xi < kWinogradPoints; ++xi)
+            for (int64_t c0 = 0; c0 < C; c0 += k.nr)
+              k.fn_indirect_b(kc, D + xi * a_panels * kc * mr, kc * mr, static_cast<int>(O), rows,
+                              xi * kBlock * C + c0, M + xi * O * C + c0, C);
+        }
+      }
+    }
+  });
+  // The partials added in segment order (into the first), then G^T M G for each (o, c).
+  parallel_range(m_size, threads, [&](int64_t e0, int64_t e1) {
+    for (int64_t seg = 1; seg < used; ++seg) {
+      const float* src = partials + seg * m_size;
+      for (int64_t e = e0; e < e1; ++e) partials[e] += src[e];
+    }
+  });
+  std::atomic<bool> finite{true};
+  parallel_range(O * C, threads, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e)
+      if (!winograd5_dw(partials + e, O * C, dw + e * 25))
+        finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
+}
+
 // ---- direct path (few input channels) ----------------------------------------------------------
 
 Direct2d direct_geometry(const Window2d& g) {
@@ -1027,7 +1106,8 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
   // db[o] = sum over images and pixels of dy, in a fixed order: each plane's sum, added in
   // image order (images split over the threads; dw_indirect takes the sums on its own pass).
   const bool direct = use_direct(k, g), indirect = !direct && use_indirect(kw, g.O);
-  if (db && !indirect) {
+  const bool winograd = indirect && use_winograd_dw(kw, g);
+  if (db && (!indirect || winograd)) {
     std::vector<float> sums(g.N * g.O);
     parallel_range(g.N, g.O * g.N * P > 32768 ? T : 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) plane_sums(g, dy, n, sums.data() + n * g.O);
@@ -1037,8 +1117,10 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
 
   if (direct)
     dw_direct(k, g, x, dy, dw);
+  else if (winograd && dw_winograd(kw, g, x, dy, dw))
+    ;
   else if (indirect)
-    dw_indirect(kw, g, x, dy, dw, db);
+    dw_indirect(kw, g, x, dy, dw, winograd ? nullptr : db);
   else
     dw_im2col(g, x, dy, dw);
 

@@ -8,6 +8,7 @@
 //          (f0-2f1+4f2-8f3+16f4)/24, f4
 #include "cpu/winograd.h"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -113,6 +114,82 @@ bool winograd5_output(const float* M, int64_t ldm, int64_t count, float* out) {
            !(std::fabs(d) <= FLT_MAX);
   }
   return bad == 0;
+}
+
+// A g A^T for the channels o0 + i, i < n (zeros for n <= i < MR), into a panel d of MR
+// channels side by side. A's columns are (1,1,1,1,1,0) and (0,1,-1,2,-2,1).
+template <int MR>
+inline void dy_panel(const float* g, int64_t row, int64_t O, int64_t o0, int n, float* d,
+                     int64_t ld_xi) {
+#pragma GCC ivdep
+  for (int i = 0; i < MR; ++i) {  // vectorised over the panel's channels (n == MR)
+    const float* p = g + o0 + i;
+    const bool in = i < n;
+    const float a0 = in ? p[0] : 0.f, a1 = in ? p[O] : 0.f;
+    const float b0 = in ? p[row] : 0.f, b1 = in ? p[row + O] : 0.f;
+    const float e0[6] = {a0, a0 + a1, a0 - a1, a0 + 2.f * a1, a0 - 2.f * a1, a1};
+    const float e1[6] = {b0, b0 + b1, b0 - b1, b0 + 2.f * b1, b0 - 2.f * b1, b1};
+#pragma GCC unroll 6
+    for (int c = 0; c < 6; ++c) {
+      const float h0 = e0[c], h1 = e1[c];
+      d[(0 + c) * ld_xi + i] = h0;
+      d[(6 + c) * ld_xi + i] = h0 + h1;
+      d[(12 + c) * ld_xi + i] = h0 - h1;
+      d[(18 + c) * ld_xi + i] = h0 + 2.f * h1;
+      d[(24 + c) * ld_xi + i] = h0 - 2.f * h1;
+      d[(30 + c) * ld_xi + i] = h1;
+    }
+  }
+}
+
+template <int MR>
+inline void dy_panels(const float* g, int64_t row, int64_t O, float* D, int64_t ld_xi,
+                      int64_t ld_panel) {
+  int64_t q = 0;
+  for (; (q + 1) * MR <= O; ++q) dy_panel<MR>(g, row, O, q * MR, MR, D + q * ld_panel, ld_xi);
+  if (q * MR < O)
+    dy_panel<MR>(g, row, O, q * MR, static_cast<int>(O - q * MR), D + q * ld_panel, ld_xi);
+}
+
+FASTCNN_ELEMENTWISE
+void winograd5_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                  int64_t ld_panel) {
+  switch (mr) {  // the GEMM kernels' MR (geometry.h)
+    case 4:
+      return dy_panels<4>(g, row, O, D, ld_xi, ld_panel);
+    case 6:
+      return dy_panels<6>(g, row, O, D, ld_xi, ld_panel);
+    case 8:
+      return dy_panels<8>(g, row, O, D, ld_xi, ld_panel);
+    default:
+      for (int64_t q = 0; q * mr < O; ++q) {
+        const int n = static_cast<int>(std::min<int64_t>(mr, O - q * mr));
+        for (int i = 0; i < mr; ++i)  // one channel at a time, as a panel of one
+          dy_panel<1>(g, row, O, q * mr + i, i < n ? 1 : 0, D + q * ld_panel + i, ld_xi);
+      }
+  }
+}
+
+bool winograd5_dw(const float* m, int64_t ld, float* dw) {
+  // G^T of six values: the transpose of filter_1d's G.
+  auto gt = [](const double* v, int step, double* z, int zstep) {
+    const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step], m4 = v[4 * step];
+    const double m5 = v[5 * step];
+    z[0] = m0 / 4 - (m1 + m2) / 6 + (m3 + m4) / 24;
+    z[zstep] = (m2 - m1) / 6 + (m3 - m4) / 12;
+    z[2 * zstep] = (m3 + m4 - m1 - m2) / 6;
+    z[3 * zstep] = (m2 - m1) / 6 + (m3 - m4) / 3;
+    z[4 * zstep] = (4 * (m3 + m4) - m1 - m2) / 6 + m5;
+  };
+  double v[36], t[5 * 6], z[25];
+  for (int xi = 0; xi < 36; ++xi) {
+    v[xi] = m[xi * ld];
+    if (!std::isfinite(v[xi])) return false;
+  }
+  for (int s = 0; s < 6; ++s) gt(v + s, 6, t + s, 6);  // over rows: t (5 x 6)
+  for (int u = 0; u < 5; ++u) gt(t + 6 * u, 1, z + 5 * u, 1);
+  for (int i = 0; i < 25; ++i) dw[i] = static_cast<float>(z[i]);
+  return true;
 }
 
 }  // namespace fastcnn

@@ -8,6 +8,10 @@
 //                                              through the convolution micro-kernel)
 //   Y = A^T M A      the 2x2 outputs
 //
+// The weight gradient is the transpose: dL/dg = G^T [(A dy A^T) .* (B^T d B)] G for a 2x2 block
+// dy of the output gradient and the 6x6 input block d under it, summed over blocks, images and
+// (as 36 products) channel pairs before the one G^T . G at the end.
+//
 // with the interpolation points 0, 1, -1, 2, -2 and infinity. Point xi = 6*r + s of a 6x6 array
 // is its row r, column s.
 #pragma once
@@ -30,5 +34,15 @@ void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t l
 // out[q * count + e] = (A^T M A)[q] of the 6x6 array M[xi * ldm + e], for e < count and the
 // four outputs q = 2*row + column. Returns false if any output is Inf or NaN.
 bool winograd5_output(const float* M, int64_t ldm, int64_t count, float* out);
+
+// The output gradient's transform A g A^T of 2x2 blocks g, for O channels: g's element (a, b)
+// of channel o at g[(a * row) + b * O + o] (NHWC). D[xi * ld_xi + (o / mr) * ld_panel + o % mr],
+// that is, in the GEMM's A panels of mr channels (zeros for o >= O up to whole panels).
+void winograd5_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                  int64_t ld_panel);
+
+// dw[t] for the 25 taps t of G^T m G, m the 6x6 sums at m[xi * ld]; in double. False if one of
+// m is Inf or NaN.
+bool winograd5_dw(const float* m, int64_t ld, float* dw);
 
 }  // namespace fastcnn
