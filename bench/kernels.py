@@ -66,6 +66,19 @@ def _cl(t):
     return t.contiguous(memory_format=CL)
 
 
+def _without_winograd(fn):
+    """fn run on conv algorithm "indirect": fastcnn's direct sums, not Winograd's F(2x2, 5x5)."""
+
+    def run():
+        ops.set_conv_algorithm("indirect")
+        try:
+            return fn()
+        finally:
+            ops.set_conv_algorithm("auto")
+
+    return run
+
+
 def conv_cases(name, rng, N, C, H, W, OC, k, pad, need_dx):
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)
     w = (rng.standard_normal((OC, C, k, k), dtype=np.float32) / np.sqrt(C * k * k)).astype(
@@ -78,6 +91,9 @@ def conv_cases(name, rng, N, C, H, W, OC, k, pad, need_dx):
     shape = f"x{N}x{C}x{H}x{W} w{OC}x{C}x{k}x{k} pad{pad}"
     fwd = {"fastcnn": lambda: ops.conv2d_forward(x, w, b, 1, pad)}
     bwd = {"fastcnn": lambda: ops.conv2d_backward(x, w, dy, 1, pad, need_dx)}
+    if k == 5 and C >= 16:  # Winograd's layers: also without it, A/B in one run
+        fwd["fastcnn_direct"] = _without_winograd(fwd["fastcnn"])
+        bwd["fastcnn_direct"] = _without_winograd(bwd["fastcnn"])
     check_fwd = check_bwd = None
     if torch is not None:
         xt, wt, bt, dyt = _t(x), _t(w), _t(b), _t(dy)
@@ -306,7 +322,7 @@ def run_case(case, threads, timing) -> dict:
         }
     mine = records["fastcnn"]
     mine["valid"], mine["max_rel_err"] = valid, err
-    for ref in ("torch", "torch_cl", "numpy"):
+    for ref in ("torch", "torch_cl", "numpy", "fastcnn_direct"):
         key = "ratio_vs_torch" if ref == "torch" else f"ratio_vs_{ref}"
         if ref in records:
             mine[key] = records[ref]["median_ms"] / mine["median_ms"]
@@ -454,6 +470,7 @@ def main(argv=None):
                 recs["torch_cl"]["median_ms"] if "torch_cl" in recs else None,
                 mine.get("ratio_vs_torch"),
                 mine.get("ratio_vs_torch_cl"),
+                mine.get("ratio_vs_fastcnn_direct"),
                 mine["valid"],
             ]
         )
@@ -471,6 +488,7 @@ def main(argv=None):
             "torch_cl ms",
             "x torch",
             "x torch_cl",
+            "x direct",
             "valid",
         ],
         rows,
