@@ -75,6 +75,7 @@ CASES = [
     (3, 16, 5, 5, 48, 5, 5, 1, 4),
     (1, 64, 12, 12, 16, 5, 5, 1, 0),
     (2, 24, 8, 11, 20, 5, 5, 1, 3),
+    (2, 16, 20, 18, 24, 5, 5, 1, 2),  # 90 tiles an image: the weight gradient's blocks of 64
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
