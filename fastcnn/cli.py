@@ -326,6 +326,14 @@ def cmd_info(args):
         f"portable twins at the ISA kernels' geometry, for tests: {', '.join(twins)})"
     )
     print(f"threads: {fastcnn.get_num_threads()} (OpenMP: {'yes' if _C.has_openmp else 'no'})")
+    algorithm = fastcnn.ops.conv_algorithm()
+    print(
+        f"conv algorithm: {algorithm}"
+        + {
+            "auto": " (Winograd F(2x2, 5x5) for 5x5 stride-1 layers, direct sums elsewhere)",
+            "indirect": " (direct sums, no Winograd)",
+        }.get(algorithm, "")
+    )
     if cuda.is_available():
         state = f"available ({_C.cuda_device_count()} device(s))"
     elif _C.has_cuda:
