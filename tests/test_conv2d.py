@@ -396,6 +396,32 @@ def conv_shapes(draw):
     return n, c, h, w, o, kh, kw, (sh, sw), (ph, pw)
 
 
+@st.composite
+def winograd_shapes(draw):
+    """5x5, stride 1: Winograd's layers where the indirect kernels apply (8 or more output
+    channels; the weight gradient's Winograd wants whole panels of input channels), any
+    padding up to 4 a side, odd and even sizes."""
+    ph, pw = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    h, w = draw(st.integers(1, 19)), draw(st.integers(1, 19))
+    assume(h + 2 * ph >= 5 and w + 2 * pw >= 5)
+    n, o = draw(st.integers(1, 3)), draw(st.integers(8, 40))
+    c = draw(st.sampled_from([5, 8, 16, 17, 32, 48]))
+    return n, c, h, w, o, 5, 5, 1, (ph, pw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=winograd_shapes(), seed=st.integers(0, 2**31 - 1), relu=st.booleans())
+def test_property_winograd(case, seed, relu):
+    rng = np.random.default_rng(seed)
+    x, w, b, stride, padding = make(rng, case)
+    y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding, relu=relu)
+    ref.assert_close(y, ref.conv2d_forward(x, w, b, stride, padding, relu=relu), name="y")
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    got = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding)
+    for g, e, name in zip(got, ref.conv2d_backward(x, w, dy, stride, padding), "dx dw db".split()):
+        ref.assert_close(g, e, name=name)
+
+
 @settings(max_examples=60, deadline=None)
 @given(case=conv_shapes(), seed=st.integers(0, 2**31 - 1), relu=st.booleans())
 def test_property_forward_backward(case, seed, relu):
