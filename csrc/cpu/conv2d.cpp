@@ -416,8 +416,9 @@ float* pack_filters(const GemmKernel& k, int64_t O, int64_t C, int64_t T, At at)
 
 // ---- Winograd path: 5x5, stride 1 (see winograd.h) ------------------------------------------
 
-// F(2x2, 5x5) runs a 5x5 stride-1 layer that the indirect kernel would (SeedNet's conv2 and its
-// dx: forward 1.9x and dx 1.8x as fast on Zen 4; see bench/RESULTS.md).
+// F(2x2, 5x5) runs a 5x5 stride-1 layer that the indirect kernel would (SeedNet's conv2 at batch
+// 64, 2 threads on Zen 4: forward 5.7 -> 3.6 ms, dx 5.6 -> 3.4; see bench/RESULTS.md). At 16
+// channels it gains little (1.13x): a product's reduction is then 16 long.
 bool use_winograd(const GemmKernel& k, const Indirect& cv) {
   return g_algorithm == ConvAlgorithm::kAuto && k.cnr <= 64 && cv.kh == 5 && cv.kw == 5 &&
          cv.sh == 1 && cv.sw == 1;
