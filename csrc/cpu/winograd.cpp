@@ -1,11 +1,14 @@
-// The transforms of F(2x2, 5x5), see winograd.h. The input and output transforms are loops over
-// channels (or products) that the compiler vectorises, built for AVX-512 and AVX2 as well
-// (FASTCNN_ELEMENTWISE). Each is a pass over rows then over columns, with the 1-D transforms
+// The transforms of F(2x2, 5x5), see winograd.h. All but the last (once per filter) are loops
+// over channels, products or filters that the compiler vectorises, built for AVX-512 and AVX2
+// as well (FASTCNN_ELEMENTWISE). Each is a pass over rows then over columns, with the 1-D
+// transforms
 //   B^T d: 4d0 - 5d2 + d4, (d3 + d4) - 4(d1 + d2), (d4 - d3) + 4(d1 - d2),
 //          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
 //   A^T m: m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2(m3 - m4) + m5
 //   G f:   f0/4, -(f0+f1+f2+f3+f4)/6, -(f0-f1+f2-f3+f4)/6, (f0+2f1+4f2+8f3+16f4)/24,
 //          (f0-2f1+4f2-8f3+16f4)/24, f4
+//   A g:   g0, g0 + g1, g0 - g1, g0 + 2g1, g0 - 2g1, g1  (a 2x2 block of dy, for dw)
+//   G^T m: the transpose of G f, 6 values to 5 (dw's last step)
 #include "cpu/winograd.h"
 
 #include <algorithm>
