@@ -132,7 +132,8 @@ def test_forward_out_is_overwritten(case, gemm_kernel, rng):
     )
 
 
-WINOGRAD = (2, 32, 14, 14, 64, 5, 5, 1, 2)  # SeedNet conv2: Winograd forward and dx
+WINOGRAD = (2, 32, 14, 14, 64, 5, 5, 1, 2)  # SeedNet conv2: Winograd forward, dx and dw
+WINOGRAD_3X3 = (2, 16, 14, 14, 16, 3, 3, 1, 1)  # ResNet's 3x3: Winograd for dw only
 
 
 def _auto_and_indirect(x, w, b, dy, stride, padding):
@@ -149,12 +150,14 @@ def _auto_and_indirect(x, w, b, dy, stride, padding):
     return got
 
 
-def test_winograd_runs_where_it_applies(gemm_kernel, rng):
+@pytest.mark.parametrize("case", [WINOGRAD, WINOGRAD_3X3], ids=["5x5", "3x3"])
+def test_winograd_runs_where_it_applies(case, gemm_kernel, rng):
     """Winograd's rounding differs from the direct sums': "auto" (Winograd) and "indirect"
-    disagree in the last bits, both within the reference's tolerance (the weight gradient's
-    Winograd needs the in-place-B GEMM kernel, which the plain generic kernel lacks)."""
-    x, w, b, stride, padding = make(rng, WINOGRAD)
-    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32)
+    disagree in the last bits where it runs, both within the reference's tolerance: y, dx and dw
+    of a 5x5 layer, dw of a 3x3 one (the weight gradient's Winograd needs the in-place-B GEMM
+    kernel, which the plain generic kernel lacks)."""
+    x, w, b, stride, padding = make(rng, case)
+    dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
     got = _auto_and_indirect(x, w, b, dy, stride, padding)
     expect = (
         ref.conv2d_forward(x, w, b, stride, padding),
@@ -163,39 +166,42 @@ def test_winograd_runs_where_it_applies(gemm_kernel, rng):
     for i, name in enumerate(("y", "dx", "dw")):
         ref.assert_close(got["auto"][i], expect[i], name=name)
         ref.assert_close(got["indirect"][i], expect[i], name=name)
-        winograd = name != "dw" or gemm_kernel != "generic"
+        winograd = (name == "dw" or case[5] == 5) and (name != "dw" or gemm_kernel != "generic")
         assert np.array_equal(got["auto"][i], got["indirect"][i]) != winograd, name
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", ["x", "w", "dy"])
-def test_winograd_non_finite_gives_the_direct_result(bad, where, gemm_kernel, rng):
+@pytest.mark.parametrize("case", [WINOGRAD, WINOGRAD_3X3], ids=["5x5", "3x3"])
+def test_winograd_non_finite_gives_the_direct_result(case, bad, where, gemm_kernel, rng):
     """Winograd's transforms would spread an Inf or NaN over whole 2x2 tiles: where any output
     is not finite, the direct kernel's result is returned, the Inf and NaN exactly where the
     direct sums put them."""
-    x, w, b, stride, padding = make(rng, WINOGRAD)
-    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32)
+    x, w, b, stride, padding = make(rng, case)
+    dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
     target = {"x": x, "w": w, "dy": dy}[where]
-    target[1, 3, 4, min(7, target.shape[3] - 1)] = bad
+    target[1, 3, min(4, target.shape[2] - 1), min(7, target.shape[3] - 1)] = bad
     got = _auto_and_indirect(x, w, b, dy, stride, padding)
     for i in {"x": [0, 2], "w": [0, 1], "dy": [1, 2]}[where]:  # y, dx, dw: those it reaches
         np.testing.assert_array_equal(got["auto"][i], got["indirect"][i])
     if where == "x" and not np.isfinite(bad):  # the outputs whose window holds it, no more
+        k, p = case[5], case[8]
         expect = np.zeros(got["auto"][0].shape, bool)
-        expect[1, :, 2:7, 5:10] = True
+        expect[1, :, 4 + p - k + 1 : 4 + p + 1, 7 + p - k + 1 : 7 + p + 1] = True
         np.testing.assert_array_equal(~np.isfinite(got["auto"][0]), expect)
 
 
 @pytest.mark.parametrize("huge", [1e37, 3e38])
-def test_winograd_huge_values(huge, gemm_kernel, rng):
+@pytest.mark.parametrize("case", [WINOGRAD, WINOGRAD_3X3], ids=["5x5", "3x3"])
+def test_winograd_huge_values(case, huge, gemm_kernel, rng):
     """A huge finite input: Winograd's result where its transforms stay finite (errors then
     scale with the largest value in a tile's window, as the reference tolerance allows), the
     direct kernel's where they overflow (3e38: direct sums that stay finite must not become Inf),
     forward and for the weight gradient."""
-    x, w, b, stride, padding = make(rng, WINOGRAD)
+    x, w, b, stride, padding = make(rng, case)
     w *= np.float32(0.05)
     x[1, 3, 4, 7] = huge
-    dy = rng.standard_normal(ref_out_shape(WINOGRAD), dtype=np.float32) * np.float32(0.05)
+    dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32) * np.float32(0.05)
     y = ops.conv2d_forward(x, w, b, stride=stride, padding=padding)
     _, dw, _ = ops.conv2d_backward(x, w, dy, stride=stride, padding=padding, need_dx=False)
     for name, got, expect in (
@@ -398,15 +404,16 @@ def conv_shapes(draw):
 
 @st.composite
 def winograd_shapes(draw):
-    """5x5, stride 1: Winograd's layers where the indirect kernels apply (8 or more output
-    channels; the weight gradient's Winograd wants whole panels of input channels), any
-    padding up to 4 a side, odd and even sizes."""
-    ph, pw = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    """5x5 or 3x3, stride 1: Winograd's layers where the indirect kernels apply (8 or more
+    output channels; the weight gradient's Winograd wants whole panels of input channels), any
+    padding up to k - 1 a side, odd and even sizes."""
+    k = draw(st.sampled_from([3, 5]))
+    ph, pw = draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))
     h, w = draw(st.integers(1, 19)), draw(st.integers(1, 19))
-    assume(h + 2 * ph >= 5 and w + 2 * pw >= 5)
+    assume(h + 2 * ph >= k and w + 2 * pw >= k)
     n, o = draw(st.integers(1, 3)), draw(st.integers(8, 40))
     c = draw(st.sampled_from([5, 8, 16, 17, 32, 48]))
-    return n, c, h, w, o, 5, 5, 1, (ph, pw)
+    return n, c, h, w, o, k, k, 1, (ph, pw)
 
 
 @settings(max_examples=40, deadline=None)

@@ -857,25 +857,45 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
 // count. False (dw not written) if a sum is Inf or NaN: the caller then runs dw_indirect, whose
 // Inf and NaN land where the direct sums put them.
 bool use_winograd_dw(const GemmKernel& k, const Window2d& g) {
-  return g_algorithm == ConvAlgorithm::kAuto && g.kh == 5 && g.kw == 5 && g.sh == 1 && g.sw == 1 &&
-         k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0 && k.mr <= kMaxInterleaveRows;
+  return g_algorithm == ConvAlgorithm::kAuto && g.kh == g.kw && (g.kh == 5 || g.kh == 3) &&
+         g.sh == 1 && g.sw == 1 && k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0 &&
+         k.mr <= kMaxInterleaveRows;
 }
 
+// The transforms of F(2x2, R x R), R = 5 or 3.
+template <int R>
+struct WinogradDw {
+  static constexpr int kPoints = (R + 1) * (R + 1);
+  static void input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp) {
+    (R == 5 ? winograd5_input : winograd3_input)(d, row, C, V, ldv, tmp);
+  }
+  static void dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                 int64_t ld_panel) {
+    (R == 5 ? winograd5_dy : winograd3_dy)(g, row, O, mr, D, ld_xi, ld_panel);
+  }
+  static bool dw(const float* m, int64_t ld, float* out) {
+    return (R == 5 ? winograd5_dw : winograd3_dw)(m, ld, out);
+  }
+};
+
+template <int R>
 bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
                  float* dw) {
+  using Wd = WinogradDw<R>;
+  constexpr int64_t kPoints = Wd::kPoints;
   // 2x2 blocks a GEMM call: 64 (SeedNet conv2's dw: 8.7 -> 7.0 ms on one Zen 4 core against 32,
   // the K of its products twice as long; V, D and M then take 1.2 MB).
   constexpr int64_t kBlock = 64;
   const int64_t C = g.C, O = g.O, OH = g.OH, OW = g.OW, mr = k.mr;
   const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, tiles = TH * TW;
   const int64_t a_panels = (O + mr - 1) / mr;
-  // x, NHWC, zero-bordered to reach every block's 6x6 input; dy, NHWC, a zero row and column
-  // where OH or OW is odd.
+  // x, NHWC, zero-bordered to reach every block's (R+1)x(R+1) input; dy, NHWC, a zero row and
+  // column where OH or OW is odd.
   Indirect xcv = Indirect::of(g);
   xcv.OH = 2 * TH, xcv.OW = 2 * TW;
   const Indirect dcv{O, OH, OW, 0, 0, 2, 2, 2, 2, O, TH, TW};
   const int64_t ximg = xcv.padded_size(), dimg = dcv.padded_size();
-  const int64_t m_size = kWinogradPoints * O * C;
+  const int64_t m_size = kPoints * O * C;
   if (g.N == 0 || tiles == 0) return false;
   const int64_t segments =
       std::min<int64_t>(g.N, std::clamp<int64_t>(kDwPartialFloats / m_size, 1, 8));
@@ -884,9 +904,9 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
   float* partials = scratch(kDwPartials, used * m_size);
   const int threads = num_threads();
   parallel_chunks(used, 1, threads, [&](int64_t s0, int64_t s1) {
-    const int64_t v_size = kWinogradPoints * kBlock * C;
-    const int64_t d_size = kWinogradPoints * a_panels * kBlock * mr;
-    float* buf = scratch(kWinogradBlock, ximg + dimg + v_size + d_size + kWinogradPoints * C);
+    const int64_t v_size = kPoints * kBlock * C;
+    const int64_t d_size = kPoints * a_panels * kBlock * mr;
+    float* buf = scratch(kWinogradBlock, ximg + dimg + v_size + d_size + kPoints * C);
     float *xp = buf, *dyp = xp + ximg, *V = dyp + dimg, *D = V + v_size, *tmp = D + d_size;
     const float* rows[kBlock];
     for (int64_t kk = 0; kk < kBlock; ++kk) rows[kk] = V + kk * C;
@@ -900,12 +920,12 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
           const int64_t kc = std::min(kBlock, tiles - t0);
           for (int64_t kk = 0; kk < kc; ++kk) {
             const int64_t th = (t0 + kk) / TW, tw = (t0 + kk) % TW;
-            winograd5_input(xp + (2 * th * xcv.Wp() + 2 * tw) * C, xcv.Wp() * C, C, V + kk * C,
-                            kBlock * C, tmp);
-            winograd5_dy(dyp + (2 * th * dcv.Wp() + 2 * tw) * O, dcv.Wp() * O, O,
-                         static_cast<int>(mr), D + kk * mr, a_panels * kc * mr, kc * mr);
+            Wd::input(xp + (2 * th * xcv.Wp() + 2 * tw) * C, xcv.Wp() * C, C, V + kk * C,
+                      kBlock * C, tmp);
+            Wd::dy(dyp + (2 * th * dcv.Wp() + 2 * tw) * O, dcv.Wp() * O, O, static_cast<int>(mr),
+                   D + kk * mr, a_panels * kc * mr, kc * mr);
           }
-          for (int xi = 0; xi < kWinogradPoints; ++xi)
+          for (int xi = 0; xi < kPoints; ++xi)
             for (int64_t c0 = 0; c0 < C; c0 += k.nr)
               k.fn_indirect_b(kc, D + xi * a_panels * kc * mr, kc * mr, static_cast<int>(O), rows,
                               xi * kBlock * C + c0, M + xi * O * C + c0, C);
@@ -923,7 +943,7 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
   std::atomic<bool> finite{true};
   parallel_range(O * C, threads, [&](int64_t e0, int64_t e1) {
     for (int64_t e = e0; e < e1; ++e)
-      if (!winograd5_dw(partials + e, O * C, dw + e * 25))
+      if (!Wd::dw(partials + e, O * C, dw + e * R * R))
         finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
@@ -1120,7 +1140,8 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
 
   if (direct)
     dw_direct(k, g, x, dy, dw);
-  else if (winograd && dw_winograd(kw, g, x, dy, dw))
+  else if (winograd &&
+           (g.kh == 5 ? dw_winograd<5>(kw, g, x, dy, dw) : dw_winograd<3>(kw, g, x, dy, dw)))
     ;
   else if (indirect)
     dw_indirect(kw, g, x, dy, dw, winograd ? nullptr : db);

@@ -9,6 +9,10 @@
 //          (f0-2f1+4f2-8f3+16f4)/24, f4
 //   A g:   g0, g0 + g1, g0 - g1, g0 + 2g1, g0 - 2g1, g1  (a 2x2 block of dy, for dw)
 //   G^T m: the transpose of G f, 6 values to 5 (dw's last step)
+// and for F(2x2, 3x3) (dw only)
+//   B^T d: d2 - d0, d1 + d2, d2 - d1, d3 - d1
+//   A g:   g0, g0 + g1, g0 - g1, g1
+//   G^T m: -m0 + (m1 + m2)/2, (m1 - m2)/2, (m1 + m2)/2 + m3
 #include "cpu/winograd.h"
 
 #include <algorithm>
@@ -120,57 +124,118 @@ bool winograd5_output(const float* M, int64_t ldm, int64_t count, float* out) {
 }
 
 // A g A^T for the channels o0 + i, i < n (zeros for n <= i < MR), into a panel d of MR
-// channels side by side. A's columns are (1,1,1,1,1,0) and (0,1,-1,2,-2,1).
-template <int MR>
+// channels side by side; F is 6 (F(2x2, 5x5): A's columns (1,1,1,1,1,0), (0,1,-1,2,-2,1)) or
+// 4 (F(2x2, 3x3): (1,1,1,0), (0,1,-1,1)).
+template <int F>
+inline void a_of(float g0, float g1, float* h) {
+  if constexpr (F == 6) {
+    h[0] = g0, h[1] = g0 + g1, h[2] = g0 - g1, h[3] = g0 + 2.f * g1, h[4] = g0 - 2.f * g1;
+    h[5] = g1;
+  } else {
+    h[0] = g0, h[1] = g0 + g1, h[2] = g0 - g1, h[3] = g1;
+  }
+}
+
+template <int F, int MR>
 inline void dy_panel(const float* g, int64_t row, int64_t O, int64_t o0, int n, float* d,
                      int64_t ld_xi) {
 #pragma GCC ivdep
   for (int i = 0; i < MR; ++i) {  // vectorised over the panel's channels (n == MR)
     const float* p = g + o0 + i;
     const bool in = i < n;
-    const float a0 = in ? p[0] : 0.f, a1 = in ? p[O] : 0.f;
-    const float b0 = in ? p[row] : 0.f, b1 = in ? p[row + O] : 0.f;
-    const float e0[6] = {a0, a0 + a1, a0 - a1, a0 + 2.f * a1, a0 - 2.f * a1, a1};
-    const float e1[6] = {b0, b0 + b1, b0 - b1, b0 + 2.f * b1, b0 - 2.f * b1, b1};
+    float e0[F], e1[F];  // g A^T, rows 0 and 1
+    a_of<F>(in ? p[0] : 0.f, in ? p[O] : 0.f, e0);
+    a_of<F>(in ? p[row] : 0.f, in ? p[row + O] : 0.f, e1);
 #pragma GCC unroll 6
-    for (int c = 0; c < 6; ++c) {
-      const float h0 = e0[c], h1 = e1[c];
-      d[(0 + c) * ld_xi + i] = h0;
-      d[(6 + c) * ld_xi + i] = h0 + h1;
-      d[(12 + c) * ld_xi + i] = h0 - h1;
-      d[(18 + c) * ld_xi + i] = h0 + 2.f * h1;
-      d[(24 + c) * ld_xi + i] = h0 - 2.f * h1;
-      d[(30 + c) * ld_xi + i] = h1;
+    for (int c = 0; c < F; ++c) {
+      float h[F];
+      a_of<F>(e0[c], e1[c], h);
+#pragma GCC unroll 6
+      for (int r = 0; r < F; ++r) d[(F * r + c) * ld_xi + i] = h[r];
     }
   }
 }
 
-template <int MR>
+template <int F, int MR>
 inline void dy_panels(const float* g, int64_t row, int64_t O, float* D, int64_t ld_xi,
                       int64_t ld_panel) {
   int64_t q = 0;
-  for (; (q + 1) * MR <= O; ++q) dy_panel<MR>(g, row, O, q * MR, MR, D + q * ld_panel, ld_xi);
+  for (; (q + 1) * MR <= O; ++q) dy_panel<F, MR>(g, row, O, q * MR, MR, D + q * ld_panel, ld_xi);
   if (q * MR < O)
-    dy_panel<MR>(g, row, O, q * MR, static_cast<int>(O - q * MR), D + q * ld_panel, ld_xi);
+    dy_panel<F, MR>(g, row, O, q * MR, static_cast<int>(O - q * MR), D + q * ld_panel, ld_xi);
+}
+
+template <int F>
+inline void dy_any(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                   int64_t ld_panel) {
+  switch (mr) {  // the GEMM kernels' MR (geometry.h)
+    case 4:
+      return dy_panels<F, 4>(g, row, O, D, ld_xi, ld_panel);
+    case 6:
+      return dy_panels<F, 6>(g, row, O, D, ld_xi, ld_panel);
+    case 8:
+      return dy_panels<F, 8>(g, row, O, D, ld_xi, ld_panel);
+    default:
+      for (int64_t q = 0; q * mr < O; ++q) {
+        const int n = static_cast<int>(std::min<int64_t>(mr, O - q * mr));
+        for (int i = 0; i < mr; ++i)  // one channel at a time, as a panel of one
+          dy_panel<F, 1>(g, row, O, q * mr + i, i < n ? 1 : 0, D + q * ld_panel + i, ld_xi);
+      }
+  }
 }
 
 FASTCNN_ELEMENTWISE
 void winograd5_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                   int64_t ld_panel) {
-  switch (mr) {  // the GEMM kernels' MR (geometry.h)
-    case 4:
-      return dy_panels<4>(g, row, O, D, ld_xi, ld_panel);
-    case 6:
-      return dy_panels<6>(g, row, O, D, ld_xi, ld_panel);
-    case 8:
-      return dy_panels<8>(g, row, O, D, ld_xi, ld_panel);
-    default:
-      for (int64_t q = 0; q * mr < O; ++q) {
-        const int n = static_cast<int>(std::min<int64_t>(mr, O - q * mr));
-        for (int i = 0; i < mr; ++i)  // one channel at a time, as a panel of one
-          dy_panel<1>(g, row, O, q * mr + i, i < n ? 1 : 0, D + q * ld_panel + i, ld_xi);
+  dy_any<6>(g, row, O, mr, D, ld_xi, ld_panel);
+}
+
+FASTCNN_ELEMENTWISE
+void winograd3_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                  int64_t ld_panel) {
+  dy_any<4>(g, row, O, mr, D, ld_xi, ld_panel);
+}
+
+FASTCNN_ELEMENTWISE
+void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp) {
+  // Columns s, then rows x, as winograd5_input: B^T d B.
+  for (int pass = 0; pass < 2; ++pass)
+    for (int s = 0; s < 4; ++s) {
+      const float* __restrict d0, * __restrict d1, * __restrict d2, * __restrict d3;
+      float* __restrict v0, * __restrict v1, * __restrict v2, * __restrict v3;
+      if (pass == 0) {
+        d0 = d + s * C, d1 = d0 + row, d2 = d1 + row, d3 = d2 + row;
+        v0 = tmp + s * C, v1 = v0 + 4 * C, v2 = v1 + 4 * C, v3 = v2 + 4 * C;
+      } else {  // row s of tmp, its 4 columns, into V's points 4s..4s+3
+        d0 = tmp + 4 * s * C, d1 = d0 + C, d2 = d1 + C, d3 = d2 + C;
+        v0 = V + 4 * s * ldv, v1 = v0 + ldv, v2 = v1 + ldv, v3 = v2 + ldv;
       }
+#pragma GCC ivdep
+      for (int64_t c = 0; c < C; ++c) {
+        v0[c] = d2[c] - d0[c];
+        v1[c] = d1[c] + d2[c];
+        v2[c] = d2[c] - d1[c];
+        v3[c] = d3[c] - d1[c];
+      }
+    }
+}
+
+bool winograd3_dw(const float* m, int64_t ld, float* dw) {
+  auto gt = [](const double* v, int step, double* z, int zstep) {
+    const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step];
+    z[0] = -m0 + (m1 + m2) / 2;
+    z[zstep] = (m1 - m2) / 2;
+    z[2 * zstep] = (m1 + m2) / 2 + m3;
+  };
+  double v[16], t[3 * 4], z[9];
+  for (int xi = 0; xi < 16; ++xi) {
+    v[xi] = m[xi * ld];
+    if (!std::isfinite(v[xi])) return false;
   }
+  for (int s = 0; s < 4; ++s) gt(v + s, 4, t + s, 4);  // over rows: t (3 x 4)
+  for (int u = 0; u < 3; ++u) gt(t + 4 * u, 1, z + 3 * u, 1);
+  for (int i = 0; i < 9; ++i) dw[i] = static_cast<float>(z[i]);
+  return true;
 }
 
 bool winograd5_dw(const float* m, int64_t ld, float* dw) {

@@ -45,4 +45,12 @@ void winograd5_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int6
 // m is Inf or NaN.
 bool winograd5_dw(const float* m, int64_t ld, float* dw);
 
+// F(2x2, 3x3), for the weight gradient of 3x3 stride-1 layers only (its transforms: 4x4 blocks,
+// 16 points, interpolation points 0, 1, -1 and infinity): the same three steps as above.
+constexpr int kWinograd3Points = 16;
+void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp);
+void winograd3_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                  int64_t ld_panel);
+bool winograd3_dw(const float* m, int64_t ld, float* dw);
+
 }  // namespace fastcnn
