@@ -565,9 +565,10 @@ def sgemm(a, b, trans_a=False, trans_b=False):
 
 
 def set_conv_algorithm(name: str) -> None:
-    """ "auto" (default: Winograd's F(2x2, 5x5) for 5x5 stride-1 layers and the indirect NHWC
-    kernels where they apply), "indirect" (the same without Winograd) or "im2col" (the reference
-    path: im2col + SGEMM, col2im), for tests and benchmarks."""
+    """ "auto" (default: Winograd's F(2x2, 5x5) for 5x5 stride-1 layers, F(2x2, 3x3) for the
+    weight gradient of 3x3 stride-1 ones, and the indirect NHWC kernels where they apply),
+    "indirect" (the same without Winograd) or "im2col" (the reference path: im2col + SGEMM,
+    col2im), for tests and benchmarks."""
     _C.set_conv_algorithm(name)
 
 

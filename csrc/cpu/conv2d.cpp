@@ -1,7 +1,11 @@
 // conv2d: cross-correlation of an NCHW batch with (O, C, kh, kw) filters, PyTorch's Conv2d.
 //
-// Three algorithms; all overwrite their outputs and give thread-count-independent results.
+// Four algorithms; all overwrite their outputs and give thread-count-independent results.
 //
+// "winograd" (5x5 stride-1 layers: forward, dx and dw; 3x3 stride-1 ones: dw), where the
+//   indirect kernels apply: Winograd's F(2x2, 5x5) and F(2x2, 3x3) (winograd.h), whose 36 or 16
+//   products run through the same micro-kernels; the direct result where an output is not
+//   finite. ops.set_conv_algorithm("indirect") turns it off.
 // "indirect" (the default where it applies): no column matrix is built.
 //   forward   each image is copied once into a zero-bordered NHWC buffer; the convolution
 //             micro-kernel (gemm.h, ConvKernel) reads every tap of a tile of output pixels
