@@ -220,27 +220,37 @@ void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t l
     }
 }
 
+namespace {
+
+// dw (R x R taps) = G^T m G of the F x F sums m[xi * ld], in double, gt(v, step, z, zstep) being
+// G^T of F values v[i * step] into R values z[u * zstep]. False if one of m is Inf or NaN.
+template <int F, int R, class Gt>
+bool gt_m_g(const float* m, int64_t ld, float* dw, Gt gt) {
+  double v[F * F], t[R * F], z[R * R];
+  for (int xi = 0; xi < F * F; ++xi) {
+    v[xi] = m[xi * ld];
+    if (!std::isfinite(v[xi])) return false;
+  }
+  for (int s = 0; s < F; ++s) gt(v + s, F, t + s, F);  // over rows: t (R x F)
+  for (int u = 0; u < R; ++u) gt(t + F * u, 1, z + R * u, 1);
+  for (int i = 0; i < R * R; ++i) dw[i] = static_cast<float>(z[i]);
+  return true;
+}
+
+}  // namespace
+
 bool winograd3_dw(const float* m, int64_t ld, float* dw) {
-  auto gt = [](const double* v, int step, double* z, int zstep) {
+  return gt_m_g<4, 3>(m, ld, dw, [](const double* v, int step, double* z, int zstep) {
     const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step];
     z[0] = -m0 + (m1 + m2) / 2;
     z[zstep] = (m1 - m2) / 2;
     z[2 * zstep] = (m1 + m2) / 2 + m3;
-  };
-  double v[16], t[3 * 4], z[9];
-  for (int xi = 0; xi < 16; ++xi) {
-    v[xi] = m[xi * ld];
-    if (!std::isfinite(v[xi])) return false;
-  }
-  for (int s = 0; s < 4; ++s) gt(v + s, 4, t + s, 4);  // over rows: t (3 x 4)
-  for (int u = 0; u < 3; ++u) gt(t + 4 * u, 1, z + 3 * u, 1);
-  for (int i = 0; i < 9; ++i) dw[i] = static_cast<float>(z[i]);
-  return true;
+  });
 }
 
 bool winograd5_dw(const float* m, int64_t ld, float* dw) {
   // G^T of six values: the transpose of filter_1d's G.
-  auto gt = [](const double* v, int step, double* z, int zstep) {
+  return gt_m_g<6, 5>(m, ld, dw, [](const double* v, int step, double* z, int zstep) {
     const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step], m4 = v[4 * step];
     const double m5 = v[5 * step];
     z[0] = m0 / 4 - (m1 + m2) / 6 + (m3 + m4) / 24;
@@ -248,16 +258,7 @@ bool winograd5_dw(const float* m, int64_t ld, float* dw) {
     z[2 * zstep] = (m3 + m4 - m1 - m2) / 6;
     z[3 * zstep] = (m2 - m1) / 6 + (m3 - m4) / 3;
     z[4 * zstep] = (4 * (m3 + m4) - m1 - m2) / 6 + m5;
-  };
-  double v[36], t[5 * 6], z[25];
-  for (int xi = 0; xi < 36; ++xi) {
-    v[xi] = m[xi * ld];
-    if (!std::isfinite(v[xi])) return false;
-  }
-  for (int s = 0; s < 6; ++s) gt(v + s, 6, t + s, 6);  // over rows: t (5 x 6)
-  for (int u = 0; u < 5; ++u) gt(t + 6 * u, 1, z + 5 * u, 1);
-  for (int i = 0; i < 25; ++i) dw[i] = static_cast<float>(z[i]);
-  return true;
+  });
 }
 
 }  // namespace fastcnn
