@@ -70,11 +70,12 @@ def _without_winograd(fn):
     """fn run on conv algorithm "indirect": fastcnn's direct sums, not Winograd's F(2x2, 5x5)."""
 
     def run():
+        previous = ops.conv_algorithm()
         ops.set_conv_algorithm("indirect")
         try:
             return fn()
         finally:
-            ops.set_conv_algorithm("auto")
+            ops.set_conv_algorithm(previous)
 
     return run
 

@@ -428,6 +428,13 @@ bool use_winograd(const GemmKernel& k, const Indirect& cv) {
          cv.sh == 1 && cv.sw == 1;
 }
 
+// cv's zero border extended to reach every 2x2 output tile's input block: one more row (column)
+// where OH (OW) is odd.
+Indirect winograd_padding(Indirect cv) {
+  cv.OH = (cv.OH + 1) / 2 * 2, cv.OW = (cv.OW + 1) / 2 * 2;
+  return cv;
+}
+
 // Transformed filters for the convolution kernel: Up[((xi*panels + q)*C + c)*cnr + j] = point xi
 // of G f G^T for the filter f(t) = at(o, c, t) of output channel o = q*cnr + j (zero past O).
 template <class At>
@@ -514,8 +521,7 @@ bool winograd_batch(const GemmKernel& k, const Indirect& cv, int64_t N, const fl
   const int64_t in_size = cv.C * cv.H * cv.W, out_size = cv.O * cv.OH * cv.OW;
   const int64_t tiles = (cv.OH + 1) / 2 * ((cv.OW + 1) / 2);
   const int64_t blocks = (tiles + k.cmr - 1) / k.cmr;
-  Indirect pad = cv;  // the padding reaching every tile's 6x6 block (one more row, column if odd)
-  pad.OH = (cv.OH + 1) / 2 * 2, pad.OW = (cv.OW + 1) / 2 * 2;
+  const Indirect pad = winograd_padding(cv);
   std::atomic<bool> finite{true};
   if (N >= threads || threads == 1) {  // whole images per thread
     parallel_chunks(N, 1, threads, [&](int64_t b, int64_t e) {
@@ -862,8 +868,7 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
 // Inf and NaN land where the direct sums put them.
 bool use_winograd_dw(const GemmKernel& k, const Window2d& g) {
   return g_algorithm == ConvAlgorithm::kAuto && g.kh == g.kw && (g.kh == 5 || g.kh == 3) &&
-         g.sh == 1 && g.sw == 1 && k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0 &&
-         k.mr <= kMaxInterleaveRows;
+         g.sh == 1 && g.sw == 1 && k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0;
 }
 
 // The transforms of F(2x2, R x R), R = 5 or 3.
@@ -895,8 +900,7 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
   const int64_t a_panels = (O + mr - 1) / mr;
   // x, NHWC, zero-bordered to reach every block's (R+1)x(R+1) input; dy, NHWC, a zero row and
   // column where OH or OW is odd.
-  Indirect xcv = Indirect::of(g);
-  xcv.OH = 2 * TH, xcv.OW = 2 * TW;
+  const Indirect xcv = winograd_padding(Indirect::of(g));
   const Indirect dcv{O, OH, OW, 0, 0, 2, 2, 2, 2, O, TH, TW};
   const int64_t ximg = xcv.padded_size(), dimg = dcv.padded_size();
   const int64_t m_size = kPoints * O * C;
@@ -1145,9 +1149,9 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
   if (direct)
     dw_direct(k, g, x, dy, dw);
   else if (winograd &&
-           (g.kh == 5 ? dw_winograd<5>(kw, g, x, dy, dw) : dw_winograd<3>(kw, g, x, dy, dw)))
-    ;
-  else if (indirect)
+           (g.kh == 5 ? dw_winograd<5>(kw, g, x, dy, dw) : dw_winograd<3>(kw, g, x, dy, dw))) {
+    // done; where it returns false (a sum not finite), dw_indirect below
+  } else if (indirect)
     dw_indirect(kw, g, x, dy, dw, winograd ? nullptr : db);
   else
     dw_im2col(g, x, dy, dw);
