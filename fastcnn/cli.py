@@ -330,8 +330,8 @@ def cmd_info(args):
     print(
         f"conv algorithm: {algorithm}"
         + {
-            "auto": " (Winograd F(2x2, 5x5) for 5x5 stride-1 layers and F(2x2, 3x3) for 3x3"
-            " stride-1 weight gradients, direct sums elsewhere)",
+            "auto": " (Winograd for stride-1 layers: F(2x2, 5x5) for 5x5 ones, F(4x4, 3x3)"
+            " for 3x3 ones and F(2x2, 3x3) for their weight gradients; direct sums elsewhere)",
             "indirect": " (direct sums, no Winograd)",
         }.get(algorithm, "")
     )

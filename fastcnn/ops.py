@@ -565,8 +565,9 @@ def sgemm(a, b, trans_a=False, trans_b=False):
 
 
 def set_conv_algorithm(name: str) -> None:
-    """ "auto" (default: Winograd's F(2x2, 5x5) for 5x5 stride-1 layers, F(2x2, 3x3) for the
-    weight gradient of 3x3 stride-1 ones, and the indirect NHWC kernels where they apply),
+    """ "auto" (default: Winograd's F(2x2, 5x5) for 5x5 stride-1 layers, F(4x4, 3x3) for 3x3
+    stride-1 ones and F(2x2, 3x3) for their weight gradients, and the indirect NHWC kernels
+    where they apply),
     "indirect" (the same without Winograd) or "im2col" (the reference path: im2col + SGEMM,
     col2im), for tests and benchmarks."""
     _C.set_conv_algorithm(name)

@@ -76,6 +76,15 @@ CASES = [
     (1, 64, 12, 12, 16, 5, 5, 1, 0),
     (2, 24, 8, 11, 20, 5, 5, 1, 3),
     (2, 16, 20, 18, 24, 5, 5, 1, 2),  # 90 tiles an image: the weight gradient's blocks of 64
+    # Winograd's F(4x4, 3x3) (3x3, stride 1): output sizes of every remainder mod 4 (last rows
+    # and columns of partly used tiles), batch 1, paddings 0-2 and unequal ones, channels past
+    # a panel, tiles past a block of the kernel's pixels:
+    (1, 16, 7, 9, 16, 3, 3, 1, 1),
+    (2, 19, 10, 6, 35, 3, 3, 1, 0),
+    (3, 16, 5, 5, 48, 3, 3, 1, 2),
+    (1, 64, 14, 14, 16, 3, 3, 1, 1),
+    (2, 24, 6, 11, 70, 3, 3, 1, (2, 1)),
+    (1, 16, 32, 32, 16, 3, 3, 1, 1),  # 64 tiles, output planes 4 KB apart
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
@@ -133,7 +142,7 @@ def test_forward_out_is_overwritten(case, gemm_kernel, rng):
 
 
 WINOGRAD = (2, 32, 14, 14, 64, 5, 5, 1, 2)  # SeedNet conv2: Winograd forward, dx and dw
-WINOGRAD_3X3 = (2, 16, 14, 14, 16, 3, 3, 1, 1)  # ResNet's 3x3: Winograd for dw only
+WINOGRAD_3X3 = (2, 16, 14, 14, 16, 3, 3, 1, 1)  # ResNet's 3x3: F(4x4, 3x3), dw F(2x2, 3x3)
 
 
 def _auto_and_indirect(x, w, b, dy, stride, padding):
@@ -154,8 +163,8 @@ def _auto_and_indirect(x, w, b, dy, stride, padding):
 def test_winograd_runs_where_it_applies(case, gemm_kernel, rng):
     """Winograd's rounding differs from the direct sums': "auto" (Winograd) and "indirect"
     disagree in the last bits where it runs, both within the reference's tolerance: y, dx and dw
-    of a 5x5 layer, dw of a 3x3 one (the weight gradient's Winograd needs the in-place-B GEMM
-    kernel, which the plain generic kernel lacks)."""
+    of 5x5 and 3x3 layers (the weight gradient's Winograd needs the in-place-B GEMM kernel,
+    which the plain generic kernel lacks)."""
     x, w, b, stride, padding = make(rng, case)
     dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
     got = _auto_and_indirect(x, w, b, dy, stride, padding)
@@ -166,7 +175,7 @@ def test_winograd_runs_where_it_applies(case, gemm_kernel, rng):
     for i, name in enumerate(("y", "dx", "dw")):
         ref.assert_close(got["auto"][i], expect[i], name=name)
         ref.assert_close(got["indirect"][i], expect[i], name=name)
-        winograd = (name == "dw" or case[5] == 5) and (name != "dw" or gemm_kernel != "generic")
+        winograd = name != "dw" or gemm_kernel != "generic"
         assert np.array_equal(got["auto"][i], got["indirect"][i]) != winograd, name
 
 
@@ -174,7 +183,7 @@ def test_winograd_runs_where_it_applies(case, gemm_kernel, rng):
 @pytest.mark.parametrize("where", ["x", "w", "dy"])
 @pytest.mark.parametrize("case", [WINOGRAD, WINOGRAD_3X3], ids=["5x5", "3x3"])
 def test_winograd_non_finite_gives_the_direct_result(case, bad, where, gemm_kernel, rng):
-    """Winograd's transforms would spread an Inf or NaN over whole 2x2 tiles: where any output
+    """Winograd's transforms would spread an Inf or NaN over whole tiles: where any output
     is not finite, the direct kernel's result is returned, the Inf and NaN exactly where the
     direct sums put them."""
     x, w, b, stride, padding = make(rng, case)

@@ -2,10 +2,10 @@
 //
 // Four algorithms; all overwrite their outputs and give thread-count-independent results.
 //
-// "winograd" (5x5 stride-1 layers: forward, dx and dw; 3x3 stride-1 ones: dw), where the
-//   indirect kernels apply: Winograd's F(2x2, 5x5) and F(2x2, 3x3) (winograd.h), whose 36 or 16
-//   products run through the same micro-kernels; the direct result where an output is not
-//   finite. ops.set_conv_algorithm("indirect") turns it off.
+// "winograd" (5x5 and 3x3 stride-1 layers), where the indirect kernels apply: Winograd's
+//   F(2x2, 5x5) and F(4x4, 3x3) for the forward pass and dx, F(2x2, 5x5) and F(2x2, 3x3) for dw
+//   (winograd.h), whose 36 or 16 products run through the same micro-kernels; the direct result
+//   where an output is not finite. ops.set_conv_algorithm("indirect") turns it off.
 // "indirect" (the default where it applies): no column matrix is built.
 //   forward   each image is copied once into a zero-bordered NHWC buffer; the convolution
 //             micro-kernel (gemm.h, ConvKernel) reads every tap of a tile of output pixels
@@ -418,58 +418,66 @@ float* pack_filters(const GemmKernel& k, int64_t O, int64_t C, int64_t T, At at)
   return Wp;
 }
 
-// ---- Winograd path: 5x5, stride 1 (see winograd.h) ------------------------------------------
+// ---- Winograd path: 5x5 and 3x3, stride 1 (see winograd.h) -----------------------------------
 
 // F(2x2, 5x5) runs a 5x5 stride-1 layer that the indirect kernel would (SeedNet's conv2 at batch
-// 64, 2 threads on Zen 4: forward 5.7 -> 3.6 ms, dx 5.6 -> 3.4; see bench/RESULTS.md). At 16
-// channels it gains little (1.13x): a product's reduction is then 16 long.
+// 64, 2 threads on Zen 4: forward 5.7 -> 3.6 ms, dx 5.6 -> 3.4; see bench/RESULTS.md), and
+// F(4x4, 3x3) a 3x3 one.
 bool use_winograd(const GemmKernel& k, const Indirect& cv) {
-  return g_algorithm == ConvAlgorithm::kAuto && k.cnr <= 64 && cv.kh == 5 && cv.kw == 5 &&
-         cv.sh == 1 && cv.sw == 1;
+  return g_algorithm == ConvAlgorithm::kAuto && k.cnr <= 64 && cv.kh == cv.kw &&
+         (cv.kh == 5 || cv.kh == 3) && cv.sh == 1 && cv.sw == 1;
 }
 
-// cv's zero border extended to reach every 2x2 output tile's input block: one more row (column)
-// where OH (OW) is odd.
-Indirect winograd_padding(Indirect cv) {
-  cv.OH = (cv.OH + 1) / 2 * 2, cv.OW = (cv.OW + 1) / 2 * 2;
+// The side of a forward tile: 2 outputs for F(2x2, 5x5), 4 for F(4x4, 3x3).
+int winograd_tile(const Indirect& cv) {
+  return cv.kh == 3 ? 4 : 2;
+}
+
+// cv's zero border extended to reach every `tile` x `tile` output block's input block: OH and
+// OW rounded up to whole tiles.
+Indirect winograd_padding(Indirect cv, int64_t tile) {
+  cv.OH = (cv.OH + tile - 1) / tile * tile, cv.OW = (cv.OW + tile - 1) / tile * tile;
   return cv;
 }
 
 // Transformed filters for the convolution kernel: Up[((xi*panels + q)*C + c)*cnr + j] = point xi
-// of G f G^T for the filter f(t) = at(o, c, t) of output channel o = q*cnr + j (zero past O).
+// of G f G^T for the R x R filter f(t) = at(o, c, t) of output channel o = q*cnr + j (zero past
+// O).
 template <class At>
-float* pack_winograd_filters(const GemmKernel& k, int64_t O, int64_t C, At at) {
+float* pack_winograd_filters(const GemmKernel& k, int64_t R, int64_t O, int64_t C, At at) {
   const int64_t panels = (O + k.cnr - 1) / k.cnr, ldu = panels * C * k.cnr;
   float* Up = scratch(kWinogradFilters, kWinogradPoints * ldu);
   parallel_range(panels * C, num_threads(), [&](int64_t b, int64_t e) {
     float f[25 * 64];  // a panel's filters side by side (cnr <= 64)
     for (int64_t qc = b; qc < e; ++qc) {
       const int64_t q = qc / C, c = qc % C;
-      for (int t = 0; t < 25; ++t)
+      for (int t = 0; t < R * R; ++t)
         for (int64_t j = 0; j < k.cnr; ++j) {
           const int64_t o = q * k.cnr + j;
           f[t * k.cnr + j] = o < O ? at(o, c, t) : 0.f;
         }
-      winograd5_filters(f, k.cnr, Up + qc * k.cnr, ldu);
+      (R == 5 ? winograd5_filters : winograd43_filters)(f, k.cnr, Up + qc * k.cnr, ldu);
     }
   });
   return Up;
 }
 
-// Blocks [b0, b1) of k.cmr 2x2 output tiles of one image (tiles row-major over the TH x TW
-// grid): each tile's 6x6 input block transformed (V), the 36 products V . U by the convolution
-// kernel into M (a tile's channels side by side), then A^T M A, bias and ReLU into y's NCHW
-// planes. xp: the image, NHWC, zero-bordered far enough for every tile's block. False if an
-// output was Inf or NaN (then the caller runs the direct kernel instead, whose Inf and NaN
-// reach only the outputs they should: the transforms would spread them over whole tiles).
+// Blocks [b0, b1) of k.cmr output tiles of one image (tiles of winograd_tile's side, row-major
+// over the TH x TW grid): each tile's 6x6 input block transformed (V), the 36 products V . U by
+// the convolution kernel into M (a tile's channels side by side), then A^T M A, bias and ReLU
+// into y's NCHW planes. xp: the image, NHWC, zero-bordered far enough for every tile's block.
+// False if an output was Inf or NaN (then the caller runs the direct kernel instead, whose Inf
+// and NaN reach only the outputs they should: the transforms would spread them over whole
+// tiles).
 bool winograd_blocks(const GemmKernel& k, const Indirect& cv, const Indirect& pad, const float* xp,
                      const float* Up, const float* bias, bool relu, float* y, int64_t b0,
                      int64_t b1) {
   const int64_t C = cv.C, O = cv.O, OH = cv.OH, OW = cv.OW, P = OH * OW;
-  const int64_t TW = (OW + 1) / 2, tiles = (OH + 1) / 2 * TW;
+  const int64_t side = winograd_tile(cv), outs = side * side;
+  const int64_t TW = (OW + side - 1) / side, tiles = (OH + side - 1) / side * TW;
   const int64_t panels = (O + k.cnr - 1) / k.cnr, Opad = panels * k.cnr, row = pad.Wp() * C;
   const int64_t v_size = k.cmr * kWinogradPoints * C, m_size = kWinogradPoints * k.cmr * Opad;
-  float* V = scratch(kWinogradBlock, v_size + kWinogradPoints * C + m_size + 4 * k.cmr * Opad);
+  float* V = scratch(kWinogradBlock, v_size + kWinogradPoints * C + m_size + outs * k.cmr * Opad);
   float* tmp = V + v_size;
   float* M = tmp + kWinogradPoints * C;
   float* out = M + m_size;
@@ -484,8 +492,8 @@ bool winograd_blocks(const GemmKernel& k, const Indirect& cv, const Indirect& pa
     const int m = static_cast<int>(std::min<int64_t>(k.cmr, tiles - t0));
     for (int i = 0; i < m; ++i) {
       const int64_t th = (t0 + i) / TW, tw = (t0 + i) % TW;
-      winograd5_input(xp + (2 * th * pad.Wp() + 2 * tw) * C, row, C, V + i * kWinogradPoints * C, C,
-                      tmp);
+      winograd5_input(xp + (side * th * pad.Wp() + side * tw) * C, row, C,
+                      V + i * kWinogradPoints * C, C, tmp);
     }
     for (int i = 0; i < k.cmr; ++i) pix[i] = V + (i < m ? i : 0) * kWinogradPoints * C;
     for (int xi = 0; xi < kWinogradPoints; ++xi)
@@ -495,33 +503,39 @@ bool winograd_blocks(const GemmKernel& k, const Indirect& cv, const Indirect& pa
                M + xi * k.cmr * Opad + q * k.cnr, 1, Opad, m, n);
       }
     const int64_t count = m * Opad;
-    finite &= winograd5_output(M, k.cmr * Opad, count, out);
-    for (int i = 0; i < m; ++i) {
-      const int64_t th = (t0 + i) / TW, tw = (t0 + i) % TW;
-      for (int q = 0; q < 4; ++q) {
-        const int64_t oh = 2 * th + q / 2, ow = 2 * tw + q % 2;
-        if (oh >= OH || ow >= OW) continue;
-        const float* src = out + q * count + i * Opad;
-        float* dst = y + oh * OW + ow;
-        for (int64_t o = 0; o < O; ++o) {
-          const float v = src[o] + (bias ? bias[o] : 0.f);
-          dst[o * P] = relu && v < 0.f ? 0.f : v;
-        }
+    finite &= (side == 4 ? winograd43_output : winograd5_output)(M, k.cmr * Opad, count, out);
+    // Into y a plane at a time: the tiles' rows of `side` pixels side by side. (A pixel's O
+    // channels at a time wrote O lines P floats apart; at 32x32 they are 4 KB apart, all in
+    // one set of the L1 cache: F(4x4, 3x3) at 16 channels, 32x32, then ran slower than the
+    // direct kernel.)
+    const float lo = relu ? 0.f : -INFINITY;  // max(v, lo): ReLU without a branch
+    for (int64_t o = 0; o < O; ++o) {
+      const float bo = bias ? bias[o] : 0.f;
+      for (int i = 0; i < m; ++i) {
+        const int64_t th = (t0 + i) / TW, tw = (t0 + i) % TW;
+        const int64_t rows = std::min(side, OH - side * th), cols = std::min(side, OW - side * tw);
+        const float* src = out + i * Opad + o;
+        float* dst = y + o * P + side * th * OW + side * tw;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            dst[r * OW + c] = std::max(src[(r * side + c) * count] + bo, lo);
+          }
       }
     }
   }
   return finite;
 }
 
-// All images: x (N, C, H, W) -> y (N, O, OH, OW) by F(2x2, 5x5), with Up from
+// All images: x (N, C, H, W) -> y (N, O, OH, OW) by Winograd, with Up from
 // pack_winograd_filters. False if an output was Inf or NaN (y is then to be recomputed).
 bool winograd_batch(const GemmKernel& k, const Indirect& cv, int64_t N, const float* x,
                     const float* Up, const float* bias, bool relu, float* y) {
   const int threads = num_threads();
   const int64_t in_size = cv.C * cv.H * cv.W, out_size = cv.O * cv.OH * cv.OW;
-  const int64_t tiles = (cv.OH + 1) / 2 * ((cv.OW + 1) / 2);
+  const int64_t side = winograd_tile(cv);
+  const int64_t tiles = (cv.OH + side - 1) / side * ((cv.OW + side - 1) / side);
   const int64_t blocks = (tiles + k.cmr - 1) / k.cmr;
-  const Indirect pad = winograd_padding(cv);
+  const Indirect pad = winograd_padding(cv, side);
   std::atomic<bool> finite{true};
   if (N >= threads || threads == 1) {  // whole images per thread
     parallel_chunks(N, 1, threads, [&](int64_t b, int64_t e) {
@@ -550,7 +564,7 @@ void forward_indirect(const GemmKernel& k, const Window2d& g, const float* x, co
   const int64_t T = g.kh * g.kw;
   if (use_winograd(k, Indirect::of(g))) {
     const float* Up = pack_winograd_filters(
-        k, g.O, g.C, [&](int64_t o, int64_t c, int t) { return w[(o * g.C + c) * T + t]; });
+        k, g.kh, g.O, g.C, [&](int64_t o, int64_t c, int t) { return w[(o * g.C + c) * T + t]; });
     if (winograd_batch(k, Indirect::of(g), g.N, x, Up, b, relu, y)) return;
   }
   const float* Wp = pack_filters(
@@ -574,8 +588,8 @@ void dx_indirect(const GemmKernel& k, const Window2d& g, const float* w, const f
   };
   Indirect cv{g.O, g.OH, g.OW, g.kh - 1 - g.ph, g.kw - 1 - g.pw, g.kh, g.kw, 1, 1, g.C, g.H, g.W};
   if (use_winograd(k, cv) &&
-      winograd_batch(k, cv, g.N, dy, pack_winograd_filters(k, g.C, g.O, flipped), nullptr, false,
-                     dx))
+      winograd_batch(k, cv, g.N, dy, pack_winograd_filters(k, g.kh, g.C, g.O, flipped), nullptr,
+                     false, dx))
     return;
   indirect_batch(k, cv, g.N, dy, pack_filters(k, g.C, g.O, T, flipped), nullptr, false, dx);
 }
@@ -900,7 +914,7 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
   const int64_t a_panels = (O + mr - 1) / mr;
   // x, NHWC, zero-bordered to reach every block's (R+1)x(R+1) input; dy, NHWC, a zero row and
   // column where OH or OW is odd.
-  const Indirect xcv = winograd_padding(Indirect::of(g));
+  const Indirect xcv = winograd_padding(Indirect::of(g), 2);
   const Indirect dcv{O, OH, OW, 0, 0, 2, 2, 2, 2, O, TH, TW};
   const int64_t ximg = xcv.padded_size(), dimg = dcv.padded_size();
   const int64_t m_size = kPoints * O * C;

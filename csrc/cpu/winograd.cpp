@@ -1,6 +1,6 @@
-// The transforms of F(2x2, 5x5), see winograd.h. All but the last (once per filter) are loops
-// over channels, products or filters that the compiler vectorises, built for AVX-512 and AVX2
-// as well (FASTCNN_ELEMENTWISE). Each is a pass over rows then over columns, with the 1-D
+// The transforms of F(2x2, 5x5) and F(4x4, 3x3), see winograd.h. All but the last (once per filter)
+// are loops over channels, products or filters that the compiler vectorises, built for AVX-512 and
+// AVX2 as well (FASTCNN_ELEMENTWISE). Each is a pass over rows then over columns, with the 1-D
 // transforms
 //   B^T d: 4d0 - 5d2 + d4, (d3 + d4) - 4(d1 + d2), (d4 - d3) + 4(d1 - d2),
 //          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
@@ -9,6 +9,10 @@
 //          (f0-2f1+4f2-8f3+16f4)/24, f4
 //   A g:   g0, g0 + g1, g0 - g1, g0 + 2g1, g0 - 2g1, g1  (a 2x2 block of dy, for dw)
 //   G^T m: the transpose of G f, 6 values to 5 (dw's last step)
+// for F(4x4, 3x3) (forward and dx), with B^T d as above
+//   A^T m: m0 + (m1 + m2) + (m3 + m4), (m1 - m2) + 2(m3 - m4), (m1 + m2) + 4(m3 + m4),
+//          (m1 - m2) + 8(m3 - m4) + m5
+//   G f:   f0/4, -(f0+f1+f2)/6, -(f0-f1+f2)/6, (f0+2f1+4f2)/24, (f0-2f1+4f2)/24, f2
 // and for F(2x2, 3x3) (dw only)
 //   B^T d: d2 - d0, d1 + d2, d2 - d1, d3 - d1
 //   A g:   g0, g0 + g1, g0 - g1, g1
@@ -25,14 +29,52 @@ namespace fastcnn {
 
 namespace {
 
-// G f of five values, into u[0..5].
-inline void filter_1d(double f0, double f1, double f2, double f3, double f4, double* u) {
-  u[0] = f0 / 4;
-  u[1] = -(f0 + f1 + f2 + f3 + f4) / 6;
-  u[2] = -(f0 - f1 + f2 - f3 + f4) / 6;
-  u[3] = (f0 + 2 * f1 + 4 * f2 + 8 * f3 + 16 * f4) / 24;
-  u[4] = (f0 - 2 * f1 + 4 * f2 - 8 * f3 + 16 * f4) / 24;
-  u[5] = f4;
+// G f of R = 5 values (F(2x2, 5x5)) or 3 (F(4x4, 3x3)), into u[0..5]: the same interpolation
+// points, so the same scaling of each row.
+template <int R>
+inline void filter_1d(const double* f, double* u) {
+  if constexpr (R == 5) {
+    const double f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4];
+    u[0] = f0 / 4;
+    u[1] = -(f0 + f1 + f2 + f3 + f4) / 6;
+    u[2] = -(f0 - f1 + f2 - f3 + f4) / 6;
+    u[3] = (f0 + 2 * f1 + 4 * f2 + 8 * f3 + 16 * f4) / 24;
+    u[4] = (f0 - 2 * f1 + 4 * f2 - 8 * f3 + 16 * f4) / 24;
+    u[5] = f4;
+  } else {
+    const double f0 = f[0], f1 = f[1], f2 = f[2];
+    u[0] = f0 / 4;
+    u[1] = -(f0 + f1 + f2) / 6;
+    u[2] = -(f0 - f1 + f2) / 6;
+    u[3] = (f0 + 2 * f1 + 4 * f2) / 24;
+    u[4] = (f0 - 2 * f1 + 4 * f2) / 24;
+    u[5] = f2;
+  }
+}
+
+// G f G^T of `count` R x R filters side by side into the 6x6 points (winograd.h).
+template <int R>
+inline void filters_6x6(const float* f, int64_t count, float* u, int64_t ldu) {
+#pragma GCC ivdep
+  for (int64_t j = 0; j < count; ++j) {  // vectorised over the filters
+    double t[6][R];                      // G f: 6 rows of R
+#pragma GCC unroll 5
+    for (int c = 0; c < R; ++c) {
+      double col[R], g[6];
+#pragma GCC unroll 5
+      for (int r = 0; r < R; ++r) col[r] = f[(R * r + c) * count + j];
+      filter_1d<R>(col, g);
+#pragma GCC unroll 6
+      for (int r = 0; r < 6; ++r) t[r][c] = g[r];
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; ++r) {
+      double g[6];
+      filter_1d<R>(t[r], g);
+#pragma GCC unroll 6
+      for (int s = 0; s < 6; ++s) u[(6 * r + s) * ldu + j] = static_cast<float>(g[s]);
+    }
+  }
 }
 
 // B^T d over C channels: six input rows (d[r] + c) to six output rows (v[x] + c). Inlined into
@@ -58,25 +100,12 @@ inline void input_1d(const float* const* d, float* const* v, int64_t C) {
 
 FASTCNN_ELEMENTWISE
 void winograd5_filters(const float* f, int64_t count, float* u, int64_t ldu) {
-#pragma GCC ivdep
-  for (int64_t j = 0; j < count; ++j) {  // vectorised over the filters
-    double t[6][5];                      // G f: 6 rows of 5
-#pragma GCC unroll 5
-    for (int c = 0; c < 5; ++c) {
-      double g[6];
-      filter_1d(f[c * count + j], f[(5 + c) * count + j], f[(10 + c) * count + j],
-                f[(15 + c) * count + j], f[(20 + c) * count + j], g);
-#pragma GCC unroll 6
-      for (int r = 0; r < 6; ++r) t[r][c] = g[r];
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < 6; ++r) {
-      double g[6];
-      filter_1d(t[r][0], t[r][1], t[r][2], t[r][3], t[r][4], g);
-#pragma GCC unroll 6
-      for (int s = 0; s < 6; ++s) u[(6 * r + s) * ldu + j] = static_cast<float>(g[s]);
-    }
-  }
+  filters_6x6<5>(f, count, u, ldu);
+}
+
+FASTCNN_ELEMENTWISE
+void winograd43_filters(const float* f, int64_t count, float* u, int64_t ldu) {
+  filters_6x6<3>(f, count, u, ldu);
 }
 
 FASTCNN_ELEMENTWISE
@@ -119,6 +148,37 @@ bool winograd5_output(const float* M, int64_t ldm, int64_t count, float* out) {
     // Inf or NaN anywhere: |v| <= FLT_MAX is false for both.
     bad |= !(std::fabs(a) <= FLT_MAX) | !(std::fabs(b) <= FLT_MAX) | !(std::fabs(c) <= FLT_MAX) |
            !(std::fabs(d) <= FLT_MAX);
+  }
+  return bad == 0;
+}
+
+FASTCNN_ELEMENTWISE
+bool winograd43_output(const float* M, int64_t ldm, int64_t count, float* out) {
+  int bad = 0;
+#pragma GCC ivdep
+  for (int64_t e = 0; e < count; ++e) {
+    float s[4][6];  // A^T over the rows, for each column
+#pragma GCC unroll 6
+    for (int c = 0; c < 6; ++c) {
+      const float* m = M + c * ldm + e;
+      const float m0 = m[0], m1 = m[6 * ldm], m2 = m[12 * ldm], m3 = m[18 * ldm];
+      const float m4 = m[24 * ldm], m5 = m[30 * ldm];
+      const float a = m1 + m2, b = m1 - m2, c3 = m3 + m4, d = m3 - m4;
+      s[0][c] = m0 + a + c3;
+      s[1][c] = b + 2.f * d;
+      s[2][c] = a + 4.f * c3;
+      s[3][c] = b + 8.f * d + m5;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const float* v = s[r];
+      const float a = v[1] + v[2], b = v[1] - v[2], c3 = v[3] + v[4], d = v[3] - v[4];
+      const float y0 = v[0] + a + c3, y1 = b + 2.f * d, y2 = a + 4.f * c3, y3 = b + 8.f * d + v[5];
+      out[(4 * r) * count + e] = y0, out[(4 * r + 1) * count + e] = y1;
+      out[(4 * r + 2) * count + e] = y2, out[(4 * r + 3) * count + e] = y3;
+      bad |= !(std::fabs(y0) <= FLT_MAX) | !(std::fabs(y1) <= FLT_MAX) |
+             !(std::fabs(y2) <= FLT_MAX) | !(std::fabs(y3) <= FLT_MAX);
+    }
   }
   return bad == 0;
 }

@@ -14,6 +14,10 @@
 //
 // with the interpolation points 0, 1, -1, 2, -2 and infinity. Point xi = 6*r + s of a 6x6 array
 // is its row r, column s.
+//
+// F(4x4, 3x3), for the forward pass and dx of 3x3 stride-1 layers, works on the same 6x6 blocks
+// with the same points, hence the same B^T d B: a 4x4 block of outputs with 36 products a pair
+// of channels where the direct sum takes 144. Only G (6x3) and A^T (4x6) differ.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +44,11 @@ bool winograd5_output(const float* M, int64_t ldm, int64_t count, float* out);
 // that is, in the GEMM's A panels of mr channels (zeros for o >= O up to whole panels).
 void winograd5_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                   int64_t ld_panel);
+
+// F(4x4, 3x3)'s filters G f G^T (f's 9 taps t = 3*row + column, as above) and outputs A^T M A,
+// out[q * count + e] for the 16 outputs q = 4*row + column.
+void winograd43_filters(const float* f, int64_t count, float* u, int64_t ldu);
+bool winograd43_output(const float* M, int64_t ldm, int64_t count, float* out);
 
 // dw[t] for the 25 taps t of G^T m G, m the 6x6 sums at m[xi * ld]; in double. False if one of
 // m is Inf or NaN.
