@@ -39,46 +39,81 @@ void for_each_channel(int64_t C, int64_t values, Fn fn) {
   (void)values;
 }
 
+// 16 floats as one value (GCC and Clang's vector extensions): each ISA clone below lowers it to
+// one zmm, two ymm or four xmm registers. A channel's planes are short (49 values at 7x7, 196 at
+// 14x14): the loops below run whole vectors along each plane and one partial vector at its end,
+// carrying the sums' lanes from plane to plane. (Summing plane by plane, each reduced to a
+// scalar, took ~7 cycles a value at 7x7.)
+// (GCC's note that passing one by value changes the ABI without AVX-512 is turned off in
+// CMakeLists.txt: the helpers are inlined into each clone; no such value crosses a call.)
+typedef float F16 __attribute__((vector_size(64)));
+typedef float F16u __attribute__((vector_size(64), aligned(4)));  // for unaligned access
+typedef int32_t I16 __attribute__((vector_size(64)));
+
+inline F16 load(const float* p) {
+  return *reinterpret_cast<const F16u*>(p);
+}
+inline void store(float* p, F16 v) {
+  *reinterpret_cast<F16u*>(p) = v;
+}
+// v's first n lanes, zeros after.
+inline F16 first_lanes(F16 v, int64_t n) {
+  const I16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return reinterpret_cast<F16>(reinterpret_cast<I16>(v) & (lane < static_cast<int32_t>(n)));
+}
+// The n <= 16 values at a + i, zeros after, of an array of `end` floats: a whole vector where it
+// lies inside the array (then masked), else copied.
+inline F16 load_n(const float* a, int64_t i, int64_t n, int64_t end) {
+  if (n == 16) return load(a + i);
+  if (i + 16 <= end) return first_lanes(load(a + i), n);
+  F16 v = {};
+  std::memcpy(&v, a + i, n * sizeof(float));
+  return v;
+}
+// v's first n <= 16 lanes into p (the next plane may be another thread's).
+inline void store_n(float* p, F16 v, int64_t n) {
+  if (n == 16) return store(p, v);
+  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+}
+
 // y <= 0 ? 0 : d (d passes where y > 0 or y is NaN, as through every fastcnn ReLU), as bit
-// operations: with a select on a conditionally read d GCC branched, mispredicting on half the
-// elements (the backward ran 30x slower than without the mask).
-inline float relu_pass(float y, float d) {
-  uint32_t bits;
-  std::memcpy(&bits, &d, sizeof bits);
-  bits &= 0u - static_cast<uint32_t>(!(y <= 0.f));
-  float out;
-  std::memcpy(&out, &bits, sizeof out);
-  return out;
+// operations (a select GCC would branch on, mispredicting half the time).
+inline F16 relu_pass(F16 y, F16 d) {
+  const F16 zero = {};
+  return reinterpret_cast<F16>(reinterpret_cast<I16>(d) & ~(y <= zero));
 }
 
-// The sum of f(i) over [0, n) in a fixed order: 16 float lanes (vectorised) within blocks of
-// 1024, the blocks added in double, so that float rounding never builds up over a large plane.
-template <class F>
-inline double sum_of(int64_t n, F f) {
+// A sum in a fixed order: 16 float lanes, emptied into a double every 64 vectors (1,024 values),
+// so that float rounding never builds up over a channel.
+struct Sum {
+  F16 lanes = {};
+  int count = 0;
   double total = 0.0;
-  for (int64_t b0 = 0; b0 < n; b0 += 1024) {
-    const int64_t b1 = std::min<int64_t>(n, b0 + 1024);
-    float lanes[16] = {};
-    int64_t i = b0;
-    for (; i + 16 <= b1; i += 16)
-      for (int l = 0; l < 16; ++l) lanes[l] += f(i + l);
-    float s = 0.f;
-    for (float v : lanes) s += v;
-    for (; i < b1; ++i) s += f(i);
-    total += s;
+  void add(F16 v) {
+    lanes += v;
+    if (++count == 64) flush();
   }
-  return total;
-}
+  void flush() {
+    float s = 0.f;
+    for (int l = 0; l < 16; ++l) s += lanes[l];
+    total += s;
+    lanes = F16{}, count = 0;
+  }
+  double get() {
+    flush();
+    return total;
+  }
+};
 
-// sum_of(n, f) and sum_of(n, g), each in sum_of's order, block by block: the second reads
-// what the first brought into the L1 cache. (One loop computing both lanes, GCC's AVX-512
-// vectorisation shuffled every load, 3x slower.)
-template <class F, class G>
-inline void sums_of(int64_t n, F f, G g, double& total_f, double& total_g) {
-  for (int64_t b0 = 0; b0 < n; b0 += 1024) {
-    const int64_t len = std::min<int64_t>(n - b0, 1024);
-    total_f += sum_of(len, [&](int64_t i) { return f(b0 + i); });
-    total_g += sum_of(len, [&](int64_t i) { return g(b0 + i); });
+// fn(at, p, n) over channel c's planes (at: the plane's offset in the NCHW batch) for p = 0, 16,
+// ... with n = 16 values, then the plane's last n < 16.
+template <class Fn>
+inline void over_channel(int64_t N, int64_t C, int64_t P, int64_t c, Fn fn) {
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t at = (i * C + c) * P;
+    int64_t p = 0;
+    for (; p + 16 <= P; p += 16) fn(at, p, 16);
+    if (p < P) fn(at, p, P - p);
   }
 }
 }  // namespace
@@ -87,23 +122,15 @@ inline void sums_of(int64_t n, F f, G g, double& total_f, double& total_g) {
 FASTCNN_ELEMENTWISE static void affine_rows(int64_t N, int64_t C, int64_t P, int64_t c,
                                             const float* x, float scale, float shift,
                                             const float* residual, bool relu, float* y) {
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t at = (n * C + c) * P;
-    const float* xc = x + at;
-    float* yc = y + at;
-    if (residual) {
-      const float* rc = residual + at;
-      for (int64_t p = 0; p < P; ++p) {
-        const float v = xc[p] * scale + shift + rc[p];
-        yc[p] = relu && v < 0.f ? 0.f : v;
-      }
-    } else {
-      for (int64_t p = 0; p < P; ++p) {
-        const float v = xc[p] * scale + shift;
-        yc[p] = relu && v < 0.f ? 0.f : v;
-      }
-    }
-  }
+  const F16 zero = {}, sc = zero + scale, sh = zero + shift;
+  const int64_t end = N * C * P;
+  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
+    const int64_t i = at + p;
+    F16 v = load_n(x, i, n, end) * sc + sh;
+    if (residual) v += load_n(residual, i, n, end);
+    if (relu) v = v < zero ? zero : v;  // NaN passes
+    store_n(y + i, v, n);
+  });
 }
 
 // ---- forward ----------------------------------------------------------------------------------
@@ -115,31 +142,31 @@ FASTCNN_ELEMENTWISE static void forward_train_channel(int64_t N, int64_t C, int6
                                                       float eps, bool relu, float* y, float* mean,
                                                       float* invstd, float* var) {
   const double M = static_cast<double>(N * P);
-  {
-    double s = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xc = x + (n * C + c) * P;
-      s += sum_of(P, [xc](int64_t p) { return xc[p]; });
-    }
-    const double mu = M > 0 ? s / M : 0.0;
-    const float muf = static_cast<float>(mu);
-    double ss = 0.0;  // around the float mean: the same up to rounding, and vectorised
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xc = x + (n * C + c) * P;
-      ss += sum_of(P, [xc, muf](int64_t p) { return (xc[p] - muf) * (xc[p] - muf); });
-    }
-    // sum (x - mu)^2 = sum (x - muf)^2 - M (mu - muf)^2
-    ss -= M * (mu - muf) * (mu - muf);
-    const double v = M > 0 ? std::max(ss / M, 0.0) : 0.0;
-    const double is = 1.0 / std::sqrt(v + eps);
-    mean[c] = static_cast<float>(mu);
-    invstd[c] = static_cast<float>(is);
-    var[c] = static_cast<float>(v);
-    // y = x * scale + shift, in float: scale = invstd * weight, shift = bias - mean * scale.
-    const float scale = static_cast<float>(is * (w ? w[c] : 1.f));
-    const float shift = static_cast<float>((b ? b[c] : 0.f) - mu * (is * (w ? w[c] : 1.f)));
-    affine_rows(N, C, P, c, x, scale, shift, residual, relu, y);
-  }
+  const int64_t end = N * C * P;
+  const auto get = [&](int64_t i, int64_t n) { return load_n(x, i, n, end); };
+  Sum s;
+  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) { s.add(get(at + p, n)); });
+  const double mu = M > 0 ? s.get() / M : 0.0;
+  const float muf = static_cast<float>(mu);
+  // Around the float mean: the same up to rounding. A partial vector's padding lanes are 0 - muf
+  // there, so they are masked out.
+  const F16 m = F16{} + muf;
+  Sum ss;
+  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
+    const F16 d = get(at + p, n) - m;
+    ss.add(n == 16 ? d * d : first_lanes(d * d, n));
+  });
+  // sum (x - mu)^2 = sum (x - muf)^2 - M (mu - muf)^2
+  const double sq = ss.get() - M * (mu - muf) * (mu - muf);
+  const double v = M > 0 ? std::max(sq / M, 0.0) : 0.0;
+  const double is = 1.0 / std::sqrt(v + eps);
+  mean[c] = static_cast<float>(mu);
+  invstd[c] = static_cast<float>(is);
+  var[c] = static_cast<float>(v);
+  // y = x * scale + shift, in float: scale = invstd * weight, shift = bias - mean * scale.
+  const float scale = static_cast<float>(is * (w ? w[c] : 1.f));
+  const float shift = static_cast<float>((b ? b[c] : 0.f) - mu * (is * (w ? w[c] : 1.f)));
+  affine_rows(N, C, P, c, x, scale, shift, residual, relu, y);
 }
 
 void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, const float* w,
@@ -159,57 +186,45 @@ void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, c
 
 // ---- backward ---------------------------------------------------------------------------------
 
-// Channel c of batchnorm2d_backward.
+// Channel c of batchnorm2d_backward. Two passes: g (dy through the ReLU's mask, written to
+// masked_dy on request) and its sums, then dx.
 FASTCNN_ELEMENTWISE static void backward_channel(int64_t N, int64_t C, int64_t P, int64_t c,
                                                  const float* x, const float* dy, const float* y,
                                                  const float* mean, const float* invstd,
                                                  const float* w, float* dx, float* dw, float* db,
                                                  float* masked_dy) {
   const double M = static_cast<double>(N * P);
-  {
-    const float mu = mean[c], is = invstd[c];
-    // With masked_dy, g is written there once and read back instead of dy and the mask.
-    const float *g_src = dy, *mask = y;
-    if (masked_dy && y) {
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t at = (n * C + c) * P;
-        float* __restrict g = masked_dy + at;
-        const float* __restrict yc = y + at;
-        const float* __restrict dc = dy + at;
-        for (int64_t p = 0; p < P; ++p) g[p] = relu_pass(yc[p], dc[p]);
-      }
-      g_src = masked_dy, mask = nullptr;
-    }
-    double sg = 0.0, sgx = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t at = (n * C + c) * P;
-      const float *xc = x + at, *dc = g_src + at, *yc = mask ? mask + at : nullptr;
-      if (yc)  // the fused ReLU's mask
-        sums_of(
-            P, [=](int64_t p) { return relu_pass(yc[p], dc[p]); },
-            [=](int64_t p) { return relu_pass(yc[p], dc[p]) * (xc[p] - mu); }, sg, sgx);
-      else
-        sums_of(
-            P, [=](int64_t p) { return dc[p]; }, [=](int64_t p) { return dc[p] * (xc[p] - mu); },
-            sg, sgx);
-    }
-    sgx *= is;  // sum g * xhat
-    if (db) db[c] = static_cast<float>(sg);
-    if (dw) dw[c] = static_cast<float>(sgx);
-    if (!dx || M == 0) return;
-    const float k = (w ? w[c] : 1.f) * is;
-    const float mean_g = static_cast<float>(sg / M), mean_gx = static_cast<float>(sgx / M);
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t at = (n * C + c) * P;
-      const float *xc = x + at, *dc = g_src + at, *yc = mask ? mask + at : nullptr;
-      float* out = dx + at;
-      if (yc)
-        for (int64_t p = 0; p < P; ++p)
-          out[p] = k * (relu_pass(yc[p], dc[p]) - mean_g - (xc[p] - mu) * is * mean_gx);
-      else
-        for (int64_t p = 0; p < P; ++p) out[p] = k * (dc[p] - mean_g - (xc[p] - mu) * is * mean_gx);
-    }
-  }
+  const float mu = mean[c], is = invstd[c];
+  const F16 zero = {}, mv = zero + mu;
+  const int64_t end = N * C * P;
+  const auto get = [&](const float* a, int64_t i, int64_t n) { return load_n(a, i, n, end); };
+  // g at i: dy, masked by y's sign; the padding lanes of a partial vector are 0 (dy's are).
+  const auto g_at = [&](const float* d, const float* mask, int64_t i, int64_t n) {
+    return mask ? relu_pass(get(mask, i, n), get(d, i, n)) : get(d, i, n);
+  };
+  Sum sg, sgx;
+  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
+    const int64_t i = at + p;
+    const F16 g = g_at(dy, y, i, n);
+    if (masked_dy && y) store_n(masked_dy + i, g, n);
+    sg.add(g);
+    sgx.add(g * (get(x, i, n) - mv));
+  });
+  const double sum_g = sg.get(), sum_gx = sgx.get() * is;  // sum g * xhat
+  if (db) db[c] = static_cast<float>(sum_g);
+  if (dw) dw[c] = static_cast<float>(sum_gx);
+  if (!dx || M == 0) return;
+  // With masked_dy, g is read back from there instead of dy and the mask.
+  const float* g_src = masked_dy && y ? masked_dy : dy;
+  const float* mask = masked_dy && y ? nullptr : y;
+  const F16 k = zero + (w ? w[c] : 1.f) * is, isv = zero + is;
+  const F16 mean_g = zero + static_cast<float>(sum_g / M);
+  const F16 mean_gx = zero + static_cast<float>(sum_gx / M);
+  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
+    const int64_t i = at + p;
+    const F16 v = k * (g_at(g_src, mask, i, n) - mean_g - (get(x, i, n) - mv) * isv * mean_gx);
+    store_n(dx + i, v, n);
+  });
 }
 
 void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const float* dy,
