@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "cpu/ops.h"
+#include "cpu/vec16.h"
 
 namespace fastcnn {
 
@@ -39,23 +40,12 @@ void for_each_channel(int64_t C, int64_t values, Fn fn) {
   (void)values;
 }
 
-// 16 floats as one value (GCC and Clang's vector extensions): each ISA clone below lowers it to
-// one zmm, two ymm or four xmm registers. A channel's planes are short (49 values at 7x7, 196 at
-// 14x14): the loops below run whole vectors along each plane and one partial vector at its end,
-// carrying the sums' lanes from plane to plane. (Summing plane by plane, each reduced to a
-// scalar, took ~7 cycles a value at 7x7.)
-// (GCC's note that passing one by value changes the ABI without AVX-512 is turned off in
-// CMakeLists.txt: the helpers are inlined into each clone; no such value crosses a call.)
-typedef float F16 __attribute__((vector_size(64)));
-typedef float F16u __attribute__((vector_size(64), aligned(4)));  // for unaligned access
-typedef int32_t I16 __attribute__((vector_size(64)));
+// A channel's planes are short (49 values at 7x7, 196 at 14x14): the loops below run whole
+// vectors of 16 (vec16.h) along each plane and one partial vector at its end, carrying the sums'
+// lanes from plane to plane. (Summing plane by plane, each reduced to a scalar, took ~7 cycles a
+// value at 7x7.)
+using namespace vec16;
 
-inline F16 load(const float* p) {
-  return *reinterpret_cast<const F16u*>(p);
-}
-inline void store(float* p, F16 v) {
-  *reinterpret_cast<F16u*>(p) = v;
-}
 // v's first n lanes, zeros after.
 inline F16 first_lanes(F16 v, int64_t n) {
   const I16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
