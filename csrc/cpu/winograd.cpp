@@ -78,15 +78,27 @@ inline void filters_6x6(const float* f, int64_t count, float* u, int64_t ldu) {
   }
 }
 
-// B^T d over C channels: six input rows (d[r] + c) to six output rows (v[x] + c). Inlined into
-// each of winograd5_input's ISA clones.
-inline void input_1d(const float* const* d, float* const* v, int64_t C) {
+// B^T d of six values (T: a float, or 16 of them). Inlined into each of winograd5_input's ISA
+// clones, as input_1d.
+template <class T>
+inline void input_b(const T* d, T* v) {
+  const T a = d[4] - d[2], b = d[3] - d[1];
+  v[0] = 4.f * d[0] - 5.f * d[2] + d[4];
+  v[1] = (d[3] + d[4]) - 4.f * (d[1] + d[2]);
+  v[2] = (d[4] - d[3]) + 4.f * (d[1] - d[2]);
+  v[3] = a + 2.f * b;
+  v[4] = a - 2.f * b;
+  v[5] = 4.f * d[1] - 5.f * d[3] + d[5];
+}
+
+// The same over channels [c0, C): six input rows (d[r] + c) to six output rows (v[x] + c).
+inline void input_1d(const float* const* d, float* const* v, int64_t c0, int64_t C) {
   const float* __restrict d0 = d[0], * __restrict d1 = d[1], * __restrict d2 = d[2];
   const float* __restrict d3 = d[3], * __restrict d4 = d[4], * __restrict d5 = d[5];
   float* __restrict v0 = v[0], * __restrict v1 = v[1], * __restrict v2 = v[2];
   float* __restrict v3 = v[3], * __restrict v4 = v[4], * __restrict v5 = v[5];
 #pragma GCC ivdep
-  for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = c0; c < C; ++c) {
     const float a = d4[c] - d2[c], b = d3[c] - d1[c];
     v0[c] = 4.f * d0[c] - 5.f * d2[c] + d4[c];
     v1[c] = (d3[c] + d4[c]) - 4.f * (d1[c] + d2[c]);
@@ -111,17 +123,35 @@ void winograd43_filters(const float* f, int64_t count, float* u, int64_t ldu) {
 
 FASTCNN_ELEMENTWISE
 void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp) {
+  using namespace vec16;
+  // 16 channels at a time in registers, as winograd3_input.
+  int64_t c0 = 0;
+  for (; c0 + 16 <= C; c0 += 16) {
+    F16 t[6][6];  // B^T d: over the rows, for each column s
+    for (int s = 0; s < 6; ++s) {
+      F16 col[6], v[6];
+      for (int r = 0; r < 6; ++r) col[r] = load(d + r * row + s * C + c0);
+      input_b(col, v);
+      for (int x = 0; x < 6; ++x) t[x][s] = v[x];
+    }
+    for (int x = 0; x < 6; ++x) {
+      F16 v[6];
+      input_b(t[x], v);
+      for (int y = 0; y < 6; ++y) store(V + (6 * x + y) * ldv + c0, v[y]);
+    }
+  }
+  if (c0 == C) return;
+  // The channels past the last 16. Columns s: tmp[(6x + s) * C + c] = (B^T d)[x][s].
   const float* src[6];
   float* dst[6];
-  // Columns s: tmp[(6x + s) * C + c] = (B^T d)[x][s].
   for (int s = 0; s < 6; ++s) {
     for (int r = 0; r < 6; ++r) src[r] = d + r * row + s * C, dst[r] = tmp + (6 * r + s) * C;
-    input_1d(src, dst, C);
+    input_1d(src, dst, c0, C);
   }
   // Rows x: V[6x + y] = (B^T d B)[x][y].
   for (int x = 0; x < 6; ++x) {
     for (int s = 0; s < 6; ++s) src[s] = tmp + (6 * x + s) * C, dst[s] = V + (6 * x + s) * ldv;
-    input_1d(src, dst, C);
+    input_1d(src, dst, c0, C);
   }
 }
 
