@@ -320,7 +320,8 @@ F32 batchnorm2d_forward_eval(const py::array& x, const py::array& scale, const p
 py::tuple batchnorm2d_backward(const py::array& x, const py::array& dy, const OptArray& y,
                                const py::array& mean, const py::array& invstd,
                                const OptArray& weight, bool need_dx, bool need_affine,
-                               const OptArray& dx_out, const OptArray& masked_dy_out) {
+                               const OptArray& dx_out, const OptArray& masked_dy_out, bool relu,
+                               const OptArray& bias) {
   const float* xp = in_f32(x, "x", 4);
   const int64_t N = x.shape(0), C = x.shape(1), P = x.shape(2) * x.shape(3);
   const float* dyp = in_f32(dy, "dy", 4);
@@ -332,6 +333,7 @@ py::tuple batchnorm2d_backward(const py::array& x, const py::array& dy, const Op
   }
   const float *mp = per_channel(mean, "mean", C), *ip = per_channel(invstd, "invstd", C);
   const float* wp = per_channel(weight, "weight", C);
+  const float* bp = per_channel(bias, "bias", C);
   py::object dx = py::none(), dw = py::none(), db = py::none();
   float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
   if (need_dx) {
@@ -346,14 +348,14 @@ py::tuple batchnorm2d_backward(const py::array& x, const py::array& dy, const Op
   }
   float* gp = nullptr;
   if (masked_dy_out) {
-    if (!y) value_error("masked_dy_out needs y (the mask)");
+    if (!y && !relu) value_error("masked_dy_out needs a ReLU's mask (y, or relu=True)");
     py::array g = *masked_dy_out;
     check_out(g, shape_of(x), "masked_dy_out", {&x, &dy});
     gp = static_cast<float*>(g.mutable_data());
   }
   {
     py::gil_scoped_release nogil;
-    fastcnn::batchnorm2d_backward(N, C, P, xp, dyp, yp, mp, ip, wp, dxp, dwp, dbp, gp);
+    fastcnn::batchnorm2d_backward(N, C, P, xp, dyp, yp, relu, mp, ip, wp, bp, dxp, dwp, dbp, gp);
   }
   return py::make_tuple(dx, dw, db);
 }
@@ -555,7 +557,8 @@ PYBIND11_MODULE(_C, m) {
         arg("relu") = false, arg("out") = none, arg("residual") = none);
   m.def("batchnorm2d_backward", &batchnorm2d_backward, arg("x"), arg("dy"), arg("y").none(true),
         arg("mean"), arg("invstd"), arg("weight").none(true), arg("need_dx") = true,
-        arg("need_affine") = true, arg("dx_out") = none, arg("masked_dy_out") = none);
+        arg("need_affine") = true, arg("dx_out") = none, arg("masked_dy_out") = none,
+        arg("relu") = false, arg("bias").none(true) = none);
   m.def("add", &add, arg("a"), arg("b"), arg("relu") = false, arg("out") = none);
   m.def("dropout_forward", &dropout_forward, arg("x"), arg("p"), arg("seed"), arg("out") = none);
   m.def("dropout_backward", &dropout_backward, arg("dy"), arg("mask"), arg("p"), arg("out") = none);

@@ -518,6 +518,7 @@ def batchnorm_forward(bn, x, relu, residual, out):
     if bn.track_running_stats:
         bn._update_running_stats(mean32, var32, int(count))
     bn._x, bn._y, bn._stats = x, (y if relu else None), (mean32, invstd.astype(np.float32))
+    bn._relu_x = False  # the mask is y's
     bn._count = count
     return y
 

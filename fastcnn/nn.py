@@ -852,7 +852,11 @@ class BatchNorm2d(Module):
             y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, self.eps, relu, out, residual)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
-            self._x, self._y, self._stats = (x, y if relu else None, (mean, invstd))
+            self._x, self._stats = x, (mean, invstd)
+            # The ReLU's mask in backward: y > 0 where a residual was added, else recomputed
+            # from x (one array fewer to read back).
+            self._y = y if relu and residual is not None else None
+            self._relu_x = relu and residual is None
             return y
         self._x = None
         return ops.batchnorm2d_forward_eval(x, *self.eval_affine(), relu, out, residual)
@@ -888,7 +892,7 @@ class BatchNorm2d(Module):
     def backward_masked(self, dy):
         """(dx, g) after a forward with relu=True: g is dy through the ReLU's mask, what the
         residual added in forward receives."""
-        if self._y is None:
+        if self._y is None and not getattr(self, "_relu_x", False):
             raise RuntimeError("backward_masked needs a forward with relu=True")
         g = self._buffer("g", self._x.shape, dy)
         g = ops.empty(self._x.shape, np.float32, dy) if g is None else g
@@ -912,6 +916,8 @@ class BatchNorm2d(Module):
             self.affine,
             self._buffer("dx", self._x.shape, dy) if need_dx else None,
             masked_dy_out,
+            relu=self._relu_x,
+            bias=self.bias.data if self.affine else None,
         )
         if self.affine:
             self.weight.accumulate(dw)

@@ -428,17 +428,33 @@ def add_relu(a, b, out=None):
 
 
 def batchnorm2d_backward(
-    x, dy, y, mean, invstd, weight, need_dx=True, need_affine=True, dx_out=None, masked_dy_out=None
+    x,
+    dy,
+    y,
+    mean,
+    invstd,
+    weight,
+    need_dx=True,
+    need_affine=True,
+    dx_out=None,
+    masked_dy_out=None,
+    relu=False,
+    bias=None,
 ):
     """Gradients of training-mode batch normalisation.
 
     Args:
         x, dy: float32 (N, C, H, W): the forward input and d(loss)/d(output).
-        y: the forward output when it was computed with relu=True, else None.
+        y: the forward output when it was computed with relu=True, else None. With a residual
+            it is needed for the ReLU's mask; without one, relu=True and bias do instead.
         mean, invstd: what batchnorm2d_forward returned.
         weight: (C,) or None.
-        masked_dy_out: with y, an array of x's shape that receives dy through the ReLU's mask
-            (what a residual block's shortcut gets).
+        masked_dy_out: with a mask (y, or relu), an array of x's shape that receives dy through
+            the ReLU's mask (what a residual block's shortcut gets).
+        relu: with y None, the forward had relu=True and no residual: the mask is recomputed
+            from x, mean, invstd, weight and bias (the forward's), exactly as the forward
+            computed it, so that y need not be read.
+        bias: (C,) or None, the forward's.
 
     Returns:
         (dx or None, dweight or None, dbias or None).
@@ -455,6 +471,8 @@ def batchnorm2d_backward(
         need_affine,
         dx_out,
         masked_dy_out,
+        relu,
+        bias,
     )
 
 

@@ -228,8 +228,34 @@ def test_masked_dy_out(rng):
     rdx, rdw, rdb = ref.batchnorm2d_backward(x, g, w, b, 1e-5, False)
     ref.assert_close(dx, rdx, name="dx")
     ref.assert_close(dw, rdw, name="dw")
-    with pytest.raises(ValueError, match="needs y"):
+    with pytest.raises(ValueError, match="needs a ReLU's mask"):
         ops.batchnorm2d_backward(x, dy, None, mean, invstd, w, masked_dy_out=g)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_relu_mask_recomputed_from_x(shape, affine, rng):
+    """Without a residual, backward may recompute the ReLU's mask from x (relu=True, the
+    forward's bias) instead of reading y: exactly the same gradients, masked dy included. In
+    the second case half of x is 0 and each channel's mean is exactly 0, with no bias: the
+    ReLU's input is exactly 0 there, the edge both ways must treat alike."""
+    x0, w, b0 = make(rng, shape, affine)
+    n, c, p = shape[0], shape[1], shape[2] * shape[3]
+    values = np.resize(np.array([-1, 0, 1, 0], np.float32), (c, n * p))
+    values[:, -1] -= values.sum(axis=1)  # each channel sums to 0 exactly
+    zeros = values.reshape(c, n, p).transpose(1, 0, 2).reshape(shape)
+    for x, b in ((x0, b0), (zeros, None)):
+        dy = rng.standard_normal(shape).astype(np.float32)
+        y, mean, invstd, _ = ops.batchnorm2d_forward(x, w, b, 1e-5, True)
+        g_y, g_x = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+        from_y = ops.batchnorm2d_backward(x, dy, y, mean, invstd, w, True, affine, None, g_y)
+        from_x = ops.batchnorm2d_backward(
+            x, dy, None, mean, invstd, w, True, affine, None, g_x, relu=True, bias=b
+        )
+        for got, want in zip(from_x, from_y):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(g_x, g_y)
+        np.testing.assert_array_equal(g_x, np.where(y > 0, dy, 0))
 
 
 @pytest.mark.parametrize("n", [1, 17, 70000])  # 70000: over the threads

@@ -108,6 +108,21 @@ inline void over_channel(int64_t N, int64_t C, int64_t P, int64_t c, Fn fn) {
 }
 }  // namespace
 
+// Channel c's y = x * scale + shift, from the float mean and invstd batchnorm2d_forward_train
+// returns: the backward recomputes the ReLU's mask from x with the same values. Compiled once (not
+// per ISA) and never inlined, so that both get the same roundings.
+__attribute__((noinline)) static void affine_of(const float* mean, const float* invstd,
+                                                const float* w, const float* b, int64_t c,
+                                                float* scale, float* shift) {
+  *scale = invstd[c] * (w ? w[c] : 1.f);
+  *shift = (b ? b[c] : 0.f) - mean[c] * *scale;
+}
+
+// x * scale + shift, the one expression the forward and the mask's recomputation both use.
+inline F16 affine(F16 x, F16 scale, F16 shift) {
+  return x * scale + shift;
+}
+
 // y = x * scale + shift (+ residual) over channel c's planes, then max(0, .) with relu.
 FASTCNN_ELEMENTWISE static void affine_rows(int64_t N, int64_t C, int64_t P, int64_t c,
                                             const float* x, float scale, float shift,
@@ -116,7 +131,7 @@ FASTCNN_ELEMENTWISE static void affine_rows(int64_t N, int64_t C, int64_t P, int
   const int64_t end = N * C * P;
   over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
     const int64_t i = at + p;
-    F16 v = load_n(x, i, n, end) * sc + sh;
+    F16 v = affine(load_n(x, i, n, end), sc, sh);
     if (residual) v += load_n(residual, i, n, end);
     if (relu) v = v < zero ? zero : v;  // NaN passes
     store_n(y + i, v, n);
@@ -154,8 +169,8 @@ FASTCNN_ELEMENTWISE static void forward_train_channel(int64_t N, int64_t C, int6
   invstd[c] = static_cast<float>(is);
   var[c] = static_cast<float>(v);
   // y = x * scale + shift, in float: scale = invstd * weight, shift = bias - mean * scale.
-  const float scale = static_cast<float>(is * (w ? w[c] : 1.f));
-  const float shift = static_cast<float>((b ? b[c] : 0.f) - mu * (is * (w ? w[c] : 1.f)));
+  float scale, shift;
+  affine_of(mean, invstd, w, b, c, &scale, &shift);
   affine_rows(N, C, P, c, x, scale, shift, residual, relu, y);
 }
 
@@ -180,48 +195,61 @@ void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, c
 // masked_dy on request) and its sums, then dx.
 FASTCNN_ELEMENTWISE static void backward_channel(int64_t N, int64_t C, int64_t P, int64_t c,
                                                  const float* x, const float* dy, const float* y,
-                                                 const float* mean, const float* invstd,
-                                                 const float* w, float* dx, float* dw, float* db,
-                                                 float* masked_dy) {
+                                                 bool relu, const float* mean, const float* invstd,
+                                                 const float* w, const float* b, float* dx,
+                                                 float* dw, float* db, float* masked_dy) {
   const double M = static_cast<double>(N * P);
   const float mu = mean[c], is = invstd[c];
   const F16 zero = {}, mv = zero + mu;
   const int64_t end = N * C * P;
   const auto get = [&](const float* a, int64_t i, int64_t n) { return load_n(a, i, n, end); };
-  // g at i: dy, masked by y's sign; the padding lanes of a partial vector are 0 (dy's are).
-  const auto g_at = [&](const float* d, const float* mask, int64_t i, int64_t n) {
-    return mask ? relu_pass(get(mask, i, n), get(d, i, n)) : get(d, i, n);
+  // The ReLU's mask: y > 0 where y is given, else x * scale + shift > 0 recomputed as the forward
+  // computed it (without y, a pass reads two arrays, not three).
+  const bool masked = y || relu;
+  float scale = 0.f, shift = 0.f;
+  if (!y && relu) affine_of(mean, invstd, w, b, c, &scale, &shift);
+  const F16 sc = zero + scale, sh = zero + shift;
+  // g at i, from d (dy, or masked_dy already masked); the padding lanes of a partial vector are
+  // 0 (d's are).
+  const auto g_at = [&](const float* d, bool mask, F16 xv, int64_t i, int64_t n) {
+    const F16 dv = get(d, i, n);
+    if (!mask) return dv;
+    return relu_pass(y ? get(y, i, n) : affine(xv, sc, sh), dv);
   };
   Sum sg, sgx;
   over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
     const int64_t i = at + p;
-    const F16 g = g_at(dy, y, i, n);
-    if (masked_dy && y) store_n(masked_dy + i, g, n);
+    const F16 xv = get(x, i, n);
+    const F16 g = g_at(dy, masked, xv, i, n);
+    if (masked_dy && masked) store_n(masked_dy + i, g, n);
     sg.add(g);
-    sgx.add(g * (get(x, i, n) - mv));
+    sgx.add(g * (xv - mv));
   });
   const double sum_g = sg.get(), sum_gx = sgx.get() * is;  // sum g * xhat
   if (db) db[c] = static_cast<float>(sum_g);
   if (dw) dw[c] = static_cast<float>(sum_gx);
   if (!dx || M == 0) return;
   // With masked_dy, g is read back from there instead of dy and the mask.
-  const float* g_src = masked_dy && y ? masked_dy : dy;
-  const float* mask = masked_dy && y ? nullptr : y;
+  const bool reread = masked_dy && masked;
+  const float* g_src = reread ? masked_dy : dy;
   const F16 k = zero + (w ? w[c] : 1.f) * is, isv = zero + is;
   const F16 mean_g = zero + static_cast<float>(sum_g / M);
   const F16 mean_gx = zero + static_cast<float>(sum_gx / M);
   over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
     const int64_t i = at + p;
-    const F16 v = k * (g_at(g_src, mask, i, n) - mean_g - (get(x, i, n) - mv) * isv * mean_gx);
+    const F16 xv = get(x, i, n);
+    const F16 v =
+        k * (g_at(g_src, masked && !reread, xv, i, n) - mean_g - (xv - mv) * isv * mean_gx);
     store_n(dx + i, v, n);
   });
 }
 
 void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const float* dy,
-                          const float* y, const float* mean, const float* invstd, const float* w,
-                          float* dx, float* dw, float* db, float* masked_dy) {
+                          const float* y, bool relu, const float* mean, const float* invstd,
+                          const float* w, const float* b, float* dx, float* dw, float* db,
+                          float* masked_dy) {
   for_each_channel(C, N * C * P, [&](int64_t c) {
-    backward_channel(N, C, P, c, x, dy, y, mean, invstd, w, dx, dw, db, masked_dy);
+    backward_channel(N, C, P, c, x, dy, y, relu, mean, invstd, w, b, dx, dw, db, masked_dy);
   });
 }
 

@@ -65,11 +65,14 @@ void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, 
 // scale, shift: (C,); residual: like x, or null.
 void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, const float* scale,
                               const float* shift, const float* residual, bool relu, float* y);
-// y: the forward output when the ReLU was fused (dy masked by y > 0), else null; dx, dw, db,
-// masked_dy (dy through the mask, like x; with y only) may each be null (not wanted).
+// The ReLU's mask, where the forward fused one: y > 0 for y, the forward output (needed where a
+// residual was added), else with relu, x * scale + shift > 0 recomputed from mean, invstd, w
+// and b as the forward computed it; neither: no ReLU. dx, dw, db, masked_dy (dy through the
+// mask, like x; with a mask only) may each be null (not wanted).
 void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const float* dy,
-                          const float* y, const float* mean, const float* invstd, const float* w,
-                          float* dx, float* dw, float* db, float* masked_dy);
+                          const float* y, bool relu, const float* mean, const float* invstd,
+                          const float* w, const float* b, float* dx, float* dw, float* db,
+                          float* masked_dy);
 
 // ---- activation.cpp (more) --------------------------------------------------------------------
 // y = a + b, then max(0, .) with relu; n elements (y may be a).
