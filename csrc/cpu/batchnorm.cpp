@@ -2,17 +2,19 @@
 // optional ReLU fused on the way out (BN -> ReLU is how every ResNet uses it).
 //
 //   training forward   each channel's mean and biased variance over its N*H*W values (two
-//                      passes, sums in double, image by image: a fixed order), then
-//                      y = (x - mean) * invstd * weight + bias, invstd = 1 / sqrt(var + eps).
+//                      passes; 16 float lanes, emptied into a double every 1,024 values: a
+//                      fixed order), then y = x * scale + shift, scale = invstd * weight,
+//                      shift = bias - mean * scale, invstd = 1 / sqrt(var + eps).
 //                      mean, invstd and var are written out for backward and the running stats.
 //   eval forward       y = x * scale + shift per channel (scale and shift folded by the caller
 //                      from the running stats).
 //   Either forward may add a residual (the same shape as x) before the ReLU: a ResNet block's
 //   relu(bn2(conv2(h)) + shortcut), in the one pass.
-//   backward           with g = dy (masked by y > 0 when the ReLU was fused), xhat the normalised
-//                      input and M = N*H*W: dbias = sum g, dweight = sum g*xhat,
-//                      dx = weight * invstd * (g - dbias/M - xhat * dweight/M); g itself is
-//                      written out on request (masked_dy), for the block's shortcut.
+//   backward           with g = dy (masked by y > 0 when the ReLU was fused; without a
+//                      residual the mask is recomputed from x, not read from y), xhat the
+//                      normalised input and M = N*H*W: dbias = sum g, dweight = sum g*xhat, dx =
+//                      weight * invstd * (g - dbias/M - xhat * dweight/M); g itself is written out
+//                      on request (masked_dy), for the block's shortcut.
 // Channels are split over the threads; each channel's sums are taken by one thread, so results do
 // not depend on the thread count.
 #include <algorithm>

@@ -402,12 +402,14 @@ void indirect_batch(const GemmKernel& k, const Indirect& cv, int64_t N, const fl
   }
 }
 
-// Packs filters for the indirect kernel: Wp[panel][(t*C + c)*cnr + j] = filter (o, c, t) with
-// o = panel*cnr + j; `at(o, c, t)` reads the caller's layout. Zero past O.
-// Into Wp where given (packed_size floats), else into scratch.
+// Floats of O filters of T taps over C channels, packed for the indirect kernel.
 int64_t packed_size(const GemmKernel& k, int64_t O, int64_t C, int64_t T) {
   return (O + k.cnr - 1) / k.cnr * T * C * k.cnr;
 }
+
+// Packs filters for the indirect kernel: Wp[panel][(t*C + c)*cnr + j] = filter (o, c, t) with
+// o = panel*cnr + j; `at(o, c, t)` reads the caller's layout. Zero past O. Into Wp where given
+// (packed_size floats), else into scratch.
 template <class At>
 float* pack_filters(const GemmKernel& k, int64_t O, int64_t C, int64_t T, At at,
                     float* Wp = nullptr) {

@@ -13,7 +13,7 @@
 //   A^T m: m0 + (m1 + m2) + (m3 + m4), (m1 - m2) + 2(m3 - m4), (m1 + m2) + 4(m3 + m4),
 //          (m1 - m2) + 8(m3 - m4) + m5
 //   G f:   f0/4, -(f0+f1+f2)/6, -(f0-f1+f2)/6, (f0+2f1+4f2)/24, (f0-2f1+4f2)/24, f2
-// and for F(2x2, 3x3) (dw only)
+// and for F(2x2, 3x3) (the weight gradient only)
 //   B^T d: d2 - d0, d1 + d2, d2 - d1, d3 - d1
 //   A g:   g0, g0 + g1, g0 - g1, g1
 //   G^T m: -m0 + (m1 + m2)/2, (m1 - m2)/2, (m1 + m2)/2 + m3
