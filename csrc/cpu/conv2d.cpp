@@ -375,13 +375,17 @@ void indirect_tiles(const GemmKernel& k, const Indirect& cv, const float* xp,
   }
 }
 
+// indirect_tiles' tiles of one image: channel panels x pixel tiles.
+int64_t indirect_tile_count(const GemmKernel& k, const Indirect& cv) {
+  return (cv.O + k.cnr - 1) / k.cnr * ((cv.OH * cv.OW + k.cmr - 1) / k.cmr);
+}
+
 // All images: x (N, C, H, W) -> y (N, O, OH, OW).
 void indirect_batch(const GemmKernel& k, const Indirect& cv, int64_t N, const float* x,
                     const float* Wp, const float* bias, bool relu, float* y) {
   const int threads = num_threads();
   const int64_t in_size = cv.C * cv.H * cv.W, out_size = cv.O * cv.OH * cv.OW;
-  const int64_t P = cv.OH * cv.OW;
-  const int64_t tiles = (cv.O + k.cnr - 1) / k.cnr * ((P + k.cmr - 1) / k.cmr);
+  const int64_t tiles = indirect_tile_count(k, cv);
   const std::vector<int64_t> row_off = tap_row_offsets(cv);
   if (N >= threads || threads == 1) {  // whole images per thread
     parallel_chunks(N, 1, threads, [&](int64_t b, int64_t e) {
@@ -541,9 +545,8 @@ bool winograd_blocks(const GemmKernel& k, const Indirect& cv, const Indirect& pa
   const int64_t TW = (OW + side - 1) / side, tiles = (OH + side - 1) / side * TW;
   const int64_t panels = (O + k.cnr - 1) / k.cnr, Opad = panels * k.cnr, row = pad.Wp() * C;
   const int64_t v_size = k.cmr * kWinogradPoints * C, m_size = kWinogradPoints * k.cmr * Opad;
-  float* V = scratch(kWinogradBlock, v_size + kWinogradPoints * C + m_size + outs * k.cmr * Opad);
-  float* tmp = V + v_size;
-  float* M = tmp + kWinogradPoints * C;
+  float* V = scratch(kWinogradBlock, v_size + m_size + outs * k.cmr * Opad);
+  float* M = V + v_size;
   float* out = M + m_size;
   // The kernel writes n < cnr channels of the last panel: the rest stays zero, read but unused.
   if (Opad != O) std::fill(M, M + m_size, 0.f);
@@ -557,7 +560,7 @@ bool winograd_blocks(const GemmKernel& k, const Indirect& cv, const Indirect& pa
     for (int i = 0; i < m; ++i) {
       const int64_t th = (t0 + i) / TW, tw = (t0 + i) % TW;
       winograd5_input(xp + (side * th * pad.Wp() + side * tw) * C, row, C,
-                      V + i * kWinogradPoints * C, C, tmp);
+                      V + i * kWinogradPoints * C, C);
     }
     for (int i = 0; i < k.cmr; ++i) pix[i] = V + (i < m ? i : 0) * kWinogradPoints * C;
     for (int xi = 0; xi < kWinogradPoints; ++xi)
@@ -688,6 +691,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
     if (Phase v = Phase::of(b, g.sw, g.pw, g.kw, g.W); v.K == 0 || v.border < 0) return false;
   struct PhaseConv {
     int64_t a, b;     // the residue class: dx's rows a + sh*i, columns b + sw*j
+    Phase h, v;       // its taps along the rows and the columns
     Indirect cv;      // dy (O channels) to the class's C x n_h x n_w values
     int64_t corner;   // its top-left in the shared padding (floats)
     int64_t filters;  // its packed filters' offset
@@ -701,7 +705,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
       const Phase h = Phase::of(a, g.sh, g.ph, g.kh, g.H), v = Phase::of(b, g.sw, g.pw, g.kw, g.W);
       if (h.n == 0 || v.n == 0) continue;
       const Indirect cv{g.O, g.OH, g.OW, h.border, v.border, h.K, v.K, 1, 1, g.C, h.n, v.n};
-      phases.push_back({a, b, cv, 0, filter_floats, {}, 0});
+      phases.push_back({a, b, h, v, cv, 0, filter_floats, {}, 0});
       filter_floats += packed_size(k, g.C, g.O, h.K * v.K);
       top = std::max(top, h.border), left = std::max(left, v.border);
       sub_plane = std::max(sub_plane, h.n * v.n);
@@ -713,8 +717,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
   float* filters = scratch(kPhaseFilters, filter_floats);
   const int64_t T = g.kh * g.kw, plane = g.H * g.W;
   for (PhaseConv& f : phases) {
-    const Phase h = Phase::of(f.a, g.sh, g.ph, g.kh, g.H),
-                v = Phase::of(f.b, g.sw, g.pw, g.kw, g.W);
+    const Phase &h = f.h, &v = f.v;
     pack_filters(
         k, g.C, g.O, h.K * v.K,
         [&](int64_t c, int64_t o, int64_t t) {
@@ -726,7 +729,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
     f.cv.hp = Hp, f.cv.wp = Wp;
     f.corner = ((top - f.cv.ph) * Wp + (left - f.cv.pw)) * g.O;
     f.row_off = tap_row_offsets(f.cv);
-    f.tiles = (g.C + k.cnr - 1) / k.cnr * ((h.n * v.n + k.cmr - 1) / k.cmr);
+    f.tiles = indirect_tile_count(k, f.cv);
   }
   // Phase f's tiles [t0, t1) of padded image xp into sub (C x its values).
   const auto run = [&](const PhaseConv& f, const float* xp, float* sub, int64_t t0, int64_t t1) {
@@ -1004,8 +1007,8 @@ bool use_winograd_dw(const GemmKernel& k, const Window2d& g) {
 template <int R>
 struct WinogradDw {
   static constexpr int kPoints = (R + 1) * (R + 1);
-  static void input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp) {
-    (R == 5 ? winograd5_input : winograd3_input)(d, row, C, V, ldv, tmp);
+  static void input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv) {
+    (R == 5 ? winograd5_input : winograd3_input)(d, row, C, V, ldv);
   }
   static void dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                  int64_t ld_panel) {
@@ -1043,8 +1046,8 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
   parallel_chunks(used, 1, threads, [&](int64_t s0, int64_t s1) {
     const int64_t v_size = kPoints * kBlock * C;
     const int64_t d_size = kPoints * a_panels * kBlock * mr;
-    float* buf = scratch(kWinogradBlock, ximg + dimg + v_size + d_size + kPoints * C);
-    float *xp = buf, *dyp = xp + ximg, *V = dyp + dimg, *D = V + v_size, *tmp = D + d_size;
+    float* buf = scratch(kWinogradBlock, ximg + dimg + v_size + d_size);
+    float *xp = buf, *dyp = xp + ximg, *V = dyp + dimg, *D = V + v_size;
     const float* rows[kBlock];
     for (int64_t kk = 0; kk < kBlock; ++kk) rows[kk] = V + kk * C;
     for (int64_t seg = s0; seg < s1; ++seg) {
@@ -1058,7 +1061,7 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
           for (int64_t kk = 0; kk < kc; ++kk) {
             const int64_t th = (t0 + kk) / TW, tw = (t0 + kk) % TW;
             Wd::input(xp + (2 * th * xcv.Wp() + 2 * tw) * C, xcv.Wp() * C, C, V + kk * C,
-                      kBlock * C, tmp);
+                      kBlock * C);
             Wd::dy(dyp + (2 * th * dcv.Wp() + 2 * tw) * O, dcv.Wp() * O, O, static_cast<int>(mr),
                    D + kk * mr, a_panels * kc * mr, kc * mr);
           }

@@ -78,35 +78,60 @@ inline void filters_6x6(const float* f, int64_t count, float* u, int64_t ldu) {
   }
 }
 
-// B^T d of six values (T: a float, or 16 of them). Inlined into each of winograd5_input's ISA
-// clones, as input_1d.
-template <class T>
-inline void input_b(const T* d, T* v) {
-  const T a = d[4] - d[2], b = d[3] - d[1];
-  v[0] = 4.f * d[0] - 5.f * d[2] + d[4];
-  v[1] = (d[3] + d[4]) - 4.f * (d[1] + d[2]);
-  v[2] = (d[4] - d[3]) + 4.f * (d[1] - d[2]);
-  v[3] = a + 2.f * b;
-  v[4] = a - 2.f * b;
-  v[5] = 4.f * d[1] - 5.f * d[3] + d[5];
+// B^T d of F values (T: a float, or 16 of them): F = 6, the 6x6 blocks of F(2x2, 5x5) and
+// F(4x4, 3x3); F = 4, F(2x2, 3x3)'s 4x4 blocks.
+template <int F, class T>
+__attribute__((always_inline)) inline void input_b(const T* d, T* v) {
+  if constexpr (F == 6) {
+    const T a = d[4] - d[2], b = d[3] - d[1];
+    v[0] = 4.f * d[0] - 5.f * d[2] + d[4];
+    v[1] = (d[3] + d[4]) - 4.f * (d[1] + d[2]);
+    v[2] = (d[4] - d[3]) + 4.f * (d[1] - d[2]);
+    v[3] = a + 2.f * b;
+    v[4] = a - 2.f * b;
+    v[5] = 4.f * d[1] - 5.f * d[3] + d[5];
+  } else {
+    v[0] = d[2] - d[0], v[1] = d[1] + d[2], v[2] = d[2] - d[1], v[3] = d[3] - d[1];
+  }
 }
 
-// The same over channels [c0, C): six input rows (d[r] + c) to six output rows (v[x] + c).
-inline void input_1d(const float* const* d, float* const* v, int64_t c0, int64_t C) {
-  const float* __restrict d0 = d[0], * __restrict d1 = d[1], * __restrict d2 = d[2];
-  const float* __restrict d3 = d[3], * __restrict d4 = d[4], * __restrict d5 = d[5];
-  float* __restrict v0 = v[0], * __restrict v1 = v[1], * __restrict v2 = v[2];
-  float* __restrict v3 = v[3], * __restrict v4 = v[4], * __restrict v5 = v[5];
-#pragma GCC ivdep
-  for (int64_t c = c0; c < C; ++c) {
-    const float a = d4[c] - d2[c], b = d3[c] - d1[c];
-    v0[c] = 4.f * d0[c] - 5.f * d2[c] + d4[c];
-    v1[c] = (d3[c] + d4[c]) - 4.f * (d1[c] + d2[c]);
-    v2[c] = (d4[c] - d3[c]) + 4.f * (d1[c] - d2[c]);
-    v3[c] = a + 2.f * b;
-    v4[c] = a - 2.f * b;
-    v5[c] = 4.f * d1[c] - 5.f * d3[c] + d5[c];
+// B^T d B of the F x F block at d (NHWC, rows `row` floats apart) for channel c and the next
+// lanes (T: one channel, or 16), in registers: the block in, over the rows then the columns, the
+// F*F points out to V[xi * ldv + c].
+template <int F, class T, class Load, class Store>
+__attribute__((always_inline)) inline void input_block(const float* d, int64_t row, int64_t C,
+                                                       float* V, int64_t ldv, int64_t c, Load load,
+                                                       Store store) {
+  T t[F][F];  // B^T d: over the rows, for each column s
+  for (int s = 0; s < F; ++s) {
+    T col[F], v[F];
+    for (int r = 0; r < F; ++r) col[r] = load(d + r * row + s * C + c);
+    input_b<F>(col, v);
+    for (int x = 0; x < F; ++x) t[x][s] = v[x];
   }
+  for (int x = 0; x < F; ++x) {
+    T v[F];
+    input_b<F>(t[x], v);
+    for (int y = 0; y < F; ++y) store(V + (F * x + y) * ldv + c, v[y]);
+  }
+}
+
+// All C channels: 16 at a time (one zmm, two ymm or four xmm a value in each ISA clone, into
+// which this must be inlined: GCC otherwise compiles one shared baseline copy), then one at a
+// time. (Over all channels a row or column at a time through a scratch block, the
+// transforms made F(2x2, 3x3)'s weight gradient 1.1x and F(4x4, 3x3)'s forward 1.15x slower at
+// 16 channels.)
+template <int F>
+__attribute__((always_inline)) inline void input_all(const float* d, int64_t row, int64_t C,
+                                                     float* V, int64_t ldv) {
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16)
+    input_block<F, vec16::F16>(
+        d, row, C, V, ldv, c, [](const float* p) { return vec16::load(p); },
+        [](float* p, vec16::F16 v) { vec16::store(p, v); });
+  for (; c < C; ++c)
+    input_block<F, float>(
+        d, row, C, V, ldv, c, [](const float* p) { return *p; }, [](float* p, float v) { *p = v; });
 }
 
 }  // namespace
@@ -122,37 +147,8 @@ void winograd43_filters(const float* f, int64_t count, float* u, int64_t ldu) {
 }
 
 FASTCNN_ELEMENTWISE
-void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp) {
-  using namespace vec16;
-  // 16 channels at a time in registers, as winograd3_input.
-  int64_t c0 = 0;
-  for (; c0 + 16 <= C; c0 += 16) {
-    F16 t[6][6];  // B^T d: over the rows, for each column s
-    for (int s = 0; s < 6; ++s) {
-      F16 col[6], v[6];
-      for (int r = 0; r < 6; ++r) col[r] = load(d + r * row + s * C + c0);
-      input_b(col, v);
-      for (int x = 0; x < 6; ++x) t[x][s] = v[x];
-    }
-    for (int x = 0; x < 6; ++x) {
-      F16 v[6];
-      input_b(t[x], v);
-      for (int y = 0; y < 6; ++y) store(V + (6 * x + y) * ldv + c0, v[y]);
-    }
-  }
-  if (c0 == C) return;
-  // The channels past the last 16. Columns s: tmp[(6x + s) * C + c] = (B^T d)[x][s].
-  const float* src[6];
-  float* dst[6];
-  for (int s = 0; s < 6; ++s) {
-    for (int r = 0; r < 6; ++r) src[r] = d + r * row + s * C, dst[r] = tmp + (6 * r + s) * C;
-    input_1d(src, dst, c0, C);
-  }
-  // Rows x: V[6x + y] = (B^T d B)[x][y].
-  for (int x = 0; x < 6; ++x) {
-    for (int s = 0; s < 6; ++s) src[s] = tmp + (6 * x + s) * C, dst[s] = V + (6 * x + s) * ldv;
-    input_1d(src, dst, c0, C);
-  }
+void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv) {
+  input_all<6>(d, row, C, V, ldv);
 }
 
 FASTCNN_ELEMENTWISE
@@ -288,48 +284,8 @@ void winograd3_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int6
 }
 
 FASTCNN_ELEMENTWISE
-void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp) {
-  using namespace vec16;
-  // 16 channels at a time in registers: the block's 16 vectors in, B^T d B, 16 vectors out. (The
-  // loops below, over all channels a row or column at a time through tmp, made the weight
-  // gradient 1.1x slower at 16 channels.)
-  int64_t c0 = 0;
-  for (; c0 + 16 <= C; c0 += 16) {
-    F16 t[4][4];  // B^T d: over the rows, for each column s
-    for (int s = 0; s < 4; ++s) {
-      const float* p = d + s * C + c0;
-      const F16 d0 = load(p), d1 = load(p + row), d2 = load(p + 2 * row), d3 = load(p + 3 * row);
-      t[0][s] = d2 - d0, t[1][s] = d1 + d2, t[2][s] = d2 - d1, t[3][s] = d3 - d1;
-    }
-    for (int x = 0; x < 4; ++x) {
-      float* v = V + 4 * x * ldv + c0;
-      store(v, t[x][2] - t[x][0]);
-      store(v + ldv, t[x][1] + t[x][2]);
-      store(v + 2 * ldv, t[x][2] - t[x][1]);
-      store(v + 3 * ldv, t[x][3] - t[x][1]);
-    }
-  }
-  if (c0 == C) return;
-  // The channels past the last 16: columns s, then rows x, as winograd5_input.
-  for (int pass = 0; pass < 2; ++pass)
-    for (int s = 0; s < 4; ++s) {
-      const float* __restrict d0, * __restrict d1, * __restrict d2, * __restrict d3;
-      float* __restrict v0, * __restrict v1, * __restrict v2, * __restrict v3;
-      if (pass == 0) {
-        d0 = d + s * C, d1 = d0 + row, d2 = d1 + row, d3 = d2 + row;
-        v0 = tmp + s * C, v1 = v0 + 4 * C, v2 = v1 + 4 * C, v3 = v2 + 4 * C;
-      } else {  // row s of tmp, its 4 columns, into V's points 4s..4s+3
-        d0 = tmp + 4 * s * C, d1 = d0 + C, d2 = d1 + C, d3 = d2 + C;
-        v0 = V + 4 * s * ldv, v1 = v0 + ldv, v2 = v1 + ldv, v3 = v2 + ldv;
-      }
-#pragma GCC ivdep
-      for (int64_t c = c0; c < C; ++c) {
-        v0[c] = d2[c] - d0[c];
-        v1[c] = d1[c] + d2[c];
-        v2[c] = d2[c] - d1[c];
-        v3[c] = d3[c] - d1[c];
-      }
-    }
+void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv) {
+  input_all<4>(d, row, C, V, ldv);
 }
 
 namespace {

@@ -31,9 +31,8 @@ constexpr int kWinogradPoints = 36;
 void winograd5_filters(const float* f, int64_t count, float* u, int64_t ldu);
 
 // V[xi * ldv + c] = (B^T d B)[xi] of channel c < C, for the 6x6 block whose top-left pixel's
-// channels are at d (NHWC: a pixel's C channels side by side, rows `row` floats apart). tmp:
-// 36 * C floats of scratch.
-void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp);
+// channels are at d (NHWC: a pixel's C channels side by side, rows `row` floats apart).
+void winograd5_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv);
 
 // out[q * count + e] = (A^T M A)[q] of the 6x6 array M[xi * ldm + e], for e < count and the
 // four outputs q = 2*row + column. Returns false if any output is Inf or NaN.
@@ -57,7 +56,7 @@ bool winograd5_dw(const float* m, int64_t ld, float* dw);
 // F(2x2, 3x3), for the weight gradient of 3x3 stride-1 layers only (its transforms: 4x4 blocks,
 // 16 points, interpolation points 0, 1, -1 and infinity): the same three steps as above.
 constexpr int kWinograd3Points = 16;
-void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv, float* tmp);
+void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv);
 void winograd3_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                   int64_t ld_panel);
 bool winograd3_dw(const float* m, int64_t ld, float* dw);
