@@ -813,18 +813,17 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   const int64_t img = cv.padded_size(), in_size = g.C * g.H * g.W;
   const int threads = num_threads();
 
-  float* xp = scratch(kPad, g.N * img);  // every image, NHWC with a zero border (see below)
   std::vector<int64_t> toff(T), col_off(TC), pix_off(P);
   tap_offsets(cv, toff.data());
   for (int64_t j = 0; j < TC; ++j) col_off[j] = toff[j / g.C] + j % g.C;
   for (int64_t p = 0; p < P; ++p) pix_off[p] = pixel_offset(cv, p);
 
-  // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p, transposed once (images
-  // split over the threads) into panels of mr rows, in blocks of at most kb columns: a block's
-  // panels lie next to each other (panel q, column kk of the block starting at b0, len wide, at
-  // b0*a_rows + (q*len + kk - b0)*mr). Blocks start at each segment's (or image's) first column,
-  // see below. The in-place-B path reads a block where it lies; the GEMM path (one block,
-  // kb = K) copies panels into its own blocks.
+  // A = dy as (O x N*P): element (o, k) = dy[n][o][p] with k = n*P + p, transposed into panels
+  // of mr rows, in blocks of at most kb columns: a block's panels lie next to each other (panel
+  // q, column kk of the block starting at b0, len wide, at b0*a_rows + (q*len + kk - b0)*mr,
+  // counted from the start of the panels' buffer). Blocks start at each segment's (or image's)
+  // first column, see below. The in-place-B path reads a block where it lies; the GEMM path (one
+  // block, kb = K) copies panels into its own blocks.
   const int mr = k.mr;
   const int64_t K = g.N * P, a_panels = (g.O + mr - 1) / mr, a_rows = a_panels * mr;
   const bool in_place_b = k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0;
@@ -833,11 +832,9 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
   // panels stream from L2. (Read from whole-K panels, K*mr floats apart, the A panels fell on
   // the same cache sets: a tenth of the kernel's loads missed L1 in cachegrind.)
   const int64_t kb = in_place_b ? k.dw_kb : K;
-  // In-place B, K also goes in segments of whole images, each summed into its own partial dw
-  // (with segments enough for the threads, by one thread: A and the images then travel from
-  // memory once, not once per group of dw panels), the partials added in segment order at the
-  // end. The segments depend on the shapes only, never on the thread count, and so do the
-  // results.
+  // In-place B, K also goes in segments of whole images, each summed into its own partial dw,
+  // the partials added in segment order at the end. The segments depend on the shapes only,
+  // never on the thread count, and so do the results.
   const int64_t segments_max =
       in_place_b ? std::clamp<int64_t>(kDwPartialFloats / (g.O * TC), 1, 8) : 1;
   const int64_t seg_images = (g.N + segments_max - 1) / segments_max;
@@ -866,79 +863,52 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
     block_of(kk, &b0, &b1);
     return b0 * a_rows + (q * (b1 - b0) + kk - b0) * mr;
   };
-  float* dy_panels = scratch(kDyPanels, a_rows * K);
-  // One pass over the images (threads claim them as they go) pads x, transposes dy and sums
-  // dy's planes (N x O), for db and for the in-place path's skipping below: a plane holds an
-  // Inf or a NaN only if its sum is not finite (a sum of finite values may overflow too, which
-  // only turns the skipping off).
+  // Image n made ready: x padded into xp (NHWC with a zero border), dy transposed into the
+  // panels (their buffer starting at column k_base), and dy's planes summed (N x O), for db and
+  // for the in-place path's skipping below: a plane holds an Inf or a NaN only if its sum is
+  // not finite (a sum of finite values may overflow too, which only turns the skipping off).
   std::vector<float> sums(db || in_place_b ? g.N * g.O : 0);
-  parallel_chunks(g.N, 1, threads, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      pad_nhwc(cv, x + n * in_size, xp + n * img);
-      if (!sums.empty()) plane_sums(g, dy, n, sums.data() + n * g.O);
-      for (int64_t q = 0; q < a_panels; ++q)
-        for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
-          int64_t b0, b1;
-          block_of(k0, &b0, &b1);
-          const int64_t k1 = std::min(b1, (n + 1) * P);
-          const float* src[kMaxInterleaveRows];
-          for (int i = 0; i < mr; ++i) {
-            const int64_t o = q * mr + i;
-            src[i] = o < g.O ? dy + (n * g.O + o) * P + (k0 - n * P) : nullptr;
-          }
-          interleave_rows(src, mr, k1 - k0, dy_panels + a_at(q, k0));
-          k0 = k1;
+  auto prepare = [&](int64_t n, float* xp, float* panels, int64_t k_base) {
+    pad_nhwc(cv, x + n * in_size, xp);
+    if (!sums.empty()) plane_sums(g, dy, n, sums.data() + n * g.O);
+    for (int64_t q = 0; q < a_panels; ++q)
+      for (int64_t k0 = n * P; k0 < (n + 1) * P;) {  // the image's pixels, block by block
+        int64_t b0, b1;
+        block_of(k0, &b0, &b1);
+        const int64_t k1 = std::min(b1, (n + 1) * P);
+        const float* src[kMaxInterleaveRows];
+        for (int i = 0; i < mr; ++i) {
+          const int64_t o = q * mr + i;
+          src[i] = o < g.O ? dy + (n * g.O + o) * P + (k0 - n * P) : nullptr;
         }
-    }
-  });
-  if (db) db_of_plane_sums(g, sums.data(), db);
-  auto pack_a = [&](int64_t i0, int64_t, int64_t p0, int64_t kc, int, float* Ap, int64_t q0,
-                    int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q)
-      std::memcpy(Ap + q * mr * kc, dy_panels + a_at(i0 / mr + q, p0), sizeof(float) * mr * kc);
-  };
-  // B = col as (N*P x T*C): element (k, j) = padded image n at pixel p, tap j / C, channel j % C.
-  auto pack_b = [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* Bp, int64_t q0,
-                    int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t c0 = j0 + q * nr, cols = std::min<int64_t>(nr, j0 + nc - c0);
-      const bool one_tap = (c0 % g.C) + cols <= g.C;  // contiguous channels of one tap
-      float* dst = Bp + q * nr * kc;
-      for (int64_t kk = 0; kk < kc; ++kk) {
-        const int64_t kg = p0 + kk, n = kg / P, p = kg % P;
-        const float* base = xp + n * img + pix_off[p];
-        float* d = dst + kk * nr;
-        if (one_tap) {
-          std::memcpy(d, base + col_off[c0], sizeof(float) * cols);
-        } else {
-          for (int64_t j = 0; j < cols; ++j) d[j] = base[col_off[c0 + j]];
-        }
-        for (int64_t j = cols; j < nr; ++j) d[j] = 0.f;
+        interleave_rows(src, mr, k1 - k0, panels + a_at(q, k0) - k_base * a_rows);
+        k0 = k1;
       }
-    }
   };
   if (g.N * P == 0) {
     std::fill(dw, dw + g.O * TC, 0.f);
     return;
   }
   if (in_place_b) {
-    // Nothing packed: a block of A is read where it lies in dy_panels, and a B panel (nr
-    // channels of one tap) in place from the images through one pointer per pixel. A work item
-    // is a segment and a group of dw's column panels (all of them with one thread), about 8 items
-    // a thread (SeedNet's conv2 dW at 2 threads: 6-10% faster than 4, the same as 16); threads
-    // take items as they finish the last. Each element of a partial is summed by one item, in
-    // order.
+    // Nothing packed: a block of A is read where it lies in the panels, and a B panel (nr
+    // channels of one tap) in place from the images through one pointer per pixel. With
+    // segments enough for the threads (or one thread), a thread takes a segment at a time and
+    // makes its images ready in its own buffers, which stay in its L2 for the products (ResNet-
+    // 8's 16 -> 32 channel 3x3 stride-2 dW at 28x28 batch 64: 2.4 -> 1.3 ms at 2 threads; made
+    // ready all at once first, the batch went to memory and came back). With fewer, the
+    // images are made ready first (split over the threads), and a work item is a segment's
+    // group of dw's column panels, about 8 items a thread (SeedNet's conv2 dW at 2 threads:
+    // 6-10% faster than 4, the same as 16); threads take items as they finish the last. Each
+    // element of a partial is summed by one item, in order.
     //
     // A panel's tap row ki reads the zero border for the output rows outside [lo, hi): those
     // pixels are skipped, their products being zeros (SeedNet's conv2, 5x5 taps with padding 2
     // on 14x14: 6 of every 70 (tap row, output row) pairs, 9% of dW's products; dW ran 7-11%
     // faster at 1 and 2 threads).
-    // Only where dy is finite, though: Inf or NaN times a zero of the border is NaN, as in the
-    // reference and PyTorch, and must reach dw.
-    const bool skip =
-        std::all_of(sums.begin(), sums.end(), [](float v) { return std::isfinite(v); });
+    // Only where the segment's dy is finite, though: Inf or NaN times a zero of the border is
+    // NaN, as in the reference and PyTorch, and must reach dw.
     std::vector<int64_t> lo(g.kh, 0), hi(g.kh, P);  // pixel ranges of an image, per tap row
-    for (int64_t ki = 0; ki < g.kh && skip; ++ki) {
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
       // Output row oh reads input row oh*sh + ki - ph, valid in [0, H).
       const int64_t first = g.ph - ki <= 0 ? 0 : (g.ph - ki + g.sh - 1) / g.sh;
       const int64_t last = g.H + g.ph - ki - 1;  // the largest valid oh*sh
@@ -947,43 +917,104 @@ void dw_indirect(const GemmKernel& k, const Window2d& g, const float* x, const f
       hi[ki] = std::max(lo[ki], std::min(end, g.OH) * g.OW);
     }
     const int64_t n_panels = TC / k.nr;
+    const bool own = threads == 1 || segments >= threads;
     const int64_t groups =
-        threads == 1 ? 1
-                     : std::clamp<int64_t>((8 * threads + segments - 1) / segments, 1, n_panels);
+        own ? 1 : std::clamp<int64_t>((8 * threads + segments - 1) / segments, 1, n_panels);
     const int64_t group = (n_panels + groups - 1) / groups;
     float* partials = scratch(kDwPartials, segments * g.O * TC);
-    parallel_chunks(segments * groups, 1, threads, [&](int64_t item0, int64_t item1) {
+    // Segment s's column panels [j0, j1) from its images at xp (image s*seg_images first) and
+    // its A panels at panels (column s*seg_len first).
+    auto run = [&](int64_t s, int64_t j0, int64_t j1, const float* xp, const float* panels) {
+      const int64_t s0 = s * seg_len, s1 = std::min(s0 + seg_len, K);
+      const int64_t n_first = s * seg_images;
+      const bool skip = std::all_of(sums.begin() + n_first * g.O,
+                                    sums.begin() + std::min(g.N, n_first + seg_images) * g.O,
+                                    [](float v) { return std::isfinite(v); });
       thread_local std::vector<const float*> rows;
       rows.resize(kb);
-      for (int64_t item = item0; item < item1; ++item) {
-        const int64_t s0 = item / groups * seg_len, s1 = std::min(s0 + seg_len, K);
-        const int64_t j0 = item % groups * group, j1 = std::min(j0 + group, n_panels);
-        if (j0 >= j1) continue;  // the last groups may be empty
-        float* part = partials + item / groups * g.O * TC;
-        for (int64_t o = 0; o < g.O; ++o)
-          std::fill(part + o * TC + j0 * k.nr, part + o * TC + j1 * k.nr, 0.f);
-        for (int64_t pc = s0, b0, b1; pc < s1; pc = b1) {
-          block_of(pc, &b0, &b1);
-          const int64_t kc = b1 - pc;
-          for (int64_t kk = 0; kk < kc; ++kk) {
-            const int64_t kg = pc + kk, n = kg / P;
-            rows[kk] = xp + n * img + pix_off[kg - n * P];
-          }
-          const float* a_block = dy_panels + a_at(0, pc);
-          for (int64_t jr = j0; jr < j1; ++jr) {
-            const int64_t ki = jr * k.nr / g.C / g.kw;
-            for (int64_t n = pc / P; n * P < b1; ++n) {  // the block's part of image n
-              const int64_t k0 = std::max(pc, n * P + lo[ki]), k1 = std::min(b1, n * P + hi[ki]);
-              if (k0 >= k1) continue;
-              k.fn_indirect_b(k1 - k0, a_block + (k0 - pc) * mr, kc * mr, static_cast<int>(g.O),
-                              rows.data() + k0 - pc, col_off[jr * k.nr], part + jr * k.nr, TC);
-            }
+      float* part = partials + s * g.O * TC;
+      for (int64_t o = 0; o < g.O; ++o)
+        std::fill(part + o * TC + j0 * k.nr, part + o * TC + j1 * k.nr, 0.f);
+      for (int64_t pc = s0, b0, b1; pc < s1; pc = b1) {
+        block_of(pc, &b0, &b1);
+        const int64_t kc = b1 - pc;
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          const int64_t kg = pc + kk, n = kg / P;
+          rows[kk] = xp + (n - n_first) * img + pix_off[kg - n * P];
+        }
+        const float* a_block = panels + a_at(0, pc) - s0 * a_rows;
+        for (int64_t jr = j0; jr < j1; ++jr) {
+          const int64_t ki = jr * k.nr / g.C / g.kw;
+          const int64_t from = skip ? lo[ki] : 0, to = skip ? hi[ki] : P;
+          for (int64_t n = pc / P; n * P < b1; ++n) {  // the block's part of image n
+            const int64_t k0 = std::max(pc, n * P + from), k1 = std::min(b1, n * P + to);
+            if (k0 >= k1) continue;
+            k.fn_indirect_b(k1 - k0, a_block + (k0 - pc) * mr, kc * mr, static_cast<int>(g.O),
+                            rows.data() + k0 - pc, col_off[jr * k.nr], part + jr * k.nr, TC);
           }
         }
       }
-    });
+    };
+    if (own) {
+      parallel_chunks(segments, 1, threads, [&](int64_t s0, int64_t s1) {
+        float* xp = scratch(kPad, seg_images * img);
+        float* panels = scratch(kDyPanels, a_rows * seg_len);
+        for (int64_t s = s0; s < s1; ++s) {
+          const int64_t n1 = std::min(g.N, (s + 1) * seg_images);
+          for (int64_t n = s * seg_images; n < n1; ++n)
+            prepare(n, xp + (n - s * seg_images) * img, panels, s * seg_len);
+          run(s, 0, n_panels, xp, panels);
+        }
+      });
+    } else {
+      float* xp = scratch(kPad, g.N * img);
+      float* panels = scratch(kDyPanels, a_rows * K);
+      parallel_chunks(g.N, 1, threads, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) prepare(n, xp + n * img, panels, 0);
+      });
+      parallel_chunks(segments * groups, 1, threads, [&](int64_t item0, int64_t item1) {
+        for (int64_t item = item0; item < item1; ++item) {
+          const int64_t s = item / groups;
+          const int64_t j0 = item % groups * group, j1 = std::min(j0 + group, n_panels);
+          if (j0 < j1)  // the last groups may be empty
+            run(s, j0, j1, xp + s * seg_images * img, panels + s * seg_len * a_rows);
+        }
+      });
+    }
+    if (db) db_of_plane_sums(g, sums.data(), db);
     sum_to_oct(partials, segments, g.O, T, g.C, dw, threads);
   } else {
+    float* xp = scratch(kPad, g.N * img);
+    float* dy_panels = scratch(kDyPanels, a_rows * K);
+    parallel_chunks(g.N, 1, threads, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) prepare(n, xp + n * img, dy_panels, 0);
+    });
+    if (db) db_of_plane_sums(g, sums.data(), db);
+    auto pack_a = [&](int64_t i0, int64_t, int64_t p0, int64_t kc, int, float* Ap, int64_t q0,
+                      int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q)
+        std::memcpy(Ap + q * mr * kc, dy_panels + a_at(i0 / mr + q, p0), sizeof(float) * mr * kc);
+    };
+    // B = col as (N*P x T*C): element (k, j) = padded image n at pixel p, tap j / C, channel j % C.
+    auto pack_b = [&](int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* Bp, int64_t q0,
+                      int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t c0 = j0 + q * nr, cols = std::min<int64_t>(nr, j0 + nc - c0);
+        const bool one_tap = (c0 % g.C) + cols <= g.C;  // contiguous channels of one tap
+        float* dst = Bp + q * nr * kc;
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          const int64_t kg = p0 + kk, n = kg / P, p = kg % P;
+          const float* base = xp + n * img + pix_off[p];
+          float* d = dst + kk * nr;
+          if (one_tap) {
+            std::memcpy(d, base + col_off[c0], sizeof(float) * cols);
+          } else {
+            for (int64_t j = 0; j < cols; ++j) d[j] = base[col_off[c0 + j]];
+          }
+          for (int64_t j = cols; j < nr; ++j) d[j] = 0.f;
+        }
+      }
+    };
     float* dw_tc = scratch(kDw, g.O * TC);  // (O, T, C)
     gemm_blocked(k, g.O, TC, K, pack_a, pack_b, dw_tc, TC, GemmEpilogue{}, threads);
     sum_to_oct(dw_tc, 1, g.O, T, g.C, dw, threads);
