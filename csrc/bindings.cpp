@@ -66,8 +66,10 @@ using OptArray = std::optional<py::array>;
 
 py::tuple conv2d_backward(const py::array& x, const py::array& w, const py::array& dy, int64_t sh,
                           int64_t sw, int64_t ph, int64_t pw, bool need_dx, const OptArray& dx_out,
-                          const OptArray& dw_out, const OptArray& db_out) {
+                          const OptArray& dw_out, const OptArray& db_out, bool add_dx) {
   Window2d g = conv_geometry(x, w, sh, sw, ph, pw);
+  if (add_dx && (!need_dx || !dx_out))
+    throw py::value_error("add_dx needs need_dx and dx_out, the array to add into");
   in_f32(dy, "dy", 4);
   expect_shape(dy, "dy", {g.N, g.O, g.OH, g.OW});
   F32 dw = make_out(dw_out, shape_of(w), "dw_out", {&x, &w, &dy});
@@ -83,7 +85,7 @@ py::tuple conv2d_backward(const py::array& x, const py::array& w, const py::arra
   float *dwp = data(dw), *dbp = data(db);
   {
     py::gil_scoped_release nogil;
-    fastcnn::conv2d_backward(g, xp, wp, dyp, dxp, dwp, dbp);
+    fastcnn::conv2d_backward(g, xp, wp, dyp, dxp, dwp, dbp, add_dx);
   }
   return py::make_tuple(dx_obj, dw, db);
 }
@@ -528,7 +530,7 @@ PYBIND11_MODULE(_C, m) {
         arg("sw"), arg("ph"), arg("pw"), arg("relu") = false, arg("out") = none);
   m.def("conv2d_backward", &conv2d_backward, arg("x"), arg("w"), arg("dy"), arg("sh"), arg("sw"),
         arg("ph"), arg("pw"), arg("need_dx") = true, arg("dx_out") = none, arg("dw_out") = none,
-        arg("db_out") = none);
+        arg("db_out") = none, arg("add_dx") = false);
   m.def("maxpool2d_forward", &maxpool2d_forward, arg("x"), arg("kh"), arg("kw"), arg("sh"),
         arg("sw"), arg("relu") = false, arg("out") = none, arg("indices_out") = none);
   m.def("maxpool2d_backward", &maxpool2d_backward, arg("dy"), arg("indices"), arg("x_shape"),

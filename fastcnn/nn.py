@@ -514,8 +514,9 @@ class _Weighted(Module):
     def _keep(self, x, y, relu):
         self._x, self._y, self._relu = (x, y, relu) if self.training else (None, None, False)
 
-    def _backward_inputs(self, dy):
-        """(dy through the fused ReLU's mask, whether dx is wanted, dx's buffer or None)."""
+    def _backward_inputs(self, dy, dx_buffer=True):
+        """(dy through the fused ReLU's mask, whether dx is wanted, dx's buffer or None; None
+        too without dx_buffer)."""
         if self._x is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called without a forward in training mode"
@@ -523,7 +524,8 @@ class _Weighted(Module):
         if self._relu:
             dy = ops.relu_backward(self._y, dy, out=self._buffer("dy", self._y.shape, dy))
         need_dx = self.requires_input_grad
-        return dy, need_dx, (self._buffer("dx", self._x.shape, dy) if need_dx else None)
+        buf = self._buffer("dx", self._x.shape, dy) if need_dx and dx_buffer else None
+        return dy, need_dx, buf
 
     def _accumulate(self, dx, dw, db):
         self.weight.accumulate(dw)
@@ -596,8 +598,12 @@ class Conv2d(_Weighted):
             (w + 2 * pw - kw) // sw + 1,
         )
 
-    def backward(self, dy):
-        dy, need_dx, dx_buf = self._backward_inputs(dy)
+    def backward(self, dy, add_to=None):
+        """dL/dx for dy = dL/dy (None when requires_input_grad is off); with add_to (an array
+        of x's shape), dL/dx is added into add_to, which is returned."""
+        dy, need_dx, dx_buf = self._backward_inputs(dy, dx_buffer=add_to is None)
+        if add_to is not None:
+            need_dx, dx_buf = True, add_to
         dx, dw, db = ops.conv2d_backward(
             self._x,
             self.weight.data,
@@ -606,6 +612,7 @@ class Conv2d(_Weighted):
             self.padding,
             need_dx,
             out=(dx_buf, None, None),
+            add_dx=add_to is not None,
         )
         return self._accumulate(dx, dw, db)
 
@@ -1080,8 +1087,14 @@ class BasicBlock(Module):
             # g, dy through the ReLU's mask, is what both branches receive.
             dh, g = self.bn2.backward_masked(dy)
             dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(dh)))
-            ds = sc[0].backward(sc[1].backward(g)) if sc else g
-        return None if dx is None else ops.add(dx, ds, out=dx)  # dx: conv1's, ds: another array
+            if not sc:
+                return None if dx is None else ops.add(dx, g, out=dx)  # g: another array
+            # The projection's input gradient is added into conv1's where it is computed.
+            dsc = sc[1].backward(g)
+            if dx is None:
+                sc[0].backward(dsc)  # its weight's gradient only
+                return None
+            return sc[0].backward(dsc, add_to=dx)
 
     def config(self):
         return {"in_planes": self.in_planes, "planes": self.planes, "stride": self.stride}

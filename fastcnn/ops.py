@@ -211,7 +211,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False, out=None):
     return k.conv2d_forward(x, w, b, sh, sw, ph, pw, relu, out)
 
 
-def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None):
+def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None, add_dx=False):
     """Gradients of conv2d_forward (without relu) for dy = dL/dy.
 
     Args:
@@ -219,14 +219,23 @@ def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None):
         dy: float32 (N, O, OH, OW), the gradient of the loss with respect to y.
         need_dx: compute dx (False for a network's first layer).
         out: optional (dx, dw, db) arrays to write into (any may be None).
+        add_dx: add the input gradient into out's dx instead of overwriting it (CPU only): a
+            residual block's two branches summed where they meet, a strided 1x1 shortcut
+            touching only the pixels it reads.
 
     Returns:
-        (dx (N, C, H, W) or None, dw (O, C, kh, kw), db (O,)), float32; each overwritten,
-        never accumulated into.
+        (dx (N, C, H, W) or None, dw (O, C, kh, kw), db (O,)), float32; dw and db
+        overwritten, never accumulated into.
     """
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     dx_out, dw_out, db_out = out if out is not None else (None, None, None)
+    if add_dx:
+        _cpu_only("conv2d_backward with add_dx", x=x, w=w, dy=dy, dx=dx_out)
+        if dx_out is None or not need_dx:
+            raise ValueError("add_dx needs need_dx=True and out=(dx, ...), the array to add into")
+        k, (x, w, dy) = _kernels(x=x, w=w, dy=dy)
+        return k.conv2d_backward(x, w, dy, sh, sw, ph, pw, True, dx_out, dw_out, db_out, True)
     k, (x, w, dy) = _kernels(x=x, w=w, dy=dy)
     return k.conv2d_backward(x, w, dy, sh, sw, ph, pw, need_dx, dx_out, dw_out, db_out)
 

@@ -345,6 +345,62 @@ def test_backward_overwrites(case, gemm_kernel, rng):
         ref.assert_close(g, e, name=name)
 
 
+STRIDED_POINTWISE = [c for c in CASES if c[5] == c[6] == 1 and c[7] != 1 and c[8] == 0]
+
+
+@pytest.mark.parametrize("case", CASES[::3] + STRIDED_POINTWISE, ids=str)
+def test_backward_add_dx_adds_into_the_given_array(case, gemm_kernel, conv_algorithm, rng):
+    """add_dx: dx is added into out's dx (a residual block's branches meeting), every pixel of
+    it, the strided 1x1 shortcut's skipped pixels kept as they were; dw and db as without."""
+    x, w, _, stride, padding = make(rng, case)
+    dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
+    base = rng.standard_normal(x.shape, dtype=np.float32)
+    into = base.copy()
+    dx, dw, db = ops.conv2d_backward(x, w, dy, stride, padding, out=(into, None, None), add_dx=True)
+    assert dx is into
+    ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, w, dy, stride, padding)
+    ref.assert_close(dx, base.astype(np.float64) + ref_dx, name="dx")
+    ref.assert_close(dw, ref_dw, name="dw")
+    ref.assert_close(db, ref_db, name="db")
+    # bit for bit the sum of the plain dx and the array, as ops.add gives it
+    plain = ops.conv2d_backward(x, w, dy, stride, padding)[0]
+    np.testing.assert_array_equal(dx, ops.add(base, plain))
+
+
+@pytest.mark.parametrize("n", [1, 3, 9])  # a segment of the weight gradient per image, or several
+def test_backward_non_finite_dy_in_one_image_reaches_dw(n, gemm_kernel, conv_algorithm, rng):
+    # The in-place weight gradient skips the zero border's products image segment by image
+    # segment, only where that segment's dy is finite: an Inf in one image's dy must still give
+    # the NaN of 0 * Inf at the taps that read the border, as the reference's direct sums do.
+    case = (n, 16, 9, 8, 20, 3, 3, 2, 1)
+    x, w, _, stride, padding = make(rng, case)
+    dy = rng.standard_normal(ref_out_shape(case), dtype=np.float32)
+    dy[n - 1, 2, 0, 0] = np.inf
+    _, dw, _ = ops.conv2d_backward(x, w, dy, stride, padding, need_dx=False)
+    with np.errstate(invalid="ignore", over="ignore"):
+        _, ref_dw, _ = ref.conv2d_backward(x, w, dy, stride, padding)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(ref_dw))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(ref_dw))
+    assert np.isnan(dw).any()  # the border's 0 * Inf, at least
+    finite = np.isfinite(ref_dw)
+    ref.assert_close(dw[finite], ref_dw[finite], name="dw")
+
+
+def test_backward_add_dx_needs_the_array(rng):
+    x, w, _, stride, padding = make(rng, CASES[0])
+    dy = rng.standard_normal(ref_out_shape(CASES[0]), dtype=np.float32)
+    with pytest.raises(ValueError, match="add_dx"):
+        ops.conv2d_backward(x, w, dy, stride, padding, add_dx=True)
+    with pytest.raises(ValueError, match="add_dx"):
+        into = np.zeros(x.shape, np.float32)
+        ops.conv2d_backward(
+            x, w, dy, stride, padding, need_dx=False, out=(into, None, None), add_dx=True
+        )
+    for into in (np.zeros((x.shape[0] + 1, *x.shape[1:]), np.float32), x.astype(np.float64)):
+        with pytest.raises((ValueError, TypeError)):  # never added into a copy
+            ops.conv2d_backward(x, w, dy, stride, padding, out=(into, None, None), add_dx=True)
+
+
 @pytest.mark.parametrize(
     "case",
     [

@@ -64,6 +64,7 @@ enum Slot {
   kDwPartials,
   kStrided,
   kStridedDx,
+  kAddDx,
   kPhaseFilters,
   kWinogradFilters,
   kWinogradBlock,
@@ -1252,12 +1253,20 @@ void gather_strided(const Window2d& g, const float* x, float* xs) {
   });
 }
 
-// The reverse: dx = dxs at those pixels, 0 elsewhere.
-void scatter_strided(const Window2d& g, const float* dxs, float* dx) {
+// The reverse: dx = dxs at those pixels, 0 elsewhere; with add, dx += dxs there.
+void scatter_strided(const Window2d& g, const float* dxs, float* dx, bool add) {
   parallel_range(g.N * g.C, num_threads(), [&](int64_t q0, int64_t q1) {
-    std::fill(dx + q0 * g.H * g.W, dx + q1 * g.H * g.W, 0.f);
-    for (int64_t q = q0; q < q1; ++q)
-      put_strided(dxs + q * g.OH * g.OW, g.OH, g.OW, g.sh, g.sw, g.W, dx + q * g.H * g.W);
+    if (!add) std::fill(dx + q0 * g.H * g.W, dx + q1 * g.H * g.W, 0.f);
+    for (int64_t q = q0; q < q1; ++q) {
+      const float* src = dxs + q * g.OH * g.OW;
+      float* dst = dx + q * g.H * g.W;
+      if (!add) {
+        put_strided(src, g.OH, g.OW, g.sh, g.sw, g.W, dst);
+        continue;
+      }
+      for (int64_t i = 0; i < g.OH; ++i)
+        for (int64_t j = 0; j < g.OW; ++j) dst[(i * g.sh) * g.W + j * g.sw] += src[i * g.OW + j];
+    }
   });
 }
 }  // namespace
@@ -1283,13 +1292,22 @@ void conv2d_forward(const Window2d& g, const float* x, const float* w, const flo
 // ---- backward ---------------------------------------------------------------------------------
 
 void conv2d_backward(const Window2d& g, const float* x, const float* w, const float* dy, float* dx,
-                     float* dw, float* db) {
+                     float* dw, float* db, bool add_dx) {
   if (Window2d gs; strided_pointwise(g, &gs)) {
     float* xs = scratch(kStrided, gs.N * gs.C * gs.H * gs.W);
     float* dxs = dx ? scratch(kStridedDx, gs.N * gs.C * gs.H * gs.W) : nullptr;
     gather_strided(g, x, xs);
     conv2d_backward(gs, xs, w, dy, dxs, dw, db);
-    if (dx) scatter_strided(g, dxs, dx);
+    if (dx) scatter_strided(g, dxs, dx, add_dx);
+    return;
+  }
+  if (dx && add_dx) {  // the gradient into scratch, then added
+    const int64_t n = g.N * g.C * g.H * g.W;
+    float* tmp = scratch(kAddDx, n);
+    conv2d_backward(g, x, w, dy, tmp, dw, db);
+    parallel_range(n, n > 32768 ? num_threads() : 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) dx[i] += tmp[i];
+    });
     return;
   }
   const int64_t P = g.pixels();

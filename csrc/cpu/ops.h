@@ -19,8 +19,10 @@ ConvAlgorithm conv_algorithm();
 void conv2d_forward(const Window2d& g, const float* x, const float* w, const float* b, float* y,
                     bool relu);
 // dy: (N, O, OH, OW); dx: (N, C, H, W) or null (not wanted); dw: like w; db: (O,) or null.
+// add_dx: dx += the input gradient, instead of dx = (a residual block's shortcut, whose 1x1
+// stride-2 gradient then touches only the pixels it reads).
 void conv2d_backward(const Window2d& g, const float* x, const float* w, const float* dy, float* dx,
-                     float* dw, float* db);
+                     float* dw, float* db, bool add_dx = false);
 
 // ---- pool2d.cpp (g.O == g.C, no padding) ------------------------------------------------------
 // x: (N, C, H, W); y, indices: (N, C, OH, OW); indices hold h*W + w of each max in its plane.
