@@ -85,6 +85,10 @@ CASES = [
     (1, 64, 14, 14, 16, 3, 3, 1, 1),
     (2, 24, 6, 11, 70, 3, 3, 1, (2, 1)),
     (1, 16, 32, 32, 16, 3, 3, 1, 1),  # 64 tiles, output planes 4 KB apart
+    # The weight gradient by F(4x4, 3x3): images of 9 blocks, three to a product; an image of
+    # 81 blocks, past a product's 64:
+    (20, 16, 12, 12, 16, 3, 3, 1, 1),
+    (1, 16, 36, 36, 32, 3, 3, 1, 1),
 ]
 
 EPILOGUES = ["none", "bias", "bias_relu", "relu"]
@@ -143,6 +147,9 @@ def test_forward_out_is_overwritten(case, gemm_kernel, rng):
 
 WINOGRAD = (2, 32, 14, 14, 64, 5, 5, 1, 2)  # SeedNet conv2: Winograd forward, dx and dw
 WINOGRAD_3X3 = (2, 16, 14, 14, 16, 3, 3, 1, 1)  # ResNet's 3x3: F(4x4, 3x3), dw F(2x2, 3x3)
+WINOGRAD_3X3_DW4 = (3, 16, 16, 16, 16, 3, 3, 1, 1)  # 3x3 at 16x16: dw F(4x4, 3x3) too
+WINOGRAD_CASES = [WINOGRAD, WINOGRAD_3X3, WINOGRAD_3X3_DW4]
+WINOGRAD_IDS = ["5x5", "3x3", "3x3-dw4x4"]
 
 
 def _auto_and_indirect(x, w, b, dy, stride, padding):
@@ -159,7 +166,7 @@ def _auto_and_indirect(x, w, b, dy, stride, padding):
     return got
 
 
-@pytest.mark.parametrize("case", [WINOGRAD, WINOGRAD_3X3], ids=["5x5", "3x3"])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
 def test_winograd_runs_where_it_applies(case, gemm_kernel, rng):
     """Winograd's rounding differs from the direct sums': "auto" (Winograd) and "indirect"
     disagree in the last bits where it runs, both within the reference's tolerance: y, dx and dw
@@ -181,7 +188,7 @@ def test_winograd_runs_where_it_applies(case, gemm_kernel, rng):
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", ["x", "w", "dy"])
-@pytest.mark.parametrize("case", [WINOGRAD, WINOGRAD_3X3], ids=["5x5", "3x3"])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
 def test_winograd_non_finite_gives_the_direct_result(case, bad, where, gemm_kernel, rng):
     """Winograd's transforms would spread an Inf or NaN over whole tiles: where any output
     is not finite, the direct kernel's result is returned, the Inf and NaN exactly where the
@@ -201,7 +208,7 @@ def test_winograd_non_finite_gives_the_direct_result(case, bad, where, gemm_kern
 
 
 @pytest.mark.parametrize("huge", [1e37, 3e38])
-@pytest.mark.parametrize("case", [WINOGRAD, WINOGRAD_3X3], ids=["5x5", "3x3"])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
 def test_winograd_huge_values(case, huge, gemm_kernel, rng):
     """A huge finite input: Winograd's result where its transforms stay finite (errors then
     scale with the largest value in a tile's window, as the reference tolerance allows), the

@@ -3,8 +3,8 @@
 // Four algorithms; all overwrite their outputs and give thread-count-independent results.
 //
 // "winograd" (5x5 and 3x3 stride-1 layers), where the indirect kernels apply: Winograd's
-//   F(2x2, 5x5) and F(4x4, 3x3) for the forward pass and dx, F(2x2, 5x5) and F(2x2, 3x3) for dw
-//   (winograd.h), whose 36 or 16 products run through the same micro-kernels; the direct result
+//   F(2x2, 5x5) and F(4x4, 3x3) for the forward pass and dx, F(2x2, 5x5) and F(4x4, 3x3) (or
+//   F(2x2, 3x3) where 4x4 blocks would waste) for dw (winograd.h), whose 36 or 16 products run through the same micro-kernels; the direct result
 //   where an output is not finite. ops.set_conv_algorithm("indirect") turns it off.
 // "indirect" (the default where it applies): no column matrix is built.
 //   forward   each image is copied once into a zero-bordered NHWC buffer; the convolution
@@ -1045,37 +1045,42 @@ bool use_winograd_dw(const GemmKernel& k, const Window2d& g) {
          g.sh == 1 && g.sw == 1 && k.fn_indirect_b && g.C > 0 && g.C % k.nr == 0;
 }
 
-// The transforms of F(2x2, R x R), R = 5 or 3.
-template <int R>
+// The transforms of F(S x S, R x R): S = 2, R = 5 or 3; S = 4, R = 3.
+template <int R, int S>
 struct WinogradDw {
-  static constexpr int kPoints = (R + 1) * (R + 1);
+  static constexpr int kSide = R + S - 1, kPoints = kSide * kSide;
   static void input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv) {
-    (R == 5 ? winograd5_input : winograd3_input)(d, row, C, V, ldv);
+    (kSide == 6 ? winograd5_input : winograd3_input)(d, row, C, V, ldv);
   }
   static void dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                  int64_t ld_panel) {
-    (R == 5 ? winograd5_dy : winograd3_dy)(g, row, O, mr, D, ld_xi, ld_panel);
+    (R == 5   ? winograd5_dy
+     : S == 4 ? winograd43_dy
+              : winograd3_dy)(g, row, O, mr, D, ld_xi, ld_panel);
   }
   static bool dw(const float* m, int64_t ld, float* out) {
-    return (R == 5 ? winograd5_dw : winograd3_dw)(m, ld, out);
+    return (R == 5 ? winograd5_dw : S == 4 ? winograd43_dw : winograd3_dw)(m, ld, out);
   }
 };
 
-template <int R>
+template <int R, int S>
 bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const float* dy,
                  float* dw) {
-  using Wd = WinogradDw<R>;
+  using Wd = WinogradDw<R, S>;
   constexpr int64_t kPoints = Wd::kPoints;
   // 2x2 blocks a GEMM call: 64 (SeedNet conv2's dw: 8.7 -> 7.0 ms on one Zen 4 core against 32,
   // the K of its products twice as long; V, D and M then take 1.2 MB).
   constexpr int64_t kBlock = 64;
   const int64_t C = g.C, O = g.O, OH = g.OH, OW = g.OW, mr = k.mr;
-  const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, tiles = TH * TW;
+  const int64_t TH = (OH + S - 1) / S, TW = (OW + S - 1) / S, tiles = TH * TW;
+  // Small images go several to a GEMM call, whole images up to kBlock tiles (64 channels at 7x7
+  // by F(4x4, 3x3): 4 tiles an image, the products' K 4 -> 64, dW 1.96 -> 1.53 ms).
+  const int64_t group = tiles >= kBlock ? 1 : kBlock / std::max<int64_t>(tiles, 1);
   const int64_t a_panels = (O + mr - 1) / mr;
-  // x, NHWC, zero-bordered to reach every block's (R+1)x(R+1) input; dy, NHWC, a zero row and
-  // column where OH or OW is odd.
-  const Indirect xcv = winograd_padding(Indirect::of(g), 2);
-  const Indirect dcv{O, OH, OW, 0, 0, 2, 2, 2, 2, O, TH, TW};
+  // x, NHWC, zero-bordered to reach every block's (R+S-1)x(R+S-1) input; dy, NHWC, zero rows
+  // and columns up to whole S x S blocks.
+  const Indirect xcv = winograd_padding(Indirect::of(g), S);
+  const Indirect dcv{O, OH, OW, 0, 0, S, S, S, S, O, TH, TW};
   const int64_t ximg = xcv.padded_size(), dimg = dcv.padded_size();
   const int64_t m_size = kPoints * O * C;
   if (g.N == 0 || tiles == 0) return false;
@@ -1095,16 +1100,22 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
     for (int64_t seg = s0; seg < s1; ++seg) {
       float* M = partials + seg * m_size;  // M[xi][o][c]
       std::fill(M, M + m_size, 0.f);
-      for (int64_t n = seg * seg_images; n < std::min(g.N, (seg + 1) * seg_images); ++n) {
-        pad_nhwc(xcv, x + n * C * g.H * g.W, xp);
-        pad_nhwc(dcv, dy + n * O * OH * OW, dyp);
-        for (int64_t t0 = 0; t0 < tiles; t0 += kBlock) {
-          const int64_t kc = std::min(kBlock, tiles - t0);
+      const int64_t last = std::min(g.N, (seg + 1) * seg_images);
+      for (int64_t n0 = seg * seg_images, padded = -1; n0 < last; n0 += group) {
+        const int64_t count = (std::min(last, n0 + group) - n0) * tiles;  // the group's blocks
+        for (int64_t t0 = 0; t0 < count; t0 += kBlock) {
+          const int64_t kc = std::min(kBlock, count - t0);
           for (int64_t kk = 0; kk < kc; ++kk) {
-            const int64_t th = (t0 + kk) / TW, tw = (t0 + kk) % TW;
-            Wd::input(xp + (2 * th * xcv.Wp() + 2 * tw) * C, xcv.Wp() * C, C, V + kk * C,
+            const int64_t n = n0 + (t0 + kk) / tiles, t = (t0 + kk) % tiles;
+            if (n != padded) {
+              pad_nhwc(xcv, x + n * C * g.H * g.W, xp);
+              pad_nhwc(dcv, dy + n * O * OH * OW, dyp);
+              padded = n;
+            }
+            const int64_t th = t / TW, tw = t % TW;
+            Wd::input(xp + (S * th * xcv.Wp() + S * tw) * C, xcv.Wp() * C, C, V + kk * C,
                       kBlock * C);
-            Wd::dy(dyp + (2 * th * dcv.Wp() + 2 * tw) * O, dcv.Wp() * O, O, static_cast<int>(mr),
+            Wd::dy(dyp + (S * th * dcv.Wp() + S * tw) * O, dcv.Wp() * O, O, static_cast<int>(mr),
                    D + kk * mr, a_panels * kc * mr, kc * mr);
           }
           for (int xi = 0; xi < kPoints; ++xi)
@@ -1129,6 +1140,16 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
         finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
+}
+
+// A 3x3 layer's dW by F(4x4, 3x3) rather than F(2x2, 3x3): 36 points a 4x4 block of dy instead of
+// 16 a 2x2 block, 0.56x the transforms and products, unless rounding the output up to whole 4x4
+// blocks adds a tenth to what whole 2x2 blocks cover. (dW at 2 threads, 64 images of 16
+// channels at 28x28: 1.44 -> 1.02 ms; 64 at 7x7: 1.66 -> 1.56; 128 images of 32 channels at
+// 16x16: 3.96 -> 2.13; but 64 images of 32 channels at 14x14, covered by 16x16: 0.93 -> 1.11.)
+bool dw_winograd_4x4_pays(const Window2d& g) {
+  const auto up = [](int64_t v, int64_t s) { return (v + s - 1) / s * s; };
+  return up(g.OH, 4) * up(g.OW, 4) * 10 <= up(g.OH, 2) * up(g.OW, 2) * 11;
 }
 
 // ---- direct path (few input channels) ----------------------------------------------------------
@@ -1339,8 +1360,9 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
 
   if (direct)
     dw_direct(k, g, x, dy, dw);
-  else if (winograd &&
-           (g.kh == 5 ? dw_winograd<5>(kw, g, x, dy, dw) : dw_winograd<3>(kw, g, x, dy, dw))) {
+  else if (winograd && (g.kh == 5                 ? dw_winograd<5, 2>(kw, g, x, dy, dw)
+                        : dw_winograd_4x4_pays(g) ? dw_winograd<3, 4>(kw, g, x, dy, dw)
+                                                  : dw_winograd<3, 2>(kw, g, x, dy, dw))) {
     // done; where it returns false (a sum not finite), dw_indirect below
   } else if (indirect)
     dw_indirect(kw, g, x, dy, dw, winograd ? nullptr : db);

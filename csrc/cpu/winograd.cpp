@@ -210,63 +210,78 @@ bool winograd43_output(const float* M, int64_t ldm, int64_t count, float* out) {
   return bad == 0;
 }
 
-// A g A^T for the channels o0 + i, i < n (zeros for n <= i < MR), into a panel d of MR
-// channels side by side; F is 6 (F(2x2, 5x5): A's columns (1,1,1,1,1,0), (0,1,-1,2,-2,1)) or
-// 4 (F(2x2, 3x3): (1,1,1,0), (0,1,-1,1)).
-template <int F>
-inline void a_of(float g0, float g1, float* h) {
-  if constexpr (F == 6) {
+// A g of the S values g (a row or column of an S x S block of dy) at the F points: S = 2 and
+// F = 6 (F(2x2, 5x5): A's columns (1,1,1,1,1,0), (0,1,-1,2,-2,1)), S = 2 and F = 4 (F(2x2,
+// 3x3): (1,1,1,0), (0,1,-1,1)), or S = 4 and F = 6 (F(4x4, 3x3): the columns of A^T m above).
+template <int S, int F>
+inline void a_of(const float* g, float* h) {
+  if constexpr (S == 4) {
+    const float e = g[0] + g[2], o = g[1] + g[3];
+    const float e4 = g[0] + 4.f * g[2], o8 = 2.f * g[1] + 8.f * g[3];
+    h[0] = g[0], h[1] = e + o, h[2] = e - o, h[3] = e4 + o8, h[4] = e4 - o8, h[5] = g[3];
+  } else if constexpr (F == 6) {
+    const float g0 = g[0], g1 = g[1];
     h[0] = g0, h[1] = g0 + g1, h[2] = g0 - g1, h[3] = g0 + 2.f * g1, h[4] = g0 - 2.f * g1;
     h[5] = g1;
   } else {
+    const float g0 = g[0], g1 = g[1];
     h[0] = g0, h[1] = g0 + g1, h[2] = g0 - g1, h[3] = g1;
   }
 }
 
-template <int F, int MR>
+// A g A^T of the S x S blocks for the channels o0 + i, i < n (zeros for n <= i < MR), into a
+// panel d of MR channels side by side.
+template <int S, int F, int MR>
 inline void dy_panel(const float* g, int64_t row, int64_t O, int64_t o0, int n, float* d,
                      int64_t ld_xi) {
 #pragma GCC ivdep
   for (int i = 0; i < MR; ++i) {  // vectorised over the panel's channels (n == MR)
     const float* p = g + o0 + i;
     const bool in = i < n;
-    float e0[F], e1[F];  // g A^T, rows 0 and 1
-    a_of<F>(in ? p[0] : 0.f, in ? p[O] : 0.f, e0);
-    a_of<F>(in ? p[row] : 0.f, in ? p[row + O] : 0.f, e1);
+    float e[S][F];  // g A^T, row a of the block
+#pragma GCC unroll 4
+    for (int a = 0; a < S; ++a) {
+      float v[S];
+#pragma GCC unroll 4
+      for (int b = 0; b < S; ++b) v[b] = in ? p[a * row + b * O] : 0.f;
+      a_of<S, F>(v, e[a]);
+    }
 #pragma GCC unroll 6
     for (int c = 0; c < F; ++c) {
-      float h[F];
-      a_of<F>(e0[c], e1[c], h);
+      float v[S], h[F];
+#pragma GCC unroll 4
+      for (int a = 0; a < S; ++a) v[a] = e[a][c];
+      a_of<S, F>(v, h);
 #pragma GCC unroll 6
       for (int r = 0; r < F; ++r) d[(F * r + c) * ld_xi + i] = h[r];
     }
   }
 }
 
-template <int F, int MR>
+template <int S, int F, int MR>
 inline void dy_panels(const float* g, int64_t row, int64_t O, float* D, int64_t ld_xi,
                       int64_t ld_panel) {
   int64_t q = 0;
-  for (; (q + 1) * MR <= O; ++q) dy_panel<F, MR>(g, row, O, q * MR, MR, D + q * ld_panel, ld_xi);
+  for (; (q + 1) * MR <= O; ++q) dy_panel<S, F, MR>(g, row, O, q * MR, MR, D + q * ld_panel, ld_xi);
   if (q * MR < O)
-    dy_panel<F, MR>(g, row, O, q * MR, static_cast<int>(O - q * MR), D + q * ld_panel, ld_xi);
+    dy_panel<S, F, MR>(g, row, O, q * MR, static_cast<int>(O - q * MR), D + q * ld_panel, ld_xi);
 }
 
-template <int F>
+template <int S, int F>
 inline void dy_any(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                    int64_t ld_panel) {
   switch (mr) {  // the GEMM kernels' MR (geometry.h)
     case 4:
-      return dy_panels<F, 4>(g, row, O, D, ld_xi, ld_panel);
+      return dy_panels<S, F, 4>(g, row, O, D, ld_xi, ld_panel);
     case 6:
-      return dy_panels<F, 6>(g, row, O, D, ld_xi, ld_panel);
+      return dy_panels<S, F, 6>(g, row, O, D, ld_xi, ld_panel);
     case 8:
-      return dy_panels<F, 8>(g, row, O, D, ld_xi, ld_panel);
+      return dy_panels<S, F, 8>(g, row, O, D, ld_xi, ld_panel);
     default:
       for (int64_t q = 0; q * mr < O; ++q) {
         const int n = static_cast<int>(std::min<int64_t>(mr, O - q * mr));
         for (int i = 0; i < mr; ++i)  // one channel at a time, as a panel of one
-          dy_panel<F, 1>(g, row, O, q * mr + i, i < n ? 1 : 0, D + q * ld_panel + i, ld_xi);
+          dy_panel<S, F, 1>(g, row, O, q * mr + i, i < n ? 1 : 0, D + q * ld_panel + i, ld_xi);
       }
   }
 }
@@ -274,13 +289,19 @@ inline void dy_any(const float* g, int64_t row, int64_t O, int mr, float* D, int
 FASTCNN_ELEMENTWISE
 void winograd5_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                   int64_t ld_panel) {
-  dy_any<6>(g, row, O, mr, D, ld_xi, ld_panel);
+  dy_any<2, 6>(g, row, O, mr, D, ld_xi, ld_panel);
 }
 
 FASTCNN_ELEMENTWISE
 void winograd3_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                   int64_t ld_panel) {
-  dy_any<4>(g, row, O, mr, D, ld_xi, ld_panel);
+  dy_any<2, 4>(g, row, O, mr, D, ld_xi, ld_panel);
+}
+
+FASTCNN_ELEMENTWISE
+void winograd43_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                   int64_t ld_panel) {
+  dy_any<4, 6>(g, row, O, mr, D, ld_xi, ld_panel);
 }
 
 FASTCNN_ELEMENTWISE
@@ -313,6 +334,17 @@ bool winograd3_dw(const float* m, int64_t ld, float* dw) {
     z[0] = -m0 + (m1 + m2) / 2;
     z[zstep] = (m1 - m2) / 2;
     z[2 * zstep] = (m1 + m2) / 2 + m3;
+  });
+}
+
+bool winograd43_dw(const float* m, int64_t ld, float* dw) {
+  // G^T of six values: the transpose of filter_1d<3>'s G.
+  return gt_m_g<6, 3>(m, ld, dw, [](const double* v, int step, double* z, int zstep) {
+    const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step], m4 = v[4 * step];
+    const double m5 = v[5 * step];
+    z[0] = m0 / 4 - (m1 + m2) / 6 + (m3 + m4) / 24;
+    z[zstep] = (m2 - m1) / 6 + (m3 - m4) / 12;
+    z[2 * zstep] = (m3 + m4 - m1 - m2) / 6 + m5;
   });
 }
 

@@ -53,6 +53,12 @@ bool winograd43_output(const float* M, int64_t ldm, int64_t count, float* out);
 // m is Inf or NaN.
 bool winograd5_dw(const float* m, int64_t ld, float* dw);
 
+// F(4x4, 3x3)'s weight gradient: the transform A g A^T of 4x4 blocks g of dy (as winograd5_dy's
+// of 2x2 blocks), and dw's 9 taps G^T m G of the 6x6 sums m (as winograd5_dw).
+void winograd43_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
+                   int64_t ld_panel);
+bool winograd43_dw(const float* m, int64_t ld, float* dw);
+
 // F(2x2, 3x3), for the weight gradient of 3x3 stride-1 layers only (its transforms: 4x4 blocks,
 // 16 points, interpolation points 0, 1, -1 and infinity): the same three steps as above.
 constexpr int kWinograd3Points = 16;
