@@ -32,6 +32,33 @@ def test_forward_train(shape, affine, relu, rng):
     ref.assert_close(invstd, 1 / np.sqrt(rvar + 1e-5), name="invstd")
 
 
+@pytest.mark.parametrize("shape", [(4, 5, 7, 7), (64, 5, 14, 14)], ids=str)
+def test_statistics_around_the_first_value(shape, rng):
+    """The statistics are summed around each channel's first value, then again around the mean
+    where that value lies far from it: a large mean with a small spread (the one pass), a first
+    value 1,000 standard deviations out (the second pass), a constant channel, one channel of
+    Infs, one with a NaN. Each as the float64 reference has it, within the kernels' rounding."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[:, 0] = 1e4 + x[:, 0] * np.float32(0.1)
+    x[0, 1, 0, 0] = 1e3
+    x[:, 2] = 5.0
+    x[1, 3, 2, 2] = np.inf
+    x[-1, 4, -1, -1] = np.nan
+    y, mean, invstd, var = ops.batchnorm2d_forward(x, None, None, 1e-5)
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        rmean, rvar = x64.mean((0, 2, 3)), x64.var((0, 2, 3))
+    for c in range(3):
+        ref.assert_close(mean[c : c + 1], rmean[c : c + 1], rtol=1e-6, name=f"mean {c}")
+        ref.assert_close(var[c : c + 1], rvar[c : c + 1], rtol=1e-5, name=f"var {c}")
+    assert var[2] == 0 and np.all(y[:, 2] == 0)
+    assert np.isinf(mean[3]) and np.isnan(var[3]) and np.isnan(mean[4]) and np.isnan(var[4])
+    # y = x * scale + shift in float: channel 0's (mean 1e4 standard deviations out) is rounded
+    # to 1e4 * scale's float steps, so y is compared for channels 1 and 2.
+    ry, _, _ = ref.batchnorm2d_forward(x[:, 1:3], None, None, 1e-5, False)
+    ref.assert_close(y[:, 1:3], ry, name="y")
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

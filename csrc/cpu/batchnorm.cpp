@@ -1,8 +1,9 @@
 // batchnorm2d: per-channel normalisation of an NCHW batch, PyTorch's BatchNorm2d, with an
 // optional ReLU fused on the way out (BN -> ReLU is how every ResNet uses it).
 //
-//   training forward   each channel's mean and biased variance over its N*H*W values (two
-//                      passes; 16 float lanes, emptied into a double every 1,024 values: a
+//   training forward   each channel's mean and biased variance over its N*H*W values (one
+//                      pass around the channel's first value, two where it lies far from the
+//                      mean; 16 float lanes, emptied into a double every 1,024 values: a
 //                      fixed order), then y = x * scale + shift, scale = invstd * weight,
 //                      shift = bias - mean * scale, invstd = 1 / sqrt(var + eps).
 //                      mean, invstd and var are written out for backward and the running stats.
@@ -151,21 +152,40 @@ FASTCNN_ELEMENTWISE static void forward_train_channel(int64_t N, int64_t C, int6
   const double M = static_cast<double>(N * P);
   const int64_t end = N * C * P;
   const auto get = [&](int64_t i, int64_t n) { return load_n(x, i, n, end); };
-  Sum s;
-  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) { s.add(get(at + p, n)); });
-  const double mu = M > 0 ? s.get() / M : 0.0;
-  const float muf = static_cast<float>(mu);
-  // Around the float mean: the same up to rounding. A partial vector's padding lanes are 0 - muf
-  // there, so they are masked out.
-  const F16 m = F16{} + muf;
-  Sum ss;
+  // One pass: the sums of x - k and (x - k)^2 around k, the channel's first value, whence
+  // mean = k + s1/M and var = s2/M - (s1/M)^2. The subtraction loses (1 + (mean - k)^2 / var)
+  // times the rounding of s2, and s1 is rounded to k's scale: where k lies more than 4
+  // standard deviations from the mean (at most 17 times), both are summed again (Inf and NaN
+  // too): the mean, then the squares around it. (The one pass: ResNet-8's training step 1.4%
+  // faster at 1x28x28 batch 64.)
+  const float kf = M > 0 ? x[c * P] : 0.f;
+  const F16 kv = F16{} + kf;
+  Sum s1, s2;
   over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
-    const F16 d = get(at + p, n) - m;
-    ss.add(n == 16 ? d * d : first_lanes(d * d, n));
+    F16 d = get(at + p, n) - kv;
+    if (n < 16) d = first_lanes(d, n);  // a partial vector's padding lanes: 0 - k
+    s1.add(d);
+    s2.add(d * d);
   });
-  // sum (x - mu)^2 = sum (x - muf)^2 - M (mu - muf)^2
-  const double sq = ss.get() - M * (mu - muf) * (mu - muf);
-  const double v = M > 0 ? std::max(sq / M, 0.0) : 0.0;
+  const double dm = M > 0 ? s1.get() / M : 0.0;
+  double mu = kf + dm, v = M > 0 ? std::max(s2.get() / M - dm * dm, 0.0) : 0.0;
+  if (!(dm * dm <= 16 * v)) {
+    Sum s;
+    over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) { s.add(get(at + p, n)); });
+    mu = M > 0 ? s.get() / M : 0.0;
+    const float muf = static_cast<float>(mu);
+    // Around the float mean: the same up to rounding. A partial vector's padding lanes are
+    // 0 - muf there, so they are masked out.
+    const F16 m = F16{} + muf;
+    Sum ss;
+    over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
+      const F16 d = get(at + p, n) - m;
+      ss.add(n == 16 ? d * d : first_lanes(d * d, n));
+    });
+    // sum (x - mu)^2 = sum (x - muf)^2 - M (mu - muf)^2
+    const double sq = ss.get() - M * (mu - muf) * (mu - muf);
+    v = M > 0 ? std::max(sq / M, 0.0) : 0.0;
+  }
   const double is = 1.0 / std::sqrt(v + eps);
   mean[c] = static_cast<float>(mu);
   invstd[c] = static_cast<float>(is);
