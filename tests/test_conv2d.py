@@ -186,6 +186,25 @@ def test_winograd_runs_where_it_applies(case, gemm_kernel, rng):
         assert np.array_equal(got["auto"][i], got["indirect"][i]) != winograd, name
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
+def test_winograd_dx_of_an_image_does_not_depend_on_its_batch(case, threads, num_threads, rng):
+    """With several images (and one thread, or segments for each), dx is computed inside the
+    weight gradient's pass, each image's dy padded once for both; alone at two threads, on its
+    own. An image's dx is the same bits either way, and so is dw with the batch split."""
+    num_threads(threads)
+    n, *rest = case
+    x, w, _, stride, padding = make(rng, (4, *rest))
+    dy = rng.standard_normal(ref_out_shape((4, *rest)), dtype=np.float32)
+    dx, dw, _ = ops.conv2d_backward(x, w, dy, stride, padding)
+    for i in (0, 3):
+        alone, _, _ = ops.conv2d_backward(x[i : i + 1], w, dy[i : i + 1], stride, padding)
+        np.testing.assert_array_equal(dx[i : i + 1], alone)
+    ref_dx, ref_dw, _ = ref.conv2d_backward(x, w, dy, stride, padding)
+    ref.assert_close(dx, ref_dx, name="dx")
+    ref.assert_close(dw, ref_dw, name="dw")
+
+
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", ["x", "w", "dy"])
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
