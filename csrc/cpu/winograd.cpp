@@ -9,10 +9,13 @@
 //          (f0-2f1+4f2-8f3+16f4)/24, f4
 //   A g:   g0, g0 + g1, g0 - g1, g0 + 2g1, g0 - 2g1, g1  (a 2x2 block of dy, for dw)
 //   G^T m: the transpose of G f, 6 values to 5 (dw's last step)
-// for F(4x4, 3x3) (forward and dx), with B^T d as above
+// for F(4x4, 3x3), with B^T d as above
 //   A^T m: m0 + (m1 + m2) + (m3 + m4), (m1 - m2) + 2(m3 - m4), (m1 + m2) + 4(m3 + m4),
 //          (m1 - m2) + 8(m3 - m4) + m5
 //   G f:   f0/4, -(f0+f1+f2)/6, -(f0-f1+f2)/6, (f0+2f1+4f2)/24, (f0-2f1+4f2)/24, f2
+//   A g:   g0, (g0 + g2) + (g1 + g3), (g0 + g2) - (g1 + g3), (g0 + 4g2) + (2g1 + 8g3),
+//          (g0 + 4g2) - (2g1 + 8g3), g3  (a 4x4 block of dy, for dw)
+//   G^T m: the transpose of G f, 6 values to 3 (dw's last step)
 // and for F(2x2, 3x3) (the weight gradient only)
 //   B^T d: d2 - d0, d1 + d2, d2 - d1, d3 - d1
 //   A g:   g0, g0 + g1, g0 - g1, g1
@@ -337,28 +340,33 @@ bool winograd3_dw(const float* m, int64_t ld, float* dw) {
   });
 }
 
-bool winograd43_dw(const float* m, int64_t ld, float* dw) {
-  // G^T of six values: the transpose of filter_1d<3>'s G.
-  return gt_m_g<6, 3>(m, ld, dw, [](const double* v, int step, double* z, int zstep) {
-    const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step], m4 = v[4 * step];
-    const double m5 = v[5 * step];
-    z[0] = m0 / 4 - (m1 + m2) / 6 + (m3 + m4) / 24;
-    z[zstep] = (m2 - m1) / 6 + (m3 - m4) / 12;
-    z[2 * zstep] = (m3 + m4 - m1 - m2) / 6 + m5;
-  });
-}
+namespace {
 
-bool winograd5_dw(const float* m, int64_t ld, float* dw) {
-  // G^T of six values: the transpose of filter_1d's G.
-  return gt_m_g<6, 5>(m, ld, dw, [](const double* v, int step, double* z, int zstep) {
-    const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step], m4 = v[4 * step];
-    const double m5 = v[5 * step];
-    z[0] = m0 / 4 - (m1 + m2) / 6 + (m3 + m4) / 24;
-    z[zstep] = (m2 - m1) / 6 + (m3 - m4) / 12;
+// G^T of six values at the points 0, 1, -1, 2, -2 and infinity into R: the transpose of
+// filter_1d<R>'s G, R = 3 (F(4x4, 3x3)) or 5 (F(2x2, 5x5)); the first rows are the same.
+template <int R>
+void gt_6(const double* v, int step, double* z, int zstep) {
+  const double m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step], m4 = v[4 * step];
+  const double m5 = v[5 * step];
+  z[0] = m0 / 4 - (m1 + m2) / 6 + (m3 + m4) / 24;
+  z[zstep] = (m2 - m1) / 6 + (m3 - m4) / 12;
+  if constexpr (R == 3) {
+    z[2 * zstep] = (m3 + m4 - m1 - m2) / 6 + m5;
+  } else {
     z[2 * zstep] = (m3 + m4 - m1 - m2) / 6;
     z[3 * zstep] = (m2 - m1) / 6 + (m3 - m4) / 3;
     z[4 * zstep] = (4 * (m3 + m4) - m1 - m2) / 6 + m5;
-  });
+  }
+}
+
+}  // namespace
+
+bool winograd43_dw(const float* m, int64_t ld, float* dw) {
+  return gt_m_g<6, 3>(m, ld, dw, gt_6<3>);
+}
+
+bool winograd5_dw(const float* m, int64_t ld, float* dw) {
+  return gt_m_g<6, 5>(m, ld, dw, gt_6<5>);
 }
 
 }  // namespace fastcnn
