@@ -15,9 +15,9 @@
 // with the interpolation points 0, 1, -1, 2, -2 and infinity. Point xi = 6*r + s of a 6x6 array
 // is its row r, column s.
 //
-// F(4x4, 3x3), for the forward pass and dx of 3x3 stride-1 layers, works on the same 6x6 blocks
-// with the same points, hence the same B^T d B: a 4x4 block of outputs with 36 products a pair
-// of channels where the direct sum takes 144. Only G (6x3) and A^T (4x6) differ.
+// F(4x4, 3x3), for 3x3 stride-1 layers (forward, dx and dw), works on the same 6x6 blocks with
+// the same points, hence the same B^T d B: a 4x4 block of outputs with 36 products a pair of
+// channels where the direct sum takes 144. Only G (6x3) and A^T (4x6) differ.
 #pragma once
 
 #include <cstdint>
@@ -59,7 +59,8 @@ void winograd43_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int
                    int64_t ld_panel);
 bool winograd43_dw(const float* m, int64_t ld, float* dw);
 
-// F(2x2, 3x3), for the weight gradient of 3x3 stride-1 layers only (its transforms: 4x4 blocks,
+// F(2x2, 3x3), for the weight gradient of 3x3 stride-1 layers whose output F(4x4, 3x3)'s blocks
+// would cover with a tenth more waste (its transforms: 4x4 blocks,
 // 16 points, interpolation points 0, 1, -1 and infinity): the same three steps as above.
 constexpr int kWinograd3Points = 16;
 void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv);
