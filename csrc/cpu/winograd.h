@@ -60,8 +60,8 @@ void winograd43_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int
 bool winograd43_dw(const float* m, int64_t ld, float* dw);
 
 // F(2x2, 3x3), for the weight gradient of 3x3 stride-1 layers whose output F(4x4, 3x3)'s blocks
-// would cover with a tenth more waste (its transforms: 4x4 blocks,
-// 16 points, interpolation points 0, 1, -1 and infinity): the same three steps as above.
+// would cover with a tenth more waste (its transforms: 4x4 blocks, 16 points, interpolation
+// points 0, 1, -1 and infinity): the same three steps as above.
 constexpr int kWinograd3Points = 16;
 void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv);
 void winograd3_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
