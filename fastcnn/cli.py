@@ -331,7 +331,8 @@ def cmd_info(args):
         f"conv algorithm: {algorithm}"
         + {
             "auto": " (Winograd for stride-1 layers: F(2x2, 5x5) for 5x5 ones, F(4x4, 3x3)"
-            " for 3x3 ones and F(2x2, 3x3) for their weight gradients; direct sums elsewhere)",
+            " for 3x3 ones, F(2x2, 3x3) for some of their weight gradients; direct sums"
+            " elsewhere)",
             "indirect": " (direct sums, no Winograd)",
         }.get(algorithm, "")
     )

@@ -230,14 +230,11 @@ def conv2d_backward(x, w, dy, stride=1, padding=0, need_dx=True, out=None, add_d
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     dx_out, dw_out, db_out = out if out is not None else (None, None, None)
-    if add_dx:
+    if add_dx:  # the kernel checks that need_dx and dx_out are given
         _cpu_only("conv2d_backward with add_dx", x=x, w=w, dy=dy, dx=dx_out)
-        if dx_out is None or not need_dx:
-            raise ValueError("add_dx needs need_dx=True and out=(dx, ...), the array to add into")
-        k, (x, w, dy) = _kernels(x=x, w=w, dy=dy)
-        return k.conv2d_backward(x, w, dy, sh, sw, ph, pw, True, dx_out, dw_out, db_out, True)
     k, (x, w, dy) = _kernels(x=x, w=w, dy=dy)
-    return k.conv2d_backward(x, w, dy, sh, sw, ph, pw, need_dx, dx_out, dw_out, db_out)
+    args = (x, w, dy, sh, sw, ph, pw, need_dx, dx_out, dw_out, db_out)
+    return k.conv2d_backward(*args, True) if add_dx else k.conv2d_backward(*args)
 
 
 # ---- pool2d -------------------------------------------------------------------------------------
@@ -593,8 +590,8 @@ def sgemm(a, b, trans_a=False, trans_b=False):
 
 def set_conv_algorithm(name: str) -> None:
     """ "auto" (default: Winograd's F(2x2, 5x5) for 5x5 stride-1 layers, F(4x4, 3x3) for 3x3
-    stride-1 ones and F(2x2, 3x3) for their weight gradients, and the indirect NHWC kernels
-    where they apply),
+    stride-1 ones (F(2x2, 3x3) for a weight gradient whose output 4x4 blocks would cover with
+    more waste), and the indirect NHWC kernels where they apply),
     "indirect" (the same without Winograd) or "im2col" (the reference path: im2col + SGEMM,
     col2im), for tests and benchmarks."""
     _C.set_conv_algorithm(name)
