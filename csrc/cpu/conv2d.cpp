@@ -1127,8 +1127,8 @@ struct WinogradDw {
      : S == 4 ? winograd43_dy
               : winograd3_dy)(g, row, O, mr, D, ld_xi, ld_panel);
   }
-  static bool dw(const float* m, int64_t ld, float* out) {
-    return (R == 5 ? winograd5_dw : S == 4 ? winograd43_dw : winograd3_dw)(m, ld, out);
+  static bool dw(const float* m, int64_t ld, int64_t count, float* out) {
+    return (R == 5 ? winograd5_dw : S == 4 ? winograd43_dw : winograd3_dw)(m, ld, count, out);
   }
 };
 
@@ -1216,9 +1216,8 @@ bool dw_winograd(const GemmKernel& k, const Window2d& g, const float* x, const f
   });
   std::atomic<bool> finite{true};
   parallel_range(O * C, threads, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e)
-      if (!Wd::dw(partials + e, O * C, dw + e * R * R))
-        finite.store(false, std::memory_order_relaxed);
+    if (!Wd::dw(partials + e0, O * C, e1 - e0, dw + e0 * R * R))
+      finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
 }

@@ -49,15 +49,15 @@ void winograd5_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int6
 void winograd43_filters(const float* f, int64_t count, float* u, int64_t ldu);
 bool winograd43_output(const float* M, int64_t ldm, int64_t count, float* out);
 
-// dw[t] for the 25 taps t of G^T m G, m the 6x6 sums at m[xi * ld]; in double. False if one of
-// m is Inf or NaN.
-bool winograd5_dw(const float* m, int64_t ld, float* dw);
+// dw[e * 25 + t] for the 25 taps t of G^T m G, m the 6x6 sums at m[xi * ld + e], for e in [0,
+// count); in double. False if one of m is Inf or NaN.
+bool winograd5_dw(const float* m, int64_t ld, int64_t count, float* dw);
 
 // F(4x4, 3x3)'s weight gradient: the transform A g A^T of 4x4 blocks g of dy (as winograd5_dy's
 // of 2x2 blocks), and dw's 9 taps G^T m G of the 6x6 sums m (as winograd5_dw).
 void winograd43_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                    int64_t ld_panel);
-bool winograd43_dw(const float* m, int64_t ld, float* dw);
+bool winograd43_dw(const float* m, int64_t ld, int64_t count, float* dw);
 
 // F(2x2, 3x3), for the weight gradient of 3x3 stride-1 layers whose output F(4x4, 3x3)'s blocks
 // would cover with a tenth more waste (its transforms: 4x4 blocks, 16 points, interpolation
@@ -66,6 +66,6 @@ constexpr int kWinograd3Points = 16;
 void winograd3_input(const float* d, int64_t row, int64_t C, float* V, int64_t ldv);
 void winograd3_dy(const float* g, int64_t row, int64_t O, int mr, float* D, int64_t ld_xi,
                   int64_t ld_panel);
-bool winograd3_dw(const float* m, int64_t ld, float* dw);
+bool winograd3_dw(const float* m, int64_t ld, int64_t count, float* dw);
 
 }  // namespace fastcnn
