@@ -77,13 +77,15 @@ struct GemmKernel {
   DirectDw direct_dw;
   MaxPool2x2 maxpool2x2;  // null: pool2d.cpp's portable loop
   MaxPool2x2Backward maxpool2x2_backward;
-  // The GEMM micro-kernel with B read in place, over a column of tiles: C[0:m, 0:nr] += A . B,
-  // A (m x K) in panels of mr rows (k-major, as packed), a_panel floats apart; row k of B is
+  // The GEMM micro-kernel with B read in place, over a column of tiles: C[0:m, 0:nr] += A . B
+  // (= A . B without accumulate, what adding to zeros gives: the sums start at +0, so are never
+  // -0), A (m x K) in panels of mr rows (k-major, as packed), a_panel floats apart; row k of B is
   // the nr floats at brow[k] + boff (conv2d's weight gradient reads them straight from the
   // NHWC images). One call a column, not a tile: with K about 100 (dW's blocks), the calls cost
   // 4% of dW. Null: B is packed instead.
   void (*fn_indirect_b)(int64_t K, const float* Ap, int64_t a_panel, int m,
-                        const float* const* brow, int64_t boff, float* C, int64_t ldc);
+                        const float* const* brow, int64_t boff, float* C, int64_t ldc,
+                        bool accumulate);
   // sgemm's cache blocks for this kernel (see gemm_driver.h): KC, the depth of a B panel
   // (KC x NR) kept in L1, and MC, the height of an A block (MC x KC, a multiple of MR: conv2d's
   // dW packs A by whole panels) kept in L2.

@@ -90,10 +90,10 @@ void kernel_avx2(int64_t K, const float* Ap, const float* Bp, float* C, int64_t 
 
 // The same tile with B read in place, over a column of tiles (see GemmKernel::fn_indirect_b).
 void kernel_avx2_ib(int64_t K, const float* Ap, int64_t a_panel, int m, const float* const* brow,
-                    int64_t boff, float* C, int64_t ldc) {
+                    int64_t boff, float* C, int64_t ldc, bool accumulate) {
   auto b_row = [brow, boff](int64_t k) { return brow[k] + boff; };
   for (int i0 = 0; i0 < m; i0 += MR, Ap += a_panel)
-    tile_avx2(K, Ap, b_row, C + i0 * ldc, ldc, std::min(MR, m - i0), NR, true);
+    tile_avx2(K, Ap, b_row, C + i0 * ldc, ldc, std::min(MR, m - i0), NR, accumulate);
 }
 
 // Convolution (see ConvKernel in gemm.h): 6 pixels x 16 channels. Per (tap, input channel): two

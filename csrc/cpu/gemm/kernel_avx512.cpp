@@ -63,8 +63,8 @@ void kernel_avx512(int64_t K, const float* Ap, const float* Bp, float* C, int64_
 
 // The same tile with B read in place, m <= MR rows of it, added to C.
 inline void tile_avx512_ib(int64_t K, const float* Ap, const float* const* brow, int64_t boff,
-                           float* C, int64_t ldc, int m) {
-  prefetch_tile(C, ldc, m);
+                           float* C, int64_t ldc, int m, bool accumulate) {
+  if (accumulate) prefetch_tile(C, ldc, m);
   __m512 c[MR][2];
   for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
@@ -80,16 +80,20 @@ inline void tile_avx512_ib(int64_t K, const float* Ap, const float* const* brow,
   }
   for (int i = 0; i < m; ++i) {
     float* ci = C + i * ldc;
-    _mm512_storeu_ps(ci, _mm512_add_ps(c[i][0], _mm512_loadu_ps(ci)));
-    _mm512_storeu_ps(ci + 16, _mm512_add_ps(c[i][1], _mm512_loadu_ps(ci + 16)));
+    if (accumulate) {
+      c[i][0] = _mm512_add_ps(c[i][0], _mm512_loadu_ps(ci));
+      c[i][1] = _mm512_add_ps(c[i][1], _mm512_loadu_ps(ci + 16));
+    }
+    _mm512_storeu_ps(ci, c[i][0]);
+    _mm512_storeu_ps(ci + 16, c[i][1]);
   }
 }
 
 // That tile over a column of tiles (see GemmKernel::fn_indirect_b).
 void kernel_avx512_ib(int64_t K, const float* Ap, int64_t a_panel, int m, const float* const* brow,
-                      int64_t boff, float* C, int64_t ldc) {
+                      int64_t boff, float* C, int64_t ldc, bool accumulate) {
   for (int i0 = 0; i0 < m; i0 += MR, Ap += a_panel)
-    tile_avx512_ib(K, Ap, brow, boff, C + i0 * ldc, ldc, std::min(MR, m - i0));
+    tile_avx512_ib(K, Ap, brow, boff, C + i0 * ldc, ldc, std::min(MR, m - i0), accumulate);
 }
 
 // Convolution: 12 pixels x 32 channels, 24 zmm accumulators. Per (tap, input channel): two

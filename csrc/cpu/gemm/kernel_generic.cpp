@@ -41,16 +41,18 @@ void gemm_portable(int64_t K, const float* Ap, const float* Bp, float* C, int64_
       C[i * ldc + j] = accumulate ? C[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
-// B read in place, over a column of tiles (see GemmKernel::fn_indirect_b): C[0:m, 0:NR] += A.B.
+// B read in place, over a column of tiles (see GemmKernel::fn_indirect_b): C[0:m, 0:NR] += A.B,
+// or = A.B.
 template <int MR, int NR>
 void gemm_portable_ib(int64_t K, const float* Ap, int64_t a_panel, int m, const float* const* brow,
-                      int64_t boff, float* C, int64_t ldc) {
+                      int64_t boff, float* C, int64_t ldc, bool accumulate) {
   for (int i0 = 0; i0 < m; i0 += MR, Ap += a_panel) {
     float acc[MR][NR];
     tile_portable<MR, NR>(K, Ap, [brow, boff](int64_t k) { return brow[k] + boff; }, acc);
     const int rows = std::min(MR, m - i0);
     for (int i = 0; i < rows; ++i)
-      for (int j = 0; j < NR; ++j) C[(i0 + i) * ldc + j] += acc[i][j];
+      for (int j = 0; j < NR; ++j)
+        C[(i0 + i) * ldc + j] = accumulate ? C[(i0 + i) * ldc + j] + acc[i][j] : acc[i][j];
   }
 }
 
