@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import harness  # first: puts this checkout's fastcnn on sys.path when it is built in place
@@ -401,8 +402,14 @@ def measure_import(module, repeats):
     code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
     times = []
     for _ in range(repeats):
+        # Not from the current directory: `python -c` puts it first on sys.path, and in a
+        # checkout that is the source tree's fastcnn, unbuilt (child_env adds a built one).
         proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=harness.child_env()
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=harness.child_env(),
+            cwd=tempfile.gettempdir(),
         )
         if proc.returncode != 0:
             record = {"bench": "import", "impl": module, "error": proc.stderr.strip()[-500:]}
