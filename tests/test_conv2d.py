@@ -52,6 +52,10 @@ CASES = [
     (2, 2, 9, 11, 7, 3, 4, 1, 1),
     (1, 1, 12, 13, 5, 2, 6, 1, 2),
     (2, 3, 10, 19, 3, 3, 8, (1, 2), (1, 3)),
+    # ... and the weight gradient over a batch of more than 256 KB of dy and input (the AVX-512
+    # kernel's images in blocks, the last one short; two output channels a pass, then one):
+    (40, 3, 30, 30, 5, 3, 3, 1, 1),
+    (20, 2, 40, 40, 3, 7, 7, 1, 3),
     # Strided dx by phases (ResNet's downsampling layers), and the shapes left to im2col:
     # phases no tap reaches, a phase with a negative border:
     (2, 16, 12, 12, 32, 3, 3, 2, 1),

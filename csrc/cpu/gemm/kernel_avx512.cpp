@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace fastcnn {
 
@@ -237,13 +238,50 @@ void direct_fwd_avx512(const Direct2d& d, const float* xp, const float* w, const
 
 // Direct weight gradient: for each (o, c, ki), KW x 2 zmm accumulators over every image and
 // output row (dy masked to the row, so lanes past it add exact zeros), then lane sums. KW is a
-// template parameter so the accumulators stay in registers.
+// template parameter so the accumulators stay in registers; two output channels a pass (OB)
+// share every input load where they fit.
+template <int KW>
+constexpr int kDwOb = KW <= 6 ? 2 : 1;
+
+// Images [n0, n1)'s output rows into acc, for tap row ki of input channel c and output channels
+// o.. (ob of the OB real).
+template <int KW, int OB = kDwOb<KW>>
+__attribute__((always_inline)) inline void dw_rows(const Direct2d& d, const float* xp,
+                                                   int64_t image, const float* dy, int64_t n0,
+                                                   int64_t n1, int64_t o, int ob, int64_t c,
+                                                   int64_t ki, __m512 (&acc)[OB][KW][2]) {
+  const int64_t plane = d.OH * d.OW;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* dyo = dy + (n * d.O + o) * plane;
+    for (int64_t oh = 0; oh < d.OH; ++oh) {
+      const float* xr = xp + n * image + (c * d.Hp + oh * d.sh + ki) * d.Wp;
+      for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 32) {
+        const __mmask16 k0 = lane_mask(d.OW - ow0), k1 = lane_mask(d.OW - ow0 - 16);
+        __m512 g[OB][2];
+        for (int q = 0; q < OB; ++q) {  // a missing second channel reads as zeros
+          const float* dq = dyo + q * plane + oh * d.OW + ow0;
+          g[q][0] = _mm512_maskz_loadu_ps(q < ob ? k0 : 0, dq);
+          g[q][1] = _mm512_maskz_loadu_ps(q < ob ? k1 : 0, dq + 16);
+        }
+        const float* xs = xr + ow0;
+        for (int kj = 0; kj < KW; ++kj) {
+          const __m512 x0 = _mm512_maskz_loadu_ps(k0, xs + kj);
+          const __m512 x1 = _mm512_maskz_loadu_ps(k1, xs + kj + 16);
+          for (int q = 0; q < OB; ++q) {
+            acc[q][kj][0] = _mm512_fmadd_ps(g[q][0], x0, acc[q][kj][0]);
+            acc[q][kj][1] = _mm512_fmadd_ps(g[q][1], x1, acc[q][kj][1]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Every (c, ki) over all the images in turn: for a batch whose dy and input fit in L2.
 template <int KW>
 void direct_dw_avx512_kw(const Direct2d& d, int64_t N, const float* xp, int64_t image,
                          const float* dy, float* dw, int64_t o0, int64_t o1) {
-  // Two output channels a pass share every input load: 2 x KW x 2 accumulators.
-  constexpr int OB = KW <= 6 ? 2 : 1;
-  const int64_t plane = d.OH * d.OW;
+  constexpr int OB = kDwOb<KW>;
   for (int64_t o = o0; o < o1; o += OB) {
     const int ob = static_cast<int>(std::min<int64_t>(OB, o1 - o));
     for (int64_t c = 0; c < d.C; ++c) {
@@ -251,60 +289,85 @@ void direct_dw_avx512_kw(const Direct2d& d, int64_t N, const float* xp, int64_t 
         __m512 acc[OB][KW][2];
         for (int q = 0; q < OB; ++q)
           for (int kj = 0; kj < KW; ++kj) acc[q][kj][0] = acc[q][kj][1] = _mm512_setzero_ps();
-        for (int64_t n = 0; n < N; ++n) {
-          const float* dyo = dy + (n * d.O + o) * plane;
-          for (int64_t oh = 0; oh < d.OH; ++oh) {
-            const float* xr = xp + n * image + (c * d.Hp + oh * d.sh + ki) * d.Wp;
-            for (int64_t ow0 = 0; ow0 < d.OW; ow0 += 32) {
-              const __mmask16 k0 = lane_mask(d.OW - ow0), k1 = lane_mask(d.OW - ow0 - 16);
-              __m512 g[OB][2];
-              for (int q = 0; q < OB; ++q) {  // a missing second channel reads as zeros
-                const float* dq = dyo + q * plane + oh * d.OW + ow0;
-                g[q][0] = _mm512_maskz_loadu_ps(q < ob ? k0 : 0, dq);
-                g[q][1] = _mm512_maskz_loadu_ps(q < ob ? k1 : 0, dq + 16);
-              }
-              const float* xs = xr + ow0;
-              for (int kj = 0; kj < KW; ++kj) {
-                const __m512 x0 = _mm512_maskz_loadu_ps(k0, xs + kj);
-                const __m512 x1 = _mm512_maskz_loadu_ps(k1, xs + kj + 16);
-                for (int q = 0; q < OB; ++q) {
-                  acc[q][kj][0] = _mm512_fmadd_ps(g[q][0], x0, acc[q][kj][0]);
-                  acc[q][kj][1] = _mm512_fmadd_ps(g[q][1], x1, acc[q][kj][1]);
-                }
-              }
-            }
-          }
-        }
-        for (int q = 0; q < OB; ++q) {
-          if (q >= ob) break;
+        dw_rows<KW>(d, xp, image, dy, 0, N, o, ob, c, ki, acc);
+        for (int q = 0; q < ob; ++q)
           for (int kj = 0; kj < KW; ++kj)
             dw[(((o + q) * d.C + c) * d.kh + ki) * d.kw + kj] =
                 lane_sum(_mm512_add_ps(acc[q][kj][0], acc[q][kj][1]));
-        }
       }
     }
   }
+}
+
+// The same sums, the images in blocks of `block`, each block's sums waiting in memory for the
+// next: every (c, ki) then reads the block from L2, not the whole batch from L3. The same
+// additions in the same order. (ResNet-8's 3 -> 16 first layer at 32x32 batch 128: 1.17 -> 1.04
+// ms at 2 threads; SeedNet's conv1 at batch 256 3.8 -> 3.4.)
+template <int KW>
+void direct_dw_avx512_blocks(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                             const float* dy, float* dw, int64_t o0, int64_t o1, int64_t block) {
+  constexpr int OB = kDwOb<KW>;
+  std::vector<float> run(d.C * d.kh * OB * KW * 32);  // [c][ki][q][kj][32 lanes]
+  for (int64_t o = o0; o < o1; o += OB) {
+    const int ob = static_cast<int>(std::min<int64_t>(OB, o1 - o));
+    std::fill(run.begin(), run.end(), 0.f);
+    for (int64_t n0 = 0; n0 < N; n0 += block)
+      for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t ki = 0; ki < d.kh; ++ki) {
+          float* sums = run.data() + (c * d.kh + ki) * OB * KW * 32;
+          __m512 acc[OB][KW][2];
+          for (int q = 0; q < OB; ++q)
+            for (int kj = 0; kj < KW; ++kj)
+              for (int h = 0; h < 2; ++h)
+                acc[q][kj][h] = _mm512_loadu_ps(sums + (q * KW + kj) * 32 + h * 16);
+          dw_rows<KW>(d, xp, image, dy, n0, std::min(N, n0 + block), o, ob, c, ki, acc);
+          for (int q = 0; q < OB; ++q)
+            for (int kj = 0; kj < KW; ++kj)
+              for (int h = 0; h < 2; ++h)
+                _mm512_storeu_ps(sums + (q * KW + kj) * 32 + h * 16, acc[q][kj][h]);
+        }
+    for (int q = 0; q < ob; ++q)
+      for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t ki = 0; ki < d.kh; ++ki)
+          for (int kj = 0; kj < KW; ++kj) {
+            const float* sums = run.data() + (((c * d.kh + ki) * OB + q) * KW + kj) * 32;
+            dw[(((o + q) * d.C + c) * d.kh + ki) * d.kw + kj] =
+                lane_sum(_mm512_add_ps(_mm512_loadu_ps(sums), _mm512_loadu_ps(sums + 16)));
+          }
+  }
+}
+
+// Blocks of about 256 KB of dy and input where the batch is larger.
+template <int KW>
+void direct_dw_avx512_any(const Direct2d& d, int64_t N, const float* xp, int64_t image,
+                          const float* dy, float* dw, int64_t o0, int64_t o1) {
+  const int64_t per_image = (kDwOb<KW> * d.OH * d.OW + d.C * d.Hp * d.Wp) * sizeof(float);
+  const int64_t block = std::clamp<int64_t>((256 << 10) / std::max<int64_t>(per_image, 1), 1, N);
+  if (block < N)
+    direct_dw_avx512_blocks<KW>(d, N, xp, image, dy, dw, o0, o1, block);
+  else
+    direct_dw_avx512_kw<KW>(d, N, xp, image, dy, dw, o0, o1);
 }
 
 void direct_dw_avx512(const Direct2d& d, int64_t N, const float* xp, int64_t image, const float* dy,
                       float* dw, int64_t o0, int64_t o1) {
   switch (d.sw == 1 ? d.kw : 0) {
     case 1:
-      return direct_dw_avx512_kw<1>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<1>(d, N, xp, image, dy, dw, o0, o1);
     case 2:
-      return direct_dw_avx512_kw<2>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<2>(d, N, xp, image, dy, dw, o0, o1);
     case 3:
-      return direct_dw_avx512_kw<3>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<3>(d, N, xp, image, dy, dw, o0, o1);
     case 4:
-      return direct_dw_avx512_kw<4>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<4>(d, N, xp, image, dy, dw, o0, o1);
     case 5:
-      return direct_dw_avx512_kw<5>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<5>(d, N, xp, image, dy, dw, o0, o1);
     case 6:
-      return direct_dw_avx512_kw<6>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<6>(d, N, xp, image, dy, dw, o0, o1);
     case 7:
-      return direct_dw_avx512_kw<7>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<7>(d, N, xp, image, dy, dw, o0, o1);
     case 8:
-      return direct_dw_avx512_kw<8>(d, N, xp, image, dy, dw, o0, o1);
+      return direct_dw_avx512_any<8>(d, N, xp, image, dy, dw, o0, o1);
     default:
       return direct_dw<16>(d, N, xp, image, dy, dw, o0, o1);
   }
