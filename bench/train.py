@@ -12,7 +12,8 @@ same thread count run on fastcnn, PyTorch (default NCHW) and PyTorch channels_la
 in rounds; each reports the median of its per-step times. One training step = zero_grad, forward,
 cross-entropy, backward, SGD step (lr 0.01, momentum 0.9); inference = eval-mode forward (PyTorch
 under inference_mode). Before timing, the three are checked to compute the same logits, loss and
-first update ("valid").
+first update ("valid"). Each round starts with a probe of the machine's mode ("slow rounds":
+those whose 768^3 SGEMM ran less than 1.8x faster on all threads than on one; see ModeProbe).
 
 Also, in fresh child processes: peak RSS while training SeedNet and ResNet-8 on real
 Fashion-MNIST for a bounded number of steps (`--rss-child fastcnn|torch`), and the time to
@@ -215,9 +216,44 @@ def check_same(runners) -> tuple[bool, float]:
 # ---- timing -------------------------------------------------------------------------------------
 
 
-def time_config(runners, mode, *, rounds, budget_s, min_steps=2, max_steps=50):
+# On the 2-vCPU machines fastcnn is tuned on, two threads' arithmetic slows for minutes at a time
+# while one thread's does not (bench/machine_modes.py, bench/RESULTS.md): fastcnn, bound by the
+# FMAs, loses more then than PyTorch does. Each round therefore first measures the SGEMM's
+# two-thread speed-up, ~1.9 in the fast minutes and ~1.6 in the slow ones.
+SLOW_SPEEDUP = 1.8
+
+
+class ModeProbe:
+    """The all-threads over one-thread speed of a 768^3 SGEMM on fastcnn's kernels (~60 ms)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.a = np.random.default_rng(0).standard_normal((768, 768)).astype(np.float32)
+
+    def __call__(self) -> float | None:
+        import fastcnn
+        from fastcnn import ops
+
+        if self.threads < 2:
+            return None
+        times = {}
+        for t in (self.threads, 1):
+            fastcnn.set_num_threads(t)
+            ops.sgemm(self.a, self.a)
+            times[t] = min(self._time(ops.sgemm) for _ in range(3))
+        fastcnn.set_num_threads(self.threads)
+        return times[1] / times[self.threads]
+
+    def _time(self, sgemm) -> float:
+        t = time.perf_counter()
+        sgemm(self.a, self.a)
+        return time.perf_counter() - t
+
+
+def time_config(runners, mode, *, rounds, budget_s, min_steps=2, max_steps=50, probe=None):
     """Alternates the runners in `rounds` rounds (order rotated each round); in each, one untimed
-    step, then enough timed steps to fill about `budget_s`. Returns {impl: per-step seconds}."""
+    step, then enough timed steps to fill about `budget_s`. Returns ({impl: per-step seconds},
+    the probe's value at the start of each round)."""
     for r in runners:
         r.mode(mode == "train")
     fns = {r.impl: (r.step if mode == "train" else r.infer) for r in runners}
@@ -228,8 +264,10 @@ def time_config(runners, mode, *, rounds, budget_s, min_steps=2, max_steps=50):
         fn()
         estimate[impl] = time.perf_counter() - t
     times = {impl: [] for impl in fns}
+    modes = []
     order = list(fns)
     for k in range(rounds):
+        modes.append(probe() if probe else None)
         for impl in order[k % len(order) :] + order[: k % len(order)]:
             fn = fns[impl]
             steps = int(min(max_steps, max(min_steps, round(budget_s / max(estimate[impl], 1e-6)))))
@@ -238,7 +276,7 @@ def time_config(runners, mode, *, rounds, budget_s, min_steps=2, max_steps=50):
                 t = time.perf_counter()
                 fn()
                 times[impl].append(time.perf_counter() - t)
-    return times
+    return times, modes
 
 
 def run_config(torch, cfg, *, rounds, budget_s):
@@ -249,9 +287,10 @@ def run_config(torch, cfg, *, rounds, budget_s):
     harness.set_threads(threads, torch)
     runners = make_runners(torch, channels, size, batch, arch=arch)
     valid, err = check_same(runners)
+    probe = ModeProbe(threads)
     out = {}
     for mode in ("train", "infer"):
-        times = time_config(runners, mode, rounds=rounds, budget_s=budget_s)
+        times, speedups = time_config(runners, mode, rounds=rounds, budget_s=budget_s, probe=probe)
         records = {}
         for impl, ts in times.items():
             median = statistics.median(ts)
@@ -269,6 +308,10 @@ def run_config(torch, cfg, *, rounds, budget_s):
             }
         mine = records["fastcnn"]
         mine["valid"], mine["max_rel_err"] = valid, err
+        known = [s for s in speedups if s is not None]
+        mine["sgemm_speedup_rounds"] = known or None
+        mine["slow_rounds"] = sum(s < SLOW_SPEEDUP for s in known) if known else None
+        mine["rounds"] = len(speedups)
         for ref in ("torch", "torch_cl"):
             mine[f"ratio_vs_{ref}"] = (
                 records[ref]["median_ms"] / mine["median_ms"] if ref in records else None
@@ -569,6 +612,9 @@ def main(argv=None):
                     mine["ratio_vs_torch"],
                     mine["ratio_vs_torch_cl"],
                     mine["valid"],
+                    "-"
+                    if mine["slow_rounds"] is None
+                    else f"{mine['slow_rounds']}/{mine['rounds']}",
                 ]
             )
     harness.print_table(
@@ -585,6 +631,7 @@ def main(argv=None):
             "x torch",
             "x torch_cl",
             "valid",
+            "slow rounds",
         ],
         rows,
     )
