@@ -13,7 +13,8 @@ in rounds; each reports the median of its per-step times. One training step = ze
 cross-entropy, backward, SGD step (lr 0.01, momentum 0.9); inference = eval-mode forward (PyTorch
 under inference_mode). Before timing, the three are checked to compute the same logits, loss and
 first update ("valid"). Each round starts with a probe of the machine's mode ("slow rounds":
-those whose 768^3 SGEMM ran less than 1.8x faster on all threads than on one; see ModeProbe).
+those whose 768^3 SGEMM ran less than 1.8x faster on all threads than on one; see ModeProbe),
+and the ratios are also given over the fast rounds and over the slow ones apart.
 
 Also, in fresh child processes: peak RSS while training SeedNet and ResNet-8 on real
 Fashion-MNIST for a bounded number of steps (`--rss-child fastcnn|torch`), and the time to
@@ -252,8 +253,8 @@ class ModeProbe:
 
 def time_config(runners, mode, *, rounds, budget_s, min_steps=2, max_steps=50, probe=None):
     """Alternates the runners in `rounds` rounds (order rotated each round); in each, one untimed
-    step, then enough timed steps to fill about `budget_s`. Returns ({impl: per-step seconds},
-    the probe's value at the start of each round)."""
+    step, then enough timed steps to fill about `budget_s`. Returns ({impl: [each round's
+    per-step seconds]}, the probe's value at the start of each round)."""
     for r in runners:
         r.mode(mode == "train")
     fns = {r.impl: (r.step if mode == "train" else r.infer) for r in runners}
@@ -269,13 +270,14 @@ def time_config(runners, mode, *, rounds, budget_s, min_steps=2, max_steps=50, p
     for k in range(rounds):
         modes.append(probe() if probe else None)
         for impl in order[k % len(order) :] + order[: k % len(order)]:
+            times[impl].append([])
             fn = fns[impl]
             steps = int(min(max_steps, max(min_steps, round(budget_s / max(estimate[impl], 1e-6)))))
             fn()
             for _ in range(steps):
                 t = time.perf_counter()
                 fn()
-                times[impl].append(time.perf_counter() - t)
+                times[impl][-1].append(time.perf_counter() - t)
     return times, modes
 
 
@@ -290,9 +292,12 @@ def run_config(torch, cfg, *, rounds, budget_s):
     probe = ModeProbe(threads)
     out = {}
     for mode in ("train", "infer"):
-        times, speedups = time_config(runners, mode, rounds=rounds, budget_s=budget_s, probe=probe)
+        per_round, speedups = time_config(
+            runners, mode, rounds=rounds, budget_s=budget_s, probe=probe
+        )
         records = {}
-        for impl, ts in times.items():
+        for impl, rounds_ts in per_round.items():
+            ts = [t for r in rounds_ts for t in r]
             median = statistics.median(ts)
             records[impl] = {
                 "bench": mode,
@@ -316,7 +321,22 @@ def run_config(torch, cfg, *, rounds, budget_s):
             mine[f"ratio_vs_{ref}"] = (
                 records[ref]["median_ms"] / mine["median_ms"] if ref in records else None
             )
-        for impl in times:
+        # The same ratios over the fast rounds only and over the slow ones only.
+        for name, in_mode in (
+            ("fast", lambda v: v >= SLOW_SPEEDUP),
+            ("slow", lambda v: v < SLOW_SPEEDUP),
+        ):
+            picked = [k for k, v in enumerate(speedups) if v is not None and in_mode(v)]
+            for ref in ("torch", "torch_cl"):
+                ratio = None
+                if picked and ref in per_round:
+                    pooled = {
+                        impl: statistics.median(t for k in picked for t in per_round[impl][k])
+                        for impl in ("fastcnn", ref)
+                    }
+                    ratio = pooled[ref] / pooled["fastcnn"]
+                mine[f"ratio_vs_{ref}_{name}"] = ratio
+        for impl in per_round:
             harness.emit(records[impl])
             out[(mode, impl)] = records[impl]
     return out
@@ -635,6 +655,37 @@ def main(argv=None):
         ],
         rows,
     )
+    by_mode = []
+    for cfg in configs:
+        for mode in ("train", "infer"):
+            mine = results[(mode, *config_key(cfg))]
+            if mine["slow_rounds"] is None:
+                continue
+            by_mode.append(
+                [mode, mine["arch"], mine["input"], cfg["batch"]]
+                + [
+                    mine[f"ratio_vs_{ref}_{m}"]
+                    for m in ("fast", "slow")
+                    for ref in ("torch", "torch_cl")
+                ]
+                + [f"{mine['slow_rounds']}/{mine['rounds']}"]
+            )
+    if by_mode:
+        harness.print_table(
+            "the same ratios over the fast rounds and over the slow ones (see ModeProbe)",
+            [
+                "mode",
+                "net",
+                "input",
+                "batch",
+                "fast: x torch",
+                "x torch_cl",
+                "slow: x torch",
+                "x torch_cl",
+                "slow rounds",
+            ],
+            by_mode,
+        )
     if rss or imports:
         harness.print_table(
             f"memory and start-up (training on Fashion-MNIST, batch {args.rss_batch}, "
