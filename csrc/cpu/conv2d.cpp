@@ -786,10 +786,11 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
   // n's dx. With stride 2 along the rows, the two phases of a row class, columns b = 0 and 1,
   // are interleaved into whole rows of dx (a phase at a time, every other float: the put took
   // 11% of ResNet-8's 16 -> 32 stride-2 layer's backward at 28x28).
+  const int64_t phase_floats = g.C * sub_plane;  // a phase's values in `subs`
   const auto put = [&](const float* subs, int64_t n, int64_t c0, int64_t c1) {
     for (size_t i = 0; i < phases.size(); ++i) {
       const PhaseConv& f = phases[i];
-      const float* sub = subs + static_cast<int64_t>(i) * g.C * sub_plane;
+      const float* sub = subs + static_cast<int64_t>(i) * phase_floats;
       const int64_t rows = f.cv.OH, cols = f.cv.OW;
       const bool pair = g.sw == 2 && f.b == 0 && i + 1 < phases.size() && phases[i + 1].a == f.a &&
                         phases[i + 1].b == 1;
@@ -801,7 +802,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
         }
         const int64_t cols1 = phases[i + 1].cv.OW;  // cols or cols - 1
         const float* s0 = sub + c * rows * cols;
-        const float* s1 = sub + g.C * sub_plane + c * rows * cols1;
+        const float* s1 = sub + phase_floats + c * rows * cols1;
         for (int64_t r = 0; r < rows; ++r, s0 += cols, s1 += cols1) {
           float* row = d + r * g.sh * g.W;
           for (int64_t j = 0; j < cols1; ++j) row[2 * j] = s0[j], row[2 * j + 1] = s1[j];
@@ -812,7 +813,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
     }
   };
   const int threads = num_threads();
-  const int64_t sub_size = static_cast<int64_t>(phases.size()) * g.C * sub_plane;
+  const int64_t sub_size = static_cast<int64_t>(phases.size()) * phase_floats;
   if (g.N >= threads || threads == 1) {  // whole images per thread
     parallel_chunks(g.N, 1, threads, [&](int64_t n0, int64_t n1) {
       float* xp = scratch(kPad, pad.padded_size());
@@ -820,7 +821,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
       for (int64_t n = n0; n < n1; ++n) {
         pad_nhwc(pad, dy + n * g.O * g.OH * g.OW, xp);
         for (size_t i = 0; i < phases.size(); ++i)
-          run(phases[i], xp, subs + static_cast<int64_t>(i) * g.C * sub_plane, 0, phases[i].tiles);
+          run(phases[i], xp, subs + static_cast<int64_t>(i) * phase_floats, 0, phases[i].tiles);
         put(subs, n, 0, g.C);
       }
     });
@@ -831,7 +832,7 @@ bool dx_polyphase(const GemmKernel& k, const Window2d& g, const float* w, const 
   for (int64_t n = 0; n < g.N; ++n) {
     pad_nhwc(pad, dy + n * g.O * g.OH * g.OW, xp);
     for (size_t i = 0; i < phases.size(); ++i) {
-      float* sub = subs + static_cast<int64_t>(i) * g.C * sub_plane;
+      float* sub = subs + static_cast<int64_t>(i) * phase_floats;
       parallel_range(phases[i].tiles, threads,
                      [&](int64_t t0, int64_t t1) { run(phases[i], xp, sub, t0, t1); });
     }
@@ -1410,9 +1411,7 @@ void conv2d_backward(const Window2d& g, const float* x, const float* w, const fl
     const int64_t n = g.N * g.C * g.H * g.W;
     float* tmp = scratch(kAddDx, n);
     conv2d_backward(g, x, w, dy, tmp, dw, db);
-    parallel_range(n, n > 32768 ? num_threads() : 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) dx[i] += tmp[i];
-    });
+    add(n, dx, tmp, false, dx);
     return;
   }
   const int64_t P = g.pixels();

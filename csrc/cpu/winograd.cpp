@@ -1,6 +1,6 @@
-// The transforms of F(2x2, 5x5) and F(4x4, 3x3), see winograd.h. All but the last (once per filter)
-// are loops over channels, products or filters that the compiler vectorises, built for AVX-512 and
-// AVX2 as well (FASTCNN_ELEMENTWISE). Each is a pass over rows then over columns, with the 1-D
+// The transforms of F(2x2, 5x5), F(4x4, 3x3) and F(2x2, 3x3), see winograd.h: loops over
+// channels, products or filters, vectorised, built for AVX-512 and AVX2 as well
+// (FASTCNN_ELEMENTWISE). Each is a pass over rows then over columns, with the 1-D
 // transforms
 //   B^T d: 4d0 - 5d2 + d4, (d3 + d4) - 4(d1 + d2), (d4 - d3) + 4(d1 - d2),
 //          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
@@ -353,7 +353,7 @@ __attribute__((always_inline)) inline bool gt_m_g(const float* m, int64_t ld, in
 }
 
 // G^T of F(2x2, 3x3)'s four values at the points 0, 1, -1 and infinity into 3.
-inline void gt_4(const D8* v, int step, D8* z, int zstep) {
+__attribute__((always_inline)) inline void gt_4(const D8* v, int step, D8* z, int zstep) {
   const D8 m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step];
   z[0] = -m0 + (m1 + m2) / 2;
   z[zstep] = (m1 - m2) / 2;
@@ -363,7 +363,7 @@ inline void gt_4(const D8* v, int step, D8* z, int zstep) {
 // G^T of six values at the points 0, 1, -1, 2, -2 and infinity into R: the transpose of
 // filter_1d<R>'s G, R = 3 (F(4x4, 3x3)) or 5 (F(2x2, 5x5)); the first rows are the same.
 template <int R>
-inline void gt_6(const D8* v, int step, D8* z, int zstep) {
+__attribute__((always_inline)) inline void gt_6(const D8* v, int step, D8* z, int zstep) {
   const D8 m0 = v[0], m1 = v[step], m2 = v[2 * step], m3 = v[3 * step], m4 = v[4 * step];
   const D8 m5 = v[5 * step];
   z[0] = m0 / 4 - (m1 + m2) / 6 + (m3 + m4) / 24;
