@@ -92,16 +92,33 @@ def test_forward_eval(relu, rng):
     ref.assert_close(y, np.maximum(want, 0) if relu else want, name="y")
 
 
-def test_kernels_do_not_depend_on_the_thread_count(rng, num_threads):
-    x, w, b = make(rng, (64, 16, 14, 14))
+# The threads split the batch by images (by vectors where there are fewer images than threads),
+# and each chunk of 64 vectors that straddles two threads' shares is summed again in order: shares
+# that begin inside a chunk, inside a plane, a share within one chunk, a first value far from the
+# mean (the second pass), the ReLU's mask from y and recomputed from x.
+@pytest.mark.parametrize(
+    "shape",
+    [(64, 16, 14, 14), (65, 7, 13, 13), (1, 4, 100, 100), (3, 5, 50, 50), (9, 2, 61, 67)],
+    ids=str,
+)
+def test_kernels_do_not_depend_on_the_thread_count(shape, rng, num_threads):
+    x, w, b = make(rng, shape)
+    x[0, 1, 0, 0] = 1e4  # channel 1's first value: the statistics summed again
     dy = rng.standard_normal(x.shape).astype(np.float32)
+    res = rng.standard_normal(x.shape).astype(np.float32)
     results = []
-    for t in (1, 2):
+    for t in (1, 2, 3, 4):
         num_threads(t)
         y, mean, invstd, var = ops.batchnorm2d_forward(x, w, b, 1e-5, True)
-        results.append((y, mean, var, *ops.batchnorm2d_backward(x, dy, y, mean, invstd, w)))
-    for a, b2 in zip(*results):
-        np.testing.assert_array_equal(a, b2)
+        out = [y, mean, var, *ops.batchnorm2d_backward(x, dy, y, mean, invstd, w)]
+        y2, mean2, invstd2, _ = ops.batchnorm2d_forward(x, w, b, 1e-5, True, None, res)
+        g = np.empty_like(x)
+        out += [y2, *ops.batchnorm2d_backward(x, dy, y2, mean2, invstd2, w, masked_dy_out=g), g]
+        out += ops.batchnorm2d_backward(x, dy, None, mean, invstd, w, relu=True, bias=b)
+        results.append(out)
+    for other in results[1:]:
+        for a, b2 in zip(results[0], other):
+            np.testing.assert_array_equal(a, b2)
 
 
 def test_outputs_are_overwritten(rng):

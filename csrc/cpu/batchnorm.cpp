@@ -16,12 +16,14 @@
 //                      normalised input and M = N*H*W: dbias = sum g, dweight = sum g*xhat, dx =
 //                      weight * invstd * (g - dbias/M - xhat * dweight/M); g itself is written out
 //                      on request (masked_dy), for the block's shortcut.
-// Channels are split over the threads; each channel's sums are taken by one thread, so results do
-// not depend on the thread count.
+// Training mode splits the batch over the threads by images, as the convolutions around it do (see
+// "The threads' shares" below), and keeps each channel's sums in the one order above, so results
+// do not depend on the thread count. Eval mode splits the channels.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "cpu/gemm/gemm_driver.h"  // split_range
 #include "cpu/ops.h"
 #include "cpu/vec16.h"
 
@@ -76,6 +78,16 @@ inline F16 relu_pass(F16 y, F16 d) {
   return reinterpret_cast<F16>(reinterpret_cast<I16>(d) & ~(y <= zero));
 }
 
+// v's lanes added in order, in float.
+__attribute__((always_inline)) inline float lane_sum(F16 v) {
+  float s = 0.f;
+  for (int l = 0; l < 16; ++l) s += v[l];
+  return s;
+}
+
+// Vectors a Sum adds up in float before emptying them into its double.
+constexpr int kChunk = 64;
+
 // A sum in a fixed order: 16 float lanes, emptied into a double every 64 vectors (1,024 values),
 // so that float rounding never builds up over a channel.
 struct Sum {
@@ -84,12 +96,10 @@ struct Sum {
   double total = 0.0;
   void add(F16 v) {
     lanes += v;
-    if (++count == 64) flush();
+    if (++count == kChunk) flush();
   }
   void flush() {
-    float s = 0.f;
-    for (int l = 0; l < 16; ++l) s += lanes[l];
-    total += s;
+    total += lane_sum(lanes);
     lanes = F16{}, count = 0;
   }
   double get() {
@@ -108,6 +118,151 @@ inline void over_channel(int64_t N, int64_t C, int64_t P, int64_t c, Fn fn) {
     for (; p + 16 <= P; p += 16) fn(at, p, 16);
     if (p < P) fn(at, p, P - p);
   }
+}
+
+// ---- the threads' shares ----------------------------------------------------------------------
+//
+// A channel's vectors in the order its sums take them: image by image, each plane in vpp =
+// ceil(P / 16) vectors of 16 values, the last partial. Thread t of T takes vectors [first, last)
+// of every channel: whole images, split_range's as the convolutions' (where there are as many
+// images as threads), so that it reads the images it wrote in the layer before, all channels in
+// memory order. (Split by channels, each thread read half of its planes from the other core:
+// where the two cores share no L3, batch norm then took 2.5x as long in a ResNet-8 training
+// step.) Each thread sums
+// the whole 64-vector chunks that begin in its share and keeps each chunk's float sum, what Sum
+// empties into its double; `join` then adds them up in order, the vectors of a chunk that
+// straddles two shares added one by one, so each channel's sums are Sum's over all its vectors.
+struct Layout {
+  int64_t N, C, P, vpp;
+  Layout(int64_t n, int64_t c, int64_t p) : N(n), C(c), P(p), vpp((p + 15) / 16) {}
+  int64_t vectors() const { return N * vpp; }
+  // Vector i of channel c: its offset in the batch, and how many values it holds.
+  int64_t at(int64_t c, int64_t i) const { return ((i / vpp) * C + c) * P + (i % vpp) * 16; }
+  int64_t values(int64_t i) const { return std::min<int64_t>(16, P - (i % vpp) * 16); }
+  // Thread t's vectors [*first, *last) of every channel.
+  void share(int T, int t, int64_t* first, int64_t* last) const {
+    if (N >= T) {
+      split_range(N, T, t, first, last);
+      *first *= vpp, *last *= vpp;
+    } else {
+      split_range(vectors(), T, t, first, last);
+    }
+  }
+  // The first chunk boundary at or after `first`, within the share.
+  static int64_t chunks_from(int64_t first, int64_t last) {
+    return std::min(last, (first + kChunk - 1) / kChunk * kChunk);
+  }
+};
+
+// fn(c, i, at, n) over a share's vectors [first, last), image by image and channel by channel
+// (memory order): vector i of channel c at offset `at`, with n values.
+template <class Fn>
+__attribute__((always_inline)) inline void over_share(const Layout& L, int64_t first, int64_t last,
+                                                      Fn fn) {
+  for (int64_t img = first / L.vpp; img * L.vpp < last; ++img) {
+    const int64_t v0 = img * L.vpp, j0 = std::max<int64_t>(first - v0, 0);
+    const int64_t j1 = std::min<int64_t>(L.vpp, last - v0);
+    for (int64_t c = 0; c < L.C; ++c) {
+      const int64_t plane = (img * L.C + c) * L.P;
+      for (int64_t j = j0; j < j1; ++j)
+        fn(c, v0 + j, plane + 16 * j, std::min<int64_t>(16, L.P - 16 * j));
+    }
+  }
+}
+
+// Two sums over a share's part of one channel: the chunk sums it has written, and the chunk in
+// progress.
+struct Part {
+  F16 a, b;
+  int64_t count, chunks;
+};
+
+// Where the threads keep their parts: parts[t * C + c], and that part's chunk sums, a's and b's
+// in pairs, at sums + (t * C + c) * 2 * cap.
+struct Parts {
+  Part* parts;
+  float* sums;
+  int64_t cap;  // chunk sums a part may hold
+  Part& part(const Layout& L, int t, int64_t c) const { return parts[t * L.C + c]; }
+  float* chunk_sums(const Layout& L, int t, int64_t c) const {
+    return sums + (t * L.C + c) * 2 * cap;
+  }
+};
+
+// Scratch of the calling thread for up to T threads' parts.
+Parts parts_for(const Layout& L, int T) {
+  thread_local ScratchBuffer part_buf, sum_buf;
+  const int64_t n = T * L.C;
+  static_assert(sizeof(Part) % sizeof(float) == 0, "Part in floats");
+  Parts p{reinterpret_cast<Part*>(part_buf.get(n * sizeof(Part) / sizeof(float))), nullptr,
+          L.vectors() / kChunk + 1};
+  p.sums = sum_buf.get(n * 2 * p.cap);
+  return p;
+}
+
+// Adds a vector's pair to a channel's part, keeping each whole chunk's float sums.
+__attribute__((always_inline)) inline void part_add(Part& q, float* chunk_sums, F16 va, F16 vb) {
+  q.a += va;
+  q.b += vb;
+  if (++q.count == kChunk) {
+    chunk_sums[2 * q.chunks] = lane_sum(q.a);
+    chunk_sums[2 * q.chunks + 1] = lane_sum(q.b);
+    ++q.chunks;
+    q.a = q.b = F16{}, q.count = 0;
+  }
+}
+
+// Channel c's two totals over all its vectors, as two Sums taking them in order would have them:
+// value(c, i, at, n, &va, &vb) gives vector i's pair again where a chunk straddles two shares.
+template <class Value>
+__attribute__((always_inline)) inline void join(const Layout& L, int T, const Parts& P, int64_t c,
+                                                Value value, double* ta, double* tb) {
+  Sum a, b;
+  for (int t = 0; t < T; ++t) {
+    int64_t first, last;
+    L.share(T, t, &first, &last);
+    const int64_t from = Layout::chunks_from(first, last);
+    for (int64_t i = first; i < from; ++i) {
+      F16 va, vb;
+      value(c, i, L.at(c, i), L.values(i), &va, &vb);
+      a.add(va);
+      b.add(vb);
+    }
+    if (from == last) continue;
+    // The share's own chunks begin at a boundary, where a and b are empty.
+    const Part& q = P.part(L, t, c);
+    const float* s = P.chunk_sums(L, t, c);
+    for (int64_t k = 0; k < q.chunks; ++k) a.total += s[2 * k], b.total += s[2 * k + 1];
+    a.lanes = q.a, b.lanes = q.b;
+    a.count = b.count = static_cast<int>(q.count);
+  }
+  *ta = a.get();
+  *tb = b.get();
+}
+
+// Runs fn(t, T, sync) on T threads (one team; sync() waits for all of them).
+template <class Fn>
+void on_threads(int T, Fn fn) {
+#ifdef FASTCNN_OPENMP
+  if (T > 1) {
+#pragma omp parallel num_threads(T)
+    {
+      DenormalGuard denormals;
+      fn(omp_get_thread_num(), omp_get_num_threads(), [] {
+#pragma omp barrier
+      });
+    }
+    return;
+  }
+#endif
+  DenormalGuard denormals;
+  fn(0, 1, [] {});
+}
+
+// Threads for a training-mode pass over `values` floats.
+int train_threads(int64_t values) {
+  const int T = num_threads();
+  return T > 1 && values > 32768 ? T : 1;
 }
 }  // namespace
 
@@ -143,14 +298,38 @@ FASTCNN_ELEMENTWISE static void affine_rows(int64_t N, int64_t C, int64_t P, int
 
 // ---- forward ----------------------------------------------------------------------------------
 
-// Channel c of batchnorm2d_forward_train.
-FASTCNN_ELEMENTWISE static void forward_train_channel(int64_t N, int64_t C, int64_t P, int64_t c,
-                                                      const float* x, const float* w,
-                                                      const float* b, const float* residual,
-                                                      float eps, bool relu, float* y, float* mean,
-                                                      float* invstd, float* var) {
-  const double M = static_cast<double>(N * P);
-  const int64_t end = N * C * P;
+// The one-pass sums of x - k and (x - k)^2 around k, the channel's first value: vector i's pair.
+__attribute__((always_inline)) inline void centred_pair(const float* x, int64_t end, F16 kv,
+                                                        int64_t at, int64_t n, F16* va, F16* vb) {
+  F16 d = load_n(x, at, n, end) - kv;
+  if (n < 16) d = first_lanes(d, n);  // a partial vector's padding lanes: 0 - k
+  *va = d;
+  *vb = d * d;
+}
+
+// Thread t's part of every channel's one-pass sums.
+FASTCNN_ELEMENTWISE __attribute__((flatten)) static void forward_sums(const Layout& L,
+                                                                      int64_t first, int64_t last,
+                                                                      const float* x,
+                                                                      const Parts& P, int t) {
+  const int64_t from = Layout::chunks_from(first, last), end = L.N * L.C * L.P;
+  for (int64_t c = 0; c < L.C; ++c) P.part(L, t, c) = Part{F16{}, F16{}, 0, 0};
+  if (from == last) return;
+  over_share(L, from, last, [&](int64_t c, int64_t, int64_t at, int64_t n) {
+    F16 va, vb;
+    centred_pair(x, end, F16{} + x[c * L.P], at, n, &va, &vb);
+    part_add(P.part(L, t, c), P.chunk_sums(L, t, c), va, vb);
+  });
+}
+
+// Channel c's mean, invstd and var from the parts (see batchnorm2d_forward_train).
+FASTCNN_ELEMENTWISE __attribute__((flatten)) static void forward_stats(const Layout& L, int T,
+                                                                       const Parts& P, int64_t c,
+                                                                       const float* x, float eps,
+                                                                       float* mean, float* invstd,
+                                                                       float* var) {
+  const int64_t N = L.N, C = L.C, Pl = L.P, end = N * C * Pl;
+  const double M = static_cast<double>(N * Pl);
   const auto get = [&](int64_t i, int64_t n) { return load_n(x, i, n, end); };
   // One pass: the sums of x - k and (x - k)^2 around k, the channel's first value, whence
   // mean = k + s1/M and var = s2/M - (s1/M)^2. The subtraction loses (1 + (mean - k)^2 / var)
@@ -158,27 +337,27 @@ FASTCNN_ELEMENTWISE static void forward_train_channel(int64_t N, int64_t C, int6
   // standard deviations from the mean (at most 17 times), both are summed again (Inf and NaN
   // too): the mean, then the squares around it. (The one pass: ResNet-8's training step 1.4%
   // faster at 1x28x28 batch 64.)
-  const float kf = M > 0 ? x[c * P] : 0.f;
+  const float kf = M > 0 ? x[c * Pl] : 0.f;
   const F16 kv = F16{} + kf;
-  Sum s1, s2;
-  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
-    F16 d = get(at + p, n) - kv;
-    if (n < 16) d = first_lanes(d, n);  // a partial vector's padding lanes: 0 - k
-    s1.add(d);
-    s2.add(d * d);
-  });
-  const double dm = M > 0 ? s1.get() / M : 0.0;
-  double mu = kf + dm, v = M > 0 ? std::max(s2.get() / M - dm * dm, 0.0) : 0.0;
-  if (!(dm * dm <= 16 * v)) {
+  double s1, s2;
+  join(
+      L, T, P, c,
+      [&](int64_t, int64_t, int64_t at, int64_t n, F16* va, F16* vb) {
+        centred_pair(x, end, kv, at, n, va, vb);
+      },
+      &s1, &s2);
+  const double dm = M > 0 ? s1 / M : 0.0;
+  double mu = kf + dm, v = M > 0 ? std::max(s2 / M - dm * dm, 0.0) : 0.0;
+  if (!(dm * dm <= 16 * v)) {  // by one thread, over all the channel's planes
     Sum s;
-    over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) { s.add(get(at + p, n)); });
+    over_channel(N, C, Pl, c, [&](int64_t at, int64_t p, int64_t n) { s.add(get(at + p, n)); });
     mu = M > 0 ? s.get() / M : 0.0;
     const float muf = static_cast<float>(mu);
     // Around the float mean: the same up to rounding. A partial vector's padding lanes are
     // 0 - muf there, so they are masked out.
     const F16 m = F16{} + muf;
     Sum ss;
-    over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
+    over_channel(N, C, Pl, c, [&](int64_t at, int64_t p, int64_t n) {
       const F16 d = get(at + p, n) - m;
       ss.add(n == 16 ? d * d : first_lanes(d * d, n));
     });
@@ -190,17 +369,46 @@ FASTCNN_ELEMENTWISE static void forward_train_channel(int64_t N, int64_t C, int6
   mean[c] = static_cast<float>(mu);
   invstd[c] = static_cast<float>(is);
   var[c] = static_cast<float>(v);
-  // y = x * scale + shift, in float: scale = invstd * weight, shift = bias - mean * scale.
-  float scale, shift;
-  affine_of(mean, invstd, w, b, c, &scale, &shift);
-  affine_rows(N, C, P, c, x, scale, shift, residual, relu, y);
+}
+
+// y = x * scale + shift (+ residual), then max(0, .) with relu, over a share: scale =
+// invstd * weight, shift = bias - mean * scale, in float.
+FASTCNN_ELEMENTWISE __attribute__((flatten)) static void forward_affine(
+    const Layout& L, int64_t first, int64_t last, const float* x, const float* mean,
+    const float* invstd, const float* w, const float* b, const float* residual, bool relu,
+    float* y) {
+  const int64_t end = L.N * L.C * L.P;
+  const F16 zero = {};
+  F16 sc = zero, sh = zero;
+  int64_t channel = -1;
+  over_share(L, first, last, [&](int64_t c, int64_t, int64_t i, int64_t n) {
+    if (c != channel) {
+      float scale, shift;
+      affine_of(mean, invstd, w, b, c, &scale, &shift);
+      sc = zero + scale, sh = zero + shift, channel = c;
+    }
+    F16 v = affine(load_n(x, i, n, end), sc, sh);
+    if (residual) v += load_n(residual, i, n, end);
+    if (relu) v = v < zero ? zero : v;  // NaN passes
+    store_n(y + i, v, n);
+  });
 }
 
 void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, const float* w,
                                const float* b, const float* residual, float eps, bool relu,
                                float* y, float* mean, float* invstd, float* var) {
-  for_each_channel(C, N * C * P, [&](int64_t c) {
-    forward_train_channel(N, C, P, c, x, w, b, residual, eps, relu, y, mean, invstd, var);
+  const Layout L(N, C, P);
+  const int threads = train_threads(N * C * P);
+  const Parts parts = parts_for(L, threads);
+  on_threads(threads, [&](int t, int T, auto sync) {
+    int64_t first, last, c0, c1;
+    L.share(T, t, &first, &last);
+    forward_sums(L, first, last, x, parts, t);
+    sync();
+    split_range(C, T, t, &c0, &c1);
+    for (int64_t c = c0; c < c1; ++c) forward_stats(L, T, parts, c, x, eps, mean, invstd, var);
+    sync();
+    forward_affine(L, first, last, x, mean, invstd, w, b, residual, relu, y);
   });
 }
 
@@ -213,55 +421,107 @@ void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, c
 
 // ---- backward ---------------------------------------------------------------------------------
 
-// Channel c of batchnorm2d_backward. Two passes: g (dy through the ReLU's mask, written to
-// masked_dy on request) and its sums, then dx.
-FASTCNN_ELEMENTWISE static void backward_channel(int64_t N, int64_t C, int64_t P, int64_t c,
-                                                 const float* x, const float* dy, const float* y,
-                                                 bool relu, const float* mean, const float* invstd,
-                                                 const float* w, const float* b, float* dx,
-                                                 float* dw, float* db, float* masked_dy) {
-  const double M = static_cast<double>(N * P);
-  const float mu = mean[c], is = invstd[c];
-  const F16 zero = {}, mv = zero + mu;
-  const int64_t end = N * C * P;
-  const auto get = [&](const float* a, int64_t i, int64_t n) { return load_n(a, i, n, end); };
-  // The ReLU's mask: y > 0 where y is given, else x * scale + shift > 0 recomputed as the forward
-  // computed it (without y, a pass reads two arrays, not three).
-  const bool masked = y || relu;
+// What the backward's passes share: g is dy through the ReLU's mask (y > 0 where y is given, else
+// x * scale + shift > 0 recomputed as the forward computed it: without y, a pass reads two arrays,
+// not three), masked_dy receives it on request.
+struct Backward {
+  const Layout& L;
+  const float *x, *dy, *y, *mean, *invstd, *w, *b;
+  bool masked;  // y or relu
+  float* masked_dy;
+  int64_t end() const { return L.N * L.C * L.P; }
+};
+
+// Channel c's (scale, shift) for the mask's recomputation; zeros where y gives the mask.
+__attribute__((always_inline)) inline void mask_affine(const Backward& k, int64_t c, F16* sc,
+                                                       F16* sh) {
   float scale = 0.f, shift = 0.f;
-  if (!y && relu) affine_of(mean, invstd, w, b, c, &scale, &shift);
-  const F16 sc = zero + scale, sh = zero + shift;
-  // g at i, from d (dy, or masked_dy already masked); the padding lanes of a partial vector are
-  // 0 (d's are).
-  const auto g_at = [&](const float* d, bool mask, F16 xv, int64_t i, int64_t n) {
-    const F16 dv = get(d, i, n);
-    if (!mask) return dv;
-    return relu_pass(y ? get(y, i, n) : affine(xv, sc, sh), dv);
-  };
-  Sum sg, sgx;
-  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
-    const int64_t i = at + p;
-    const F16 xv = get(x, i, n);
-    const F16 g = g_at(dy, masked, xv, i, n);
-    if (masked_dy && masked) store_n(masked_dy + i, g, n);
-    sg.add(g);
-    sgx.add(g * (xv - mv));
+  if (!k.y && k.masked) affine_of(k.mean, k.invstd, k.w, k.b, c, &scale, &shift);
+  *sc = F16{} + scale, *sh = F16{} + shift;
+}
+
+// g at i, from d (dy, or masked_dy already masked); the padding lanes of a partial vector are 0
+// (d's are).
+__attribute__((always_inline)) inline F16 g_at(const Backward& k, const float* d, bool mask, F16 xv,
+                                               F16 sc, F16 sh, int64_t i, int64_t n) {
+  const F16 dv = load_n(d, i, n, k.end());
+  if (!mask) return dv;
+  return relu_pass(k.y ? load_n(k.y, i, n, k.end()) : affine(xv, sc, sh), dv);
+}
+
+// Vector i's pair for the sums: g and g * (x - mean).
+__attribute__((always_inline)) inline void g_pair(const Backward& k, F16 xv, F16 g, int64_t c,
+                                                  F16* va, F16* vb) {
+  *va = g;
+  *vb = g * (xv - (F16{} + k.mean[c]));
+}
+
+// Thread t's part of every channel's sums of g and g * (x - mean); g written to masked_dy.
+FASTCNN_ELEMENTWISE __attribute__((flatten)) static void backward_sums(const Backward& k,
+                                                                       int64_t first, int64_t last,
+                                                                       const Parts& P, int t) {
+  const Layout& L = k.L;
+  const int64_t from = Layout::chunks_from(first, last);
+  for (int64_t c = 0; c < L.C; ++c) P.part(L, t, c) = Part{F16{}, F16{}, 0, 0};
+  F16 sc = {}, sh = {};
+  int64_t channel = -1;
+  over_share(L, first, last, [&](int64_t c, int64_t i, int64_t at, int64_t n) {
+    if (c != channel) mask_affine(k, c, &sc, &sh), channel = c;
+    const F16 xv = load_n(k.x, at, n, k.end());
+    const F16 g = g_at(k, k.dy, k.masked, xv, sc, sh, at, n);
+    if (k.masked_dy && k.masked) store_n(k.masked_dy + at, g, n);
+    if (i < from) return;  // before the share's first chunk: join adds it
+    F16 va, vb;
+    g_pair(k, xv, g, c, &va, &vb);
+    part_add(P.part(L, t, c), P.chunk_sums(L, t, c), va, vb);
   });
-  const double sum_g = sg.get(), sum_gx = sgx.get() * is;  // sum g * xhat
-  if (db) db[c] = static_cast<float>(sum_g);
-  if (dw) dw[c] = static_cast<float>(sum_gx);
-  if (!dx || M == 0) return;
-  // With masked_dy, g is read back from there instead of dy and the mask.
-  const bool reread = masked_dy && masked;
-  const float* g_src = reread ? masked_dy : dy;
-  const F16 k = zero + (w ? w[c] : 1.f) * is, isv = zero + is;
-  const F16 mean_g = zero + static_cast<float>(sum_g / M);
-  const F16 mean_gx = zero + static_cast<float>(sum_gx / M);
-  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
-    const int64_t i = at + p;
-    const F16 xv = get(x, i, n);
-    const F16 v =
-        k * (g_at(g_src, masked && !reread, xv, i, n) - mean_g - (xv - mv) * isv * mean_gx);
+}
+
+// Channel c's sums of g and g * xhat: dbias and dweight.
+FASTCNN_ELEMENTWISE __attribute__((flatten)) static void backward_stats(const Backward& k, int T,
+                                                                        const Parts& P, int64_t c,
+                                                                        double* sum_g,
+                                                                        double* sum_gx) {
+  F16 sc, sh;
+  mask_affine(k, c, &sc, &sh);
+  double sg, sgx;
+  join(
+      k.L, T, P, c,
+      [&](int64_t c, int64_t, int64_t at, int64_t n, F16* va, F16* vb) {
+        const F16 xv = load_n(k.x, at, n, k.end());
+        g_pair(k, xv, g_at(k, k.dy, k.masked, xv, sc, sh, at, n), c, va, vb);
+      },
+      &sg, &sgx);
+  sum_g[c] = sg;
+  sum_gx[c] = sgx * k.invstd[c];  // sum g * xhat
+}
+
+// dx = weight * invstd * (g - dbias/M - xhat * dweight/M) over a share.
+FASTCNN_ELEMENTWISE __attribute__((flatten)) static void backward_dx(const Backward& k,
+                                                                     int64_t first, int64_t last,
+                                                                     const double* sum_g,
+                                                                     const double* sum_gx,
+                                                                     float* dx) {
+  const double M = static_cast<double>(k.L.N * k.L.P);
+  const F16 zero = {};
+  // With masked_dy, g is read back from there (this thread wrote its share) instead of dy and
+  // the mask.
+  const bool reread = k.masked_dy && k.masked;
+  const float* g_src = reread ? k.masked_dy : k.dy;
+  F16 sc = zero, sh = zero, kv = zero, mv = zero, isv = zero, mean_g = zero, mean_gx = zero;
+  int64_t channel = -1;
+  over_share(k.L, first, last, [&](int64_t c, int64_t, int64_t i, int64_t n) {
+    if (c != channel) {
+      const float is = k.invstd[c];
+      mask_affine(k, c, &sc, &sh);
+      kv = zero + (k.w ? k.w[c] : 1.f) * is, mv = zero + k.mean[c], isv = zero + is;
+      mean_g = zero + static_cast<float>(sum_g[c] / M);
+      mean_gx = zero + static_cast<float>(sum_gx[c] / M);
+      channel = c;
+    }
+    const F16 xv = load_n(k.x, i, n, k.end());
+    const F16 v = kv * (g_at(k, g_src, k.masked && !reread, xv, sc, sh, i, n) - mean_g -
+                        (xv - mv) * isv * mean_gx);
     store_n(dx + i, v, n);
   });
 }
@@ -270,8 +530,28 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
                           const float* y, bool relu, const float* mean, const float* invstd,
                           const float* w, const float* b, float* dx, float* dw, float* db,
                           float* masked_dy) {
-  for_each_channel(C, N * C * P, [&](int64_t c) {
-    backward_channel(N, C, P, c, x, dy, y, relu, mean, invstd, w, b, dx, dw, db, masked_dy);
+  const Layout L(N, C, P);
+  const Backward k{L, x, dy, y, mean, invstd, w, b, y || relu, masked_dy};
+  const int threads = train_threads(N * C * P);
+  const Parts parts = parts_for(L, threads);
+  thread_local ScratchBuffer sums_buf;
+  double* sum_g = reinterpret_cast<double*>(sums_buf.get(4 * C));
+  double* sum_gx = sum_g + C;
+  const bool with_dx = dx && N * P > 0;
+  on_threads(threads, [&](int t, int T, auto sync) {
+    int64_t first, last, c0, c1;
+    L.share(T, t, &first, &last);
+    backward_sums(k, first, last, parts, t);
+    sync();
+    split_range(C, T, t, &c0, &c1);
+    for (int64_t c = c0; c < c1; ++c) {
+      backward_stats(k, T, parts, c, sum_g, sum_gx);
+      if (db) db[c] = static_cast<float>(sum_g[c]);
+      if (dw) dw[c] = static_cast<float>(sum_gx[c]);
+    }
+    if (!with_dx) return;
+    sync();
+    backward_dx(k, first, last, sum_g, sum_gx, dx);
   });
 }
 
