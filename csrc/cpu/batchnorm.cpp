@@ -128,10 +128,10 @@ inline void over_channel(int64_t N, int64_t C, int64_t P, int64_t c, Fn fn) {
 // images as threads), so that it reads the images it wrote in the layer before, all channels in
 // memory order. (Split by channels, each thread read half of its planes from the other core:
 // where the two cores share no L3, batch norm then took 2.5x as long in a ResNet-8 training
-// step.) Each thread sums
-// the whole 64-vector chunks that begin in its share and keeps each chunk's float sum, what Sum
-// empties into its double; `join` then adds them up in order, the vectors of a chunk that
-// straddles two shares added one by one, so each channel's sums are Sum's over all its vectors.
+// step.) Each thread sums the whole 64-vector chunks that begin in its share and keeps each
+// chunk's float sum, what Sum empties into its double; `join` then adds them up in order, the
+// vectors of a chunk that straddles two shares added one by one, so each channel's sums are
+// Sum's over all its vectors.
 struct Layout {
   int64_t N, C, P, vpp;
   Layout(int64_t n, int64_t c, int64_t p) : N(n), C(c), P(p), vpp((p + 15) / 16) {}
