@@ -116,26 +116,18 @@ void parallel_range(int64_t n, int threads, Fn fn) {
   fn(0, n);
 }
 
-// Runs fn(begin, end) over [0, n) in chunks of `chunk`, each thread claiming the next chunk as
-// it finishes its last: a core slowed by other work (a shared machine) then does fewer, instead
-// of everyone waiting for it at the end. Each chunk is done whole by one thread, so nothing's
-// value depends on which thread did it.
+// Runs fn(begin, end) over [0, n) in chunks of `chunk`, each done whole by one thread (nothing's
+// value then depends on which thread did it): each thread takes a contiguous run of chunks,
+// split_range's, the same images in every layer, as batch norm's shares (batchnorm.cpp). A
+// thread then reads what it wrote in the layer before, in its own core's caches: where the two
+// cores share no L3, a ResNet-8 training step's convolutions each took up to 1.5x as long with
+// chunks claimed as threads came free.
 template <class Fn>
 void parallel_chunks(int64_t n, int64_t chunk, int threads, Fn fn) {
   const int64_t chunks = (n + chunk - 1) / chunk;
-#ifdef FASTCNN_OPENMP
-  if (threads > 1 && chunks > 1) {
-#pragma omp parallel num_threads(threads)
-    {
-      DenormalGuard denormals;
-#pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t c = 0; c < chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
-    }
-    return;
-  }
-#endif
-  DenormalGuard denormals;
-  fn(0, n);
+  parallel_range(chunks, threads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
+  });
 }
 
 // ---- im2col reference path --------------------------------------------------------------------
