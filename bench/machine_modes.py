@@ -7,9 +7,11 @@ Each round times, at all threads and then at one, the median of a few ResNet-8 t
 (1x28x28, batch 64), a 1024^3 SGEMM on fastcnn's kernels and a 64 MB ops.add, and prints one
 JSON line. On the 2-vCPU machines fastcnn is tuned on, the two-thread figures switch for minutes
 at a time between two levels while the one-thread ones stay put: SGEMM's two-thread speed-up
-falls from ~1.9 to ~1.6 and the ResNet-8 step grows by a third, while the copy does not slow
-(the two vCPUs then share one core's FMA units). A figure from bench/train.py is worth quoting
-with the mode it met; see bench/RESULTS.md.
+falls from ~1.9 to ~1.6, while the copy does not slow. The two vCPUs then sit on cores that share
+no L3 (a cache line's round trip between them ~350 ns, against ~65): what a thread reads of the
+other's writes comes from the other core (SGEMM's shared packed panels, say), while each core's
+own arithmetic and its streams from memory keep their speed. A figure from bench/train.py is
+worth quoting with the mode it met; see bench/RESULTS.md.
 """
 
 from __future__ import annotations
