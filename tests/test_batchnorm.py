@@ -121,6 +121,26 @@ def test_kernels_do_not_depend_on_the_thread_count(shape, rng, num_threads):
             np.testing.assert_array_equal(a, b2)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (0, 3, 4, 4), (2, 0, 4, 4), (3, 2, 5, 0)], ids=str)
+def test_empty_batches(shape, num_threads):
+    """No values: mean and variance 0, invstd 1/sqrt(eps), zero gradients for the affine
+    parameters, at every thread count (an empty plane once divided by zero)."""
+    x = np.zeros(shape, np.float32)
+    c = shape[1]
+    w = np.ones(c, np.float32)
+    for t in (1, 2, 3):
+        num_threads(t)
+        y, mean, invstd, var = ops.batchnorm2d_forward(x, w, w, 1e-4, True)
+        assert y.shape == shape
+        np.testing.assert_array_equal(mean, np.zeros(c, np.float32))
+        np.testing.assert_array_equal(var, np.zeros(c, np.float32))
+        np.testing.assert_allclose(invstd, np.full(c, 100, np.float32), rtol=1e-6)
+        dx, dw, db = ops.batchnorm2d_backward(x, x, y, mean, invstd, w, masked_dy_out=x.copy())
+        assert dx.shape == shape
+        np.testing.assert_array_equal(dw, np.zeros(c, np.float32))
+        np.testing.assert_array_equal(db, np.zeros(c, np.float32))
+
+
 def test_outputs_are_overwritten(rng):
     x, w, b = make(rng, (2, 3, 4, 4))
     out = np.full(x.shape, np.nan, np.float32)

@@ -159,6 +159,7 @@ struct Layout {
 template <class Fn>
 __attribute__((always_inline)) inline void over_share(const Layout& L, int64_t first, int64_t last,
                                                       Fn fn) {
+  if (L.vpp == 0) return;  // empty planes: no vectors
   for (int64_t img = first / L.vpp; img * L.vpp < last; ++img) {
     const int64_t v0 = img * L.vpp, j0 = std::max<int64_t>(first - v0, 0);
     const int64_t j1 = std::min<int64_t>(L.vpp, last - v0);
