@@ -131,7 +131,9 @@ inline void over_channel(int64_t N, int64_t C, int64_t P, int64_t c, Fn fn) {
 // step.) Each thread sums the whole 64-vector chunks that begin in its share and keeps each
 // chunk's float sum, what Sum empties into its double; `join` then adds them up in order, the
 // vectors of a chunk that straddles two shares added one by one, so each channel's sums are
-// Sum's over all its vectors.
+// Sum's over all its vectors. The passes are ISA clones marked `flatten`: every helper and lambda
+// is inlined into each clone (a lambda left out of line is compiled for the baseline ISA, where
+// the sums lose their FMAs and change in the last bit).
 struct Layout {
   int64_t N, C, P, vpp;
   Layout(int64_t n, int64_t c, int64_t p) : N(n), C(c), P(p), vpp((p + 15) / 16) {}
