@@ -217,9 +217,9 @@ def check_same(runners) -> tuple[bool, float]:
 # ---- timing -------------------------------------------------------------------------------------
 
 
-# On the 2-vCPU machines fastcnn is tuned on, two threads' arithmetic slows for minutes at a time
-# while one thread's does not (bench/machine_modes.py, bench/RESULTS.md): fastcnn, bound by the
-# FMAs, loses more then than PyTorch does. Each round therefore first measures the SGEMM's
+# On the 2-vCPU machines fastcnn is tuned on, the two vCPUs sit for minutes at a time on cores
+# that share no L3, and whatever one thread reads of the other's writes then comes from the other
+# core (bench/machine_modes.py, bench/RESULTS.md). Each round therefore first measures the SGEMM's
 # two-thread speed-up, ~1.9 in the fast minutes and ~1.6 in the slow ones.
 SLOW_SPEEDUP = 1.8
 

@@ -18,7 +18,7 @@
 //                      on request (masked_dy), for the block's shortcut.
 // Training mode splits the batch over the threads by images, as the convolutions around it do (see
 // "The threads' shares" below), and keeps each channel's sums in the one order above, so results
-// do not depend on the thread count. Eval mode splits the channels.
+// do not depend on the thread count. Eval mode splits the batch the same way.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -30,21 +30,6 @@
 namespace fastcnn {
 
 namespace {
-// Runs fn(c) for every channel, split over the threads when the batch is large enough.
-template <class Fn>
-void for_each_channel(int64_t C, int64_t values, Fn fn) {
-  const int T = num_threads();
-#ifdef FASTCNN_OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(T) if (T > 1 && values > 32768)
-#endif
-  for (int64_t c = 0; c < C; ++c) {
-    DenormalGuard denormals;
-    fn(c);
-  }
-  (void)T;
-  (void)values;
-}
-
 // A channel's planes are short (49 values at 7x7, 196 at 14x14): the loops below run whole
 // vectors of 16 (vec16.h) along each plane and one partial vector at its end, carrying the sums'
 // lanes from plane to plane. (Summing plane by plane, each reduced to a scalar, took ~7 cycles a
@@ -262,8 +247,8 @@ void on_threads(int T, Fn fn) {
   fn(0, 1, [] {});
 }
 
-// Threads for a training-mode pass over `values` floats.
-int train_threads(int64_t values) {
+// Threads for a pass over `values` floats.
+int threads_for(int64_t values) {
   const int T = num_threads();
   return T > 1 && values > 32768 ? T : 1;
 }
@@ -284,15 +269,14 @@ inline F16 affine(F16 x, F16 scale, F16 shift) {
   return x * scale + shift;
 }
 
-// y = x * scale + shift (+ residual) over channel c's planes, then max(0, .) with relu.
-FASTCNN_ELEMENTWISE static void affine_rows(int64_t N, int64_t C, int64_t P, int64_t c,
-                                            const float* x, float scale, float shift,
-                                            const float* residual, bool relu, float* y) {
-  const F16 zero = {}, sc = zero + scale, sh = zero + shift;
-  const int64_t end = N * C * P;
-  over_channel(N, C, P, c, [&](int64_t at, int64_t p, int64_t n) {
-    const int64_t i = at + p;
-    F16 v = affine(load_n(x, i, n, end), sc, sh);
+// y = x * scale[c] + shift[c] (+ residual), then max(0, .) with relu, over a share.
+FASTCNN_ELEMENTWISE __attribute__((flatten)) static void affine_share(
+    const Layout& L, int64_t first, int64_t last, const float* x, const float* scale,
+    const float* shift, const float* residual, bool relu, float* y) {
+  const int64_t end = L.N * L.C * L.P;
+  const F16 zero = {};
+  over_share(L, first, last, [&](int64_t c, int64_t, int64_t i, int64_t n) {
+    F16 v = affine(load_n(x, i, n, end), zero + scale[c], zero + shift[c]);
     if (residual) v += load_n(residual, i, n, end);
     if (relu) v = v < zero ? zero : v;  // NaN passes
     store_n(y + i, v, n);
@@ -374,51 +358,37 @@ FASTCNN_ELEMENTWISE __attribute__((flatten)) static void forward_stats(const Lay
   var[c] = static_cast<float>(v);
 }
 
-// y = x * scale + shift (+ residual), then max(0, .) with relu, over a share: scale =
-// invstd * weight, shift = bias - mean * scale, in float.
-FASTCNN_ELEMENTWISE __attribute__((flatten)) static void forward_affine(
-    const Layout& L, int64_t first, int64_t last, const float* x, const float* mean,
-    const float* invstd, const float* w, const float* b, const float* residual, bool relu,
-    float* y) {
-  const int64_t end = L.N * L.C * L.P;
-  const F16 zero = {};
-  F16 sc = zero, sh = zero;
-  int64_t channel = -1;
-  over_share(L, first, last, [&](int64_t c, int64_t, int64_t i, int64_t n) {
-    if (c != channel) {
-      float scale, shift;
-      affine_of(mean, invstd, w, b, c, &scale, &shift);
-      sc = zero + scale, sh = zero + shift, channel = c;
-    }
-    F16 v = affine(load_n(x, i, n, end), sc, sh);
-    if (residual) v += load_n(residual, i, n, end);
-    if (relu) v = v < zero ? zero : v;  // NaN passes
-    store_n(y + i, v, n);
-  });
-}
-
 void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t P, const float* x, const float* w,
                                const float* b, const float* residual, float eps, bool relu,
                                float* y, float* mean, float* invstd, float* var) {
   const Layout L(N, C, P);
-  const int threads = train_threads(N * C * P);
+  const int threads = threads_for(N * C * P);
   const Parts parts = parts_for(L, threads);
+  thread_local ScratchBuffer affine_buf;
+  float* scale = affine_buf.get(2 * C);  // y = x * scale + shift, in float
+  float* shift = scale + C;
   on_threads(threads, [&](int t, int T, auto sync) {
     int64_t first, last, c0, c1;
     L.share(T, t, &first, &last);
     forward_sums(L, first, last, x, parts, t);
     sync();
     split_range(C, T, t, &c0, &c1);
-    for (int64_t c = c0; c < c1; ++c) forward_stats(L, T, parts, c, x, eps, mean, invstd, var);
+    for (int64_t c = c0; c < c1; ++c) {
+      forward_stats(L, T, parts, c, x, eps, mean, invstd, var);
+      affine_of(mean, invstd, w, b, c, scale + c, shift + c);
+    }
     sync();
-    forward_affine(L, first, last, x, mean, invstd, w, b, residual, relu, y);
+    affine_share(L, first, last, x, scale, shift, residual, relu, y);
   });
 }
 
 void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t P, const float* x, const float* scale,
                               const float* shift, const float* residual, bool relu, float* y) {
-  for_each_channel(C, N * C * P, [&](int64_t c) {
-    affine_rows(N, C, P, c, x, scale[c], shift[c], residual, relu, y);
+  const Layout L(N, C, P);
+  on_threads(threads_for(N * C * P), [&](int t, int T, auto) {
+    int64_t first, last;
+    L.share(T, t, &first, &last);
+    affine_share(L, first, last, x, scale, shift, residual, relu, y);
   });
 }
 
@@ -535,7 +505,7 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t P, const float* x, const
                           float* masked_dy) {
   const Layout L(N, C, P);
   const Backward k{L, x, dy, y, mean, invstd, w, b, y || relu, masked_dy};
-  const int threads = train_threads(N * C * P);
+  const int threads = threads_for(N * C * P);
   const Parts parts = parts_for(L, threads);
   thread_local ScratchBuffer sums_buf;
   double* sum_g = reinterpret_cast<double*>(sums_buf.get(4 * C));

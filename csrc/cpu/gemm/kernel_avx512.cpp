@@ -1,6 +1,7 @@
 // AVX-512 micro-kernel: 8 x 32 tile, 16 zmm accumulators (enough to hide the FMA latency of two
 // pipes); per k, two loads of B and eight broadcasts of A feed sixteen FMAs. M = 32 and 64, the
 // channel counts of SeedNet, are whole multiples of MR. Compiled with -mavx512f (this file only).
+#include "cpu/common.h"
 #include "cpu/gemm/conv_kernel.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/gemm/geometry.h"
@@ -9,7 +10,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <vector>
 
 namespace fastcnn {
 
@@ -307,14 +307,17 @@ template <int KW>
 void direct_dw_avx512_blocks(const Direct2d& d, int64_t N, const float* xp, int64_t image,
                              const float* dy, float* dw, int64_t o0, int64_t o1, int64_t block) {
   constexpr int OB = kDwOb<KW>;
-  std::vector<float> run(d.C * d.kh * OB * KW * 32);  // [c][ki][q][kj][32 lanes]
+  // The running sums, [c][ki][q][kj][32 lanes], in the thread's buffer (grown once).
+  thread_local ScratchBuffer buf;
+  const int64_t run_size = d.C * d.kh * OB * KW * 32;
+  float* run = buf.get(run_size);
   for (int64_t o = o0; o < o1; o += OB) {
     const int ob = static_cast<int>(std::min<int64_t>(OB, o1 - o));
-    std::fill(run.begin(), run.end(), 0.f);
+    std::fill(run, run + run_size, 0.f);
     for (int64_t n0 = 0; n0 < N; n0 += block)
       for (int64_t c = 0; c < d.C; ++c)
         for (int64_t ki = 0; ki < d.kh; ++ki) {
-          float* sums = run.data() + (c * d.kh + ki) * OB * KW * 32;
+          float* sums = run + (c * d.kh + ki) * OB * KW * 32;
           __m512 acc[OB][KW][2];
           for (int q = 0; q < OB; ++q)
             for (int kj = 0; kj < KW; ++kj)
@@ -330,7 +333,7 @@ void direct_dw_avx512_blocks(const Direct2d& d, int64_t N, const float* xp, int6
       for (int64_t c = 0; c < d.C; ++c)
         for (int64_t ki = 0; ki < d.kh; ++ki)
           for (int kj = 0; kj < KW; ++kj) {
-            const float* sums = run.data() + (((c * d.kh + ki) * OB + q) * KW + kj) * 32;
+            const float* sums = run + (((c * d.kh + ki) * OB + q) * KW + kj) * 32;
             dw[(((o + q) * d.C + c) * d.kh + ki) * d.kw + kj] =
                 lane_sum(_mm512_add_ps(_mm512_loadu_ps(sums), _mm512_loadu_ps(sums + 16)));
           }
